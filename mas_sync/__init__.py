@@ -1,0 +1,33 @@
+"""mas_sync: blocking, thread-based multi-agent systems on Redis.
+
+Agents talk peer to peer over Redis pub/sub, register with heartbeats, keep
+their state in Redis and find each other by capability, on the same keys,
+channels and messages as the async MAS framework.
+"""
+
+import logging
+
+from ._agent import Agent, AgentStats
+from ._errors import AgentNotRunningError, MASConnectionError, MASError, StateError
+from ._message import AgentMessage
+from ._registry import AgentRegistry
+from ._service import MASService
+from ._state import StateManager
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Agent",
+    "AgentMessage",
+    "AgentNotRunningError",
+    "AgentRegistry",
+    "AgentStats",
+    "MASConnectionError",
+    "MASError",
+    "MASService",
+    "StateError",
+    "StateManager",
+    "__version__",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

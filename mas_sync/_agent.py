@@ -1,0 +1,635 @@
+"""The blocking agent: a listener thread, a worker pool and a heartbeat thread."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Type
+
+import redis
+from pydantic import BaseModel, ValidationError
+
+from . import _wire
+from ._connection import make_client, ping, redact_url
+from ._dispatch import OrderedPool
+from ._listener import REDIS_ERRORS, ChannelListener
+from ._errors import AgentNotRunningError, MASConnectionError
+from ._message import AgentMessage
+from ._registry import AgentRegistry
+from ._state import StateManager
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class AgentStats:
+    """Counters of one agent since it was created.
+
+    Attributes:
+        received: Messages read from the agent's channel.
+        handled: Messages whose ``on_message`` returned.
+        handler_errors: Messages whose ``on_message`` raised.
+        invalid: Messages dropped because they were not valid agent messages
+            (not JSON, wrong shape or types, or larger than
+            ``max_message_bytes``).
+        dropped_overflow: Messages dropped because ``max_pending`` messages
+            were already waiting for a worker.
+        dropped_on_stop: Messages still queued when ``stop()`` gave up waiting.
+        reconnects: Times the listener resubscribed after losing Redis.
+    """
+
+    received: int = 0
+    handled: int = 0
+    handler_errors: int = 0
+    invalid: int = 0
+    dropped_overflow: int = 0
+    dropped_on_stop: int = 0
+    reconnects: int = 0
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: Dict[str, int] = dict.fromkeys(AgentStats.__dataclass_fields__, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[name] += n
+
+    def snapshot(self) -> AgentStats:
+        with self._lock:
+            return AgentStats(**self._values)
+
+
+_running_agents: "weakref.WeakSet[Agent]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_agents() -> None:
+    # Deregister cleanly when the interpreter exits with agents still running.
+    for agent in list(_running_agents):
+        try:
+            agent.stop(timeout=2.0)
+        except Exception:  # pragma: no cover - best effort at exit
+            log.exception("Agent %s: stop at exit failed", agent.id)
+
+
+class Agent:
+    """An agent that talks to its peers over Redis pub/sub, with blocking calls.
+
+    Subclass it and override :meth:`on_message` (and, if needed,
+    :meth:`on_start`, :meth:`on_stop`, :meth:`on_error`, :meth:`get_metadata`).
+
+    Threads, while the agent runs (all daemon threads, named
+    ``mas-agent[{id}]-...``):
+
+    - a listener that reads the agent's channel ``agent.{id}`` on its own
+      pub/sub connection and queues each message;
+    - up to ``max_workers`` workers that call :meth:`on_message`. Messages from
+      one sender are handled one at a time, in the order they were sent;
+      messages from different senders are handled in parallel;
+    - a heartbeat that refreshes ``agent:{id}:heartbeat`` every
+      ``heartbeat_interval`` seconds.
+
+    At most ``max_pending`` messages wait for a worker; a message arriving
+    beyond that is dropped, logged and counted in :attr:`stats`, so that a slow
+    handler never stops the listener from reading Redis.
+
+    Attributes whose names start with ``_mas_`` are reserved for the library.
+
+    Args:
+        agent_id: Unique id; may not contain ``:``, ``*``, ``?``, ``[``, ``]``,
+            ``\\``, white space or control characters.
+        capabilities: What the agent can do, for :meth:`discover`.
+        redis_url: Where Redis is, as redis-py's ``from_url`` reads it.
+        state_model: A pydantic model class for typed state; None for a
+            mapping of strings.
+        heartbeat_interval: Seconds between heartbeats.
+        heartbeat_ttl: Seconds the heartbeat key lives; must exceed
+            ``heartbeat_interval``.
+        max_workers: Threads that run :meth:`on_message`.
+        max_pending: Messages that may wait for a worker.
+        max_message_bytes: Larger messages are dropped unread.
+
+    Raises:
+        TypeError, ValueError: a bad argument, named in the message.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        capabilities: Optional[List[str]] = None,
+        redis_url: str = "redis://localhost:6379",
+        state_model: Optional[Type[BaseModel]] = None,
+        *,
+        heartbeat_interval: float = 30.0,
+        heartbeat_ttl: float = 60,
+        max_workers: int = 8,
+        max_pending: int = 1000,
+        max_message_bytes: int = 1024 * 1024,
+    ) -> None:
+        self.id: str = _wire.validate_agent_id(agent_id)
+        self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
+        if not isinstance(redis_url, str) or not redis_url:
+            raise TypeError("redis_url must be a non-empty str")
+        self.redis_url: str = redis_url
+        if state_model is not None and not (
+            isinstance(state_model, type) and issubclass(state_model, BaseModel)
+        ):
+            raise TypeError(f"state_model must be a pydantic BaseModel class, not {state_model!r}")
+        _positive("heartbeat_interval", heartbeat_interval)
+        _positive("heartbeat_ttl", heartbeat_ttl)
+        if heartbeat_ttl <= heartbeat_interval:
+            raise ValueError(
+                f"heartbeat_ttl ({heartbeat_ttl}) must be longer than heartbeat_interval"
+                f" ({heartbeat_interval}), or the agent would flicker out of discovery"
+            )
+        for name, value in (
+            ("max_workers", max_workers),
+            ("max_pending", max_pending),
+            ("max_message_bytes", max_message_bytes),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, not {value!r}")
+        self._mas_state_model = state_model
+        self._mas_heartbeat_interval = float(heartbeat_interval)
+        self._mas_heartbeat_ttl = float(heartbeat_ttl)
+        self._mas_max_workers = max_workers
+        self._mas_max_pending = max_pending
+        self._mas_max_message_bytes = max_message_bytes
+        self._mas_lock = threading.RLock()
+        self._mas_runtime: Optional[_Runtime] = None
+        self._mas_state: Optional[StateManager] = None
+        self._mas_counters = _Counters()
+
+    def __repr__(self) -> str:
+        status = "running" if self.is_running else "stopped"
+        return f"<{type(self).__name__} {self.id!r} {status}>"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect, load state, subscribe, register, then call :meth:`on_start`.
+
+        Runs in the calling thread and returns once the agent receives
+        messages. Messages that arrive before :meth:`on_start` returns wait,
+        and are handled after it. An agent that was stopped may be started
+        again.
+
+        Raises:
+            MASConnectionError: Redis cannot be reached (the URL, password
+                hidden, is in the message). No thread is left behind.
+            StateError: the state stored in Redis does not fit ``state_model``.
+            AgentNotRunningError: the agent is already running or stopping.
+            Exception: whatever :meth:`on_start` raised, after the agent was
+                stopped again.
+        """
+        with self._mas_lock:
+            if self._mas_runtime is not None:
+                raise AgentNotRunningError(f"agent {self.id!r} is already started")
+            runtime = _Runtime(self)
+            runtime.start()
+            self._mas_runtime = runtime
+            self._mas_state = runtime.state
+            _running_agents.add(self)
+            try:
+                self.on_start()
+            except BaseException:
+                log.error("Agent %s: on_start raised; stopping", self.id)
+                self.stop()
+                raise
+            if not runtime.stopping:
+                runtime.pool.open()
+        log.info("Agent %s: started", self.id)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the agent; safe to call twice, from any thread, even from a handler.
+
+        In order: stop reading the channel; let queued messages be handled
+        (for at most ``timeout`` seconds in all, for this and the joins);
+        call :meth:`on_stop`; stop the heartbeat; delete the registration and
+        heartbeat keys and publish DEREGISTER (the state is kept); close the
+        connections; join every thread of the agent.
+
+        Called from :meth:`on_message`, it does not wait for that handler,
+        whose worker thread exits when the handler returns. A second call
+        while a stop is under way waits for it (at most ``timeout``), unless it
+        comes from one of the agent's own threads.
+        """
+        with self._mas_lock:
+            runtime = self._mas_runtime
+            if runtime is None:
+                return
+            first = not runtime.stopping
+            runtime.stopping = True
+        if not first:
+            if not runtime.owns_current_thread():
+                runtime.stopped.wait(timeout)
+            return
+        try:
+            runtime.stop(timeout)
+        finally:
+            with self._mas_lock:
+                self._mas_runtime = None
+                _running_agents.discard(self)
+            runtime.stopped.set()
+        log.info("Agent %s: stopped", self.id)
+
+    def __enter__(self) -> "Agent":
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    @property
+    def is_running(self) -> bool:
+        """True between a successful :meth:`start` and :meth:`stop`."""
+        runtime = self._mas_runtime
+        return runtime is not None and not runtime.stopping
+
+    @property
+    def stats(self) -> AgentStats:
+        """A snapshot of the agent's counters."""
+        return self._mas_counters.snapshot()
+
+    # -- messaging -------------------------------------------------------------
+
+    def send(self, target_id: str, payload: Dict[str, Any]) -> str:
+        """Publish ``payload`` to the agent ``target_id``.
+
+        Delivery is at most once, as with any Redis pub/sub: an agent that is
+        not listening does not get the message.
+
+        Returns:
+            The message id.
+
+        Raises:
+            AgentNotRunningError: the agent is not started.
+            TypeError: ``payload`` is not a dict with string keys, or holds a
+                value JSON cannot carry.
+            ValueError: a bad ``target_id``, or a payload holding NaN,
+                infinity or a circular reference. Nothing is published.
+            MASConnectionError: Redis could not be reached.
+        """
+        runtime = self._mas_require_runtime()
+        _wire.validate_agent_id(target_id, "target id")
+        message_id = _wire.new_message_id()
+        data = _wire.encode_message(self.id, target_id, payload, message_id)
+        runtime.command(runtime.client.publish, _wire.agent_channel(target_id), data)
+        return message_id
+
+    def discover(self, capabilities: Optional[List[str]] = None) -> List[Dict[str, Any]]:
+        """The ACTIVE agents having at least one of ``capabilities``.
+
+        Args:
+            capabilities: None (or empty) for every ACTIVE agent.
+
+        Returns:
+            ``{"id", "capabilities", "metadata"}`` per agent, sorted by id;
+            this agent included when it matches.
+
+        Raises:
+            AgentNotRunningError: the agent is not started.
+            TypeError: ``capabilities`` is a bare string or holds non-strings.
+            MASConnectionError: Redis could not be reached.
+        """
+        runtime = self._mas_require_runtime()
+        return runtime.command(runtime.registry.discover, capabilities)
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def state(self) -> Any:
+        """A read-only, thread-safe view of the agent's state.
+
+        Untyped state reads like a dict of strings (``state["counter"]`` is
+        ``"42"`` after ``update_state({"counter": 42})``, exactly what Redis
+        holds); typed state reads like the model (``state.counter`` is ``42``).
+        None before the first :meth:`start`; the last state after :meth:`stop`.
+        """
+        manager = self._mas_state
+        return None if manager is None else manager.state
+
+    def update_state(self, updates: Dict[str, Any]) -> None:
+        """Apply ``updates`` to the state and persist them, atomically.
+
+        Safe to call from many threads at once: every update lands, in memory
+        and in Redis, and a failed update changes neither.
+
+        Raises:
+            AgentNotRunningError: the agent is not started.
+            TypeError: keys that are not strings, or values that untyped
+                state cannot hold.
+            StateError: a field unknown to ``state_model`` or a value that
+                does not validate.
+            MASConnectionError: Redis could not be reached.
+        """
+        runtime = self._mas_require_runtime()
+        runtime.command(runtime.state.update, updates)
+
+    def reset_state(self) -> None:
+        """Delete the persisted state and go back to the defaults.
+
+        Raises:
+            AgentNotRunningError: the agent is not started.
+            MASConnectionError: Redis could not be reached.
+        """
+        runtime = self._mas_require_runtime()
+        runtime.command(runtime.state.reset)
+
+    # -- hooks -----------------------------------------------------------------
+
+    def get_metadata(self) -> Dict[str, Any]:
+        """Metadata published with the registration, for discovery.
+
+        Called in the thread that calls :meth:`start`. Must return a
+        JSON-serializable dict.
+        """
+        return {}
+
+    def on_start(self) -> None:
+        """Called at the end of :meth:`start`, in the thread that called it.
+
+        The agent is registered and subscribed; messages wait until this
+        returns. If it raises, the agent is stopped and :meth:`start` re-raises.
+        """
+
+    def on_stop(self) -> None:
+        """Called during :meth:`stop`, in the thread that called it.
+
+        Handlers have finished (or ``timeout`` passed); the agent is still
+        registered and may still send. An exception is logged, and the stop
+        goes on.
+        """
+
+    def on_message(self, message: AgentMessage) -> None:
+        """Called for each message, in one of the agent's worker threads.
+
+        Messages from one sender arrive one at a time, in order; messages from
+        different senders may arrive in parallel in other threads. An
+        exception is logged with the agent and message ids, passed to
+        :meth:`on_error`, and the agent goes on.
+        """
+
+    def on_error(self, message: AgentMessage, error: Exception) -> None:
+        """Called in the worker thread after :meth:`on_message` raised ``error``.
+
+        The error is already logged; override to count it, alert, or reply.
+        """
+
+    # -- internals -------------------------------------------------------------
+
+    def _mas_require_runtime(self) -> "_Runtime":
+        runtime = self._mas_runtime
+        if runtime is None or runtime.closed:
+            raise AgentNotRunningError(f"agent {self.id!r} is not started")
+        return runtime
+
+
+def _positive(name: str, value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+
+
+class _Runtime:
+    """What one run of an agent owns: clients, threads and their stop signal."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.name = f"mas-agent[{agent.id}]"
+        self.url = agent.redis_url
+        self.counters = agent._mas_counters
+        self.stop_event = threading.Event()
+        self.stopped = threading.Event()
+        self.stopping = False
+        self.closed = False
+        self.client: redis.Redis = make_client(self.url, agent._mas_max_workers + 4)
+        self.registry = AgentRegistry(self.client)
+        self.state = StateManager(agent.id, self.client, agent._mas_state_model)
+        self.pool = OrderedPool(
+            self.name, self.handle, agent._mas_max_workers, agent._mas_max_pending
+        )
+        self.listener: Optional[ChannelListener] = None
+        self.heartbeat: Optional[threading.Thread] = None
+        self.overflowing = 0
+
+    # -- start and stop --------------------------------------------------------
+
+    def start(self) -> None:
+        agent = self.agent
+        try:
+            ping(self.client, self.url)
+            metadata = agent.get_metadata()
+            _wire.dumps_object(metadata, "get_metadata() result")
+            self.metadata = metadata
+            self.command(self.state.load)
+            self.listener = ChannelListener(
+                self.url,
+                _wire.agent_channel(agent.id),
+                self.receive,
+                name=f"{self.name}-listener",
+                owner=f"Agent {agent.id}",
+                on_reconnect=lambda: self.counters.add("reconnects"),
+            )
+            self.listener.start()
+            self.command(self.register)
+            self.heartbeat = threading.Thread(
+                target=self.beat_loop, name=f"{self.name}-heartbeat", daemon=True
+            )
+            self.heartbeat.start()
+        except BaseException:
+            self.stop_event.set()
+            self.pool.close()
+            deadline = time.monotonic() + 5.0
+            if self.listener is not None:
+                self.listener.stop(self.client, deadline)
+            self.join_threads(deadline)
+            self.close_clients()
+            raise
+
+    def stop(self, timeout: float) -> None:
+        agent = self.agent
+        deadline = time.monotonic() + timeout
+        self.stop_event.set()
+        if self.listener is not None:
+            self.listener.stop(self.client, deadline)
+        if not self.pool.drain(max(0.0, deadline - time.monotonic())):
+            log.warning(
+                "Agent %s: handlers still busy after %.1f s; dropping %d queued messages",
+                agent.id, timeout, self.pool.pending,
+            )
+        dropped = self.pool.close()
+        if dropped:
+            self.counters.add("dropped_on_stop", dropped)
+        try:
+            agent.on_stop()
+        except Exception:
+            log.exception("Agent %s: on_stop raised", agent.id)
+        if self.heartbeat is not None:
+            self.heartbeat.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self.registry.deregister(agent.id)
+        except redis.RedisError as exc:
+            log.warning("Agent %s: could not deregister: %s", agent.id, exc)
+        self.join_threads(max(deadline, time.monotonic() + 1.0))
+        self.close_clients()
+
+    def join_threads(self, deadline: float) -> None:
+        current = threading.current_thread()
+        alive = self.pool.join(deadline)
+        listener = self.listener.thread if self.listener is not None else None
+        for thread in (listener, self.heartbeat):
+            if thread is not None and thread.ident is not None and thread is not current:
+                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    alive.append(thread)
+        if alive:
+            log.error(
+                "Agent %s: threads still running after stop: %s (daemon threads;"
+                " a handler that never returns keeps its worker)",
+                self.agent.id, ", ".join(t.name for t in alive),
+            )
+
+    def close_clients(self) -> None:
+        self.closed = True
+        try:
+            self.client.close()
+            self.client.connection_pool.disconnect()
+        except Exception:  # pragma: no cover - closing is best effort
+            log.debug("Agent %s: error closing the client", self.agent.id, exc_info=True)
+
+    def owns_current_thread(self) -> bool:
+        current = threading.current_thread()
+        listener = self.listener.thread if self.listener is not None else None
+        return current is listener or current is self.heartbeat or self.pool.in_worker()
+
+    # -- Redis -----------------------------------------------------------------
+
+    def command(self, func: Any, *args: Any) -> Any:
+        """Run a Redis operation; connection failures become MASConnectionError."""
+        try:
+            return func(*args)
+        except REDIS_ERRORS as exc:
+            raise MASConnectionError(
+                f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} failed: {exc}"
+            ) from exc
+
+    def register(self) -> None:
+        agent = self.agent
+        self.token = self.registry.register(
+            agent.id,
+            agent.capabilities,
+            self.metadata,
+            heartbeat_ttl=agent._mas_heartbeat_ttl,
+        )
+
+    # -- heartbeat thread ------------------------------------------------------
+
+    def beat_loop(self) -> None:
+        failing = False
+        while not self.stop_event.wait(self.agent._mas_heartbeat_interval):
+            try:
+                self.beat()
+            except redis.RedisError as exc:
+                if not failing:
+                    log.warning("Agent %s: heartbeat failed: %s", self.agent.id, exc)
+                failing = True
+            except Exception:
+                log.exception("Agent %s: heartbeat failed", self.agent.id)
+                failing = True
+            else:
+                if failing:
+                    log.info("Agent %s: heartbeat resumed", self.agent.id)
+                failing = False
+
+    def beat(self) -> None:
+        agent = self.agent
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(
+            _wire.heartbeat_key(agent.id),
+            _wire.heartbeat_value(),
+            px=int(agent._mas_heartbeat_ttl * 1000),
+        )
+        pipe.hget(_wire.agent_key(agent.id), "status")
+        _, status = pipe.execute()
+        if self.stop_event.is_set() or status == _wire.STATUS_ACTIVE:
+            return
+        if status is None:
+            log.warning("Agent %s: registration was gone; registering again", agent.id)
+            self.register()
+        else:
+            log.info("Agent %s: was marked %s; marking ACTIVE again", agent.id, status)
+            self.client.hset(_wire.agent_key(agent.id), "status", _wire.STATUS_ACTIVE)
+
+    # -- listener thread -------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        """Parse one raw message and queue it; runs in the listener thread."""
+        agent = self.agent
+        self.counters.add("received")
+        if len(data) > agent._mas_max_message_bytes:
+            self.counters.add("invalid")
+            log.warning(
+                "Agent %s: dropped a message of %d bytes (max_message_bytes is %d)",
+                agent.id, len(data), agent._mas_max_message_bytes,
+            )
+            return
+        try:
+            message = AgentMessage.model_validate_json(data)
+        except (ValidationError, ValueError) as exc:
+            self.counters.add("invalid")
+            log.warning(
+                "Agent %s: dropped an invalid message %.200r: %s",
+                agent.id, data, _first_error(exc),
+            )
+            return
+        message._agent = agent
+        if self.pool.submit(message.sender_id, message):
+            if self.overflowing:
+                log.warning(
+                    "Agent %s: queue has room again; %d messages were dropped",
+                    agent.id, self.overflowing,
+                )
+                self.overflowing = 0
+            return
+        self.counters.add("dropped_overflow")
+        if not self.overflowing:
+            log.warning(
+                "Agent %s: %d messages wait for a worker (max_pending); dropping"
+                " message %s from %s and those that follow until there is room",
+                agent.id, agent._mas_max_pending, message.message_id, message.sender_id,
+            )
+        self.overflowing += 1
+
+    # -- worker threads --------------------------------------------------------
+
+    def handle(self, message: AgentMessage) -> None:
+        agent = self.agent
+        try:
+            agent.on_message(message)
+        except Exception as exc:
+            self.counters.add("handler_errors")
+            log.exception(
+                "Agent %s: on_message failed for message %s from %s",
+                agent.id, message.message_id, message.sender_id,
+            )
+            try:
+                agent.on_error(message, exc)
+            except Exception:
+                log.exception("Agent %s: on_error raised", agent.id)
+        else:
+            self.counters.add("handled")
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "message"
+        return f"{where}: {err.get('msg')}"
+    return str(exc)

@@ -1,0 +1,80 @@
+"""Redis clients as mas_sync agents and services use them."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from ._errors import MASConnectionError
+
+#: Seconds to wait for a TCP connection to Redis.
+CONNECT_TIMEOUT = 5.0
+#: Seconds to wait for the answer to one command.
+COMMAND_TIMEOUT = 10.0
+#: Seconds a thread waits for a free connection when the pool is exhausted.
+POOL_TIMEOUT = 20.0
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable Redis URL>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _retry() -> Retry:
+    # Bounded: at most three quick retries, so that a dead Redis is reported
+    # within seconds rather than after redis-py's default of ten.
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3)
+
+
+def make_client(url: str, max_connections: int, *, decode: bool = True) -> redis.Redis:
+    """A client with its own blocking pool of at most ``max_connections``.
+
+    Threads that find the pool exhausted wait for a connection (up to
+    ``POOL_TIMEOUT``) instead of failing at once. The caller owns the client
+    and must ``close()`` it.
+
+    Raises:
+        ValueError: ``url`` is not a Redis URL.
+    """
+    kwargs: Any = dict(
+        max_connections=max_connections,
+        timeout=POOL_TIMEOUT,
+        socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=COMMAND_TIMEOUT,
+        socket_keepalive=True,
+        retry=_retry(),
+        decode_responses=decode,
+    )
+    try:
+        pool = redis.BlockingConnectionPool.from_url(url, **kwargs)
+    except ValueError as exc:
+        raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None
+    return redis.Redis(connection_pool=pool)
+
+
+def ping(client: redis.Redis, url: str) -> None:
+    """Check that Redis answers.
+
+    Raises:
+        MASConnectionError: it does not, with the (redacted) URL in the message.
+    """
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise MASConnectionError(f"cannot reach Redis at {redact_url(url)}: {exc}") from exc
+    except redis.RedisError as exc:
+        raise MASConnectionError(f"Redis at {redact_url(url)} refused PING: {exc}") from exc

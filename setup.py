@@ -1,0 +1,5 @@
+"""Thin shim: every setting is in setup.cfg."""
+
+from setuptools import setup
+
+setup()

@@ -1,0 +1,73 @@
+"""Fixtures: one private redis-server per session, flushed before each test."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterator, List
+
+import pytest
+import redis
+
+from mas_sync import Agent
+from mas_sync.testing import RedisServer
+
+# Fast heartbeats for tests; production defaults are 30 s and 60 s.
+FAST = dict(heartbeat_interval=0.2, heartbeat_ttl=1.0)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client on the test server, decoding to str."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_agent(redis_url: str) -> Iterator[Callable[..., Any]]:
+    """Create (and by default start) agents; every one is stopped at teardown."""
+    agents: List[Agent] = []
+
+    def factory(agent_id: str, cls: type = Agent, start: bool = True, **kwargs: Any) -> Any:
+        kwargs.setdefault("redis_url", redis_url)
+        for key, value in FAST.items():
+            kwargs.setdefault(key, value)
+        agent = cls(agent_id, **kwargs)
+        agents.append(agent)
+        if start:
+            agent.start()
+        return agent
+
+    yield factory
+    for agent in agents:
+        agent.stop(timeout=5.0)
+
+
+def mas_threads() -> List[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("mas-")]
+
+
+@pytest.fixture(autouse=True)
+def no_threads_left() -> Iterator[None]:
+    """Every test ends with no thread of the library alive."""
+    yield
+    leftover = mas_threads()
+    for thread in leftover:
+        thread.join(2.0)
+    assert not [t.name for t in leftover if t.is_alive()]

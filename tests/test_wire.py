@@ -1,0 +1,123 @@
+"""The wire contract: every key, channel and message builder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mas_sync import AgentMessage
+from mas_sync import _wire
+
+
+def test_key_and_channel_builders() -> None:
+    assert _wire.agent_key("a1") == "agent:a1"
+    assert _wire.heartbeat_key("a1") == "agent:a1:heartbeat"
+    assert _wire.state_key("a1") == "agent.state:a1"
+    assert _wire.agent_channel("a1") == "agent.a1"
+    assert _wire.SYSTEM_CHANNEL == "mas.system"
+
+
+def test_agent_id_from_key_skips_other_keys() -> None:
+    assert _wire.agent_id_from_key("agent:a1") == "a1"
+    assert _wire.agent_id_from_key("agent:a1:heartbeat") is None
+    assert _wire.agent_id_from_key("agent:") is None
+    assert _wire.agent_id_from_key("agent.state:a1") is None
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "a:b", "a*", "a?", "a[1]", "a]", "a b", "a\tb", "a\nb", "a\x00", "a\x7f", "a\\b", "x" * 257]
+)
+def test_bad_agent_ids_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        _wire.validate_agent_id(bad)
+
+
+def test_agent_id_must_be_a_string() -> None:
+    with pytest.raises(TypeError):
+        _wire.validate_agent_id(42)
+
+
+@pytest.mark.parametrize("good", ["a", "agent-1", "nlp_agent.v2", "Ünïcode", "x" * 256])
+def test_good_agent_ids_pass(good: str) -> None:
+    assert _wire.validate_agent_id(good) == good
+
+
+def test_capabilities_must_be_a_list_of_strings() -> None:
+    assert _wire.validate_capabilities(None) == []
+    assert _wire.validate_capabilities(("a", "b")) == ["a", "b"]
+    with pytest.raises(TypeError, match="list of strings"):
+        _wire.validate_capabilities("nlp")
+    with pytest.raises(TypeError):
+        _wire.validate_capabilities(["a", 1])
+    with pytest.raises(ValueError):
+        _wire.validate_capabilities([""])
+
+
+def test_encoded_message_has_the_async_fields_and_parses_back() -> None:
+    text = _wire.encode_message("a", "b", {"x": [1, 2]}, message_id="m1", timestamp=12.5)
+    data = json.loads(text)
+    assert data == {
+        "sender_id": "a",
+        "target_id": "b",
+        "payload": {"x": [1, 2]},
+        "timestamp": 12.5,
+        "message_id": "m1",
+    }
+    message = AgentMessage.model_validate_json(text)
+    assert (message.sender_id, message.payload, message.message_id) == ("a", {"x": [1, 2]}, "m1")
+
+
+@pytest.mark.parametrize("payload", [[1], "text", None, 3, {1: "int key"}, {"f": object()}, {"s": {1, 2}}])
+def test_payload_that_is_not_a_json_object_is_a_type_error(payload: object) -> None:
+    with pytest.raises(TypeError):
+        _wire.encode_message("a", "b", payload)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("payload", [{"n": float("nan")}, {"i": float("inf")}])
+def test_payload_with_non_json_numbers_is_a_value_error(payload: dict) -> None:
+    with pytest.raises(ValueError):
+        _wire.encode_message("a", "b", payload)
+
+
+def test_circular_payload_is_a_value_error() -> None:
+    payload: dict = {}
+    payload["self"] = payload
+    with pytest.raises(ValueError):
+        _wire.encode_message("a", "b", payload)
+
+
+def test_system_events() -> None:
+    assert json.loads(_wire.register_event("a", ["x"])) == {
+        "type": "REGISTER", "agent_id": "a", "capabilities": ["x"]
+    }
+    assert json.loads(_wire.deregister_event("a")) == {"type": "DEREGISTER", "agent_id": "a"}
+
+
+def test_registration_fields_follow_the_contract() -> None:
+    fields = _wire.registration_fields("a", ["x"], {"v": 1}, "tok")
+    assert set(fields) == {"id", "capabilities", "metadata", "status", "token", "registered_at"}
+    assert json.loads(fields["capabilities"]) == ["x"]
+    assert json.loads(fields["metadata"]) == {"v": 1}
+    assert fields["status"] == "ACTIVE"
+    float(fields["registered_at"])
+
+
+def test_parse_agent_record_refuses_malformed_hashes() -> None:
+    good = {"id": "a", "capabilities": '["x"]', "metadata": "{}", "status": "ACTIVE"}
+    assert _wire.parse_agent_record(good) == {
+        "id": "a", "capabilities": ["x"], "metadata": {}, "status": "ACTIVE"
+    }
+    assert _wire.parse_agent_record({}) is None
+    assert _wire.parse_agent_record({**good, "capabilities": "not json"}) is None
+    assert _wire.parse_agent_record({**good, "capabilities": '"x"'}) is None
+    assert _wire.parse_agent_record({**good, "metadata": "[]"}) is None
+
+
+def test_state_values_are_encoded_like_the_async_framework() -> None:
+    assert _wire.encode_state_value(42) == "42"
+    assert _wire.encode_state_value(True) == "True"
+    assert _wire.encode_state_value(None) == "None"
+    assert _wire.encode_state_value("s") == "s"
+    assert _wire.encode_state_value([1, "a"]) == '[1, "a"]'
+    assert _wire.encode_state_value({"k": 1}) == '{"k": 1}'
