@@ -1,0 +1,365 @@
+"""Agent lifecycle: start, stop, threads, registration and bad input."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, List
+
+import pytest
+
+from mas_sync import Agent, AgentMessage, AgentNotRunningError, MASConnectionError
+from mas_sync.testing import free_port, wait_until
+
+from .conftest import mas_threads
+
+
+class Recorder(Agent):
+    """Keeps what it receives; `got` is set on each message."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.received: List[AgentMessage] = []
+        self.got = threading.Event()
+        self.lock = threading.Lock()
+
+    def on_message(self, message: AgentMessage) -> None:
+        with self.lock:
+            self.received.append(message)
+        self.got.set()
+
+
+def agent_threads(agent_id: str) -> List[threading.Thread]:
+    return [t for t in mas_threads() if t.name.startswith(f"mas-agent[{agent_id}]")]
+
+
+def test_start_registers_and_stop_removes_registration_but_keeps_state(make_agent, r) -> None:
+    agent = make_agent("a1", capabilities=["nlp"])
+    fields = r.hgetall("agent:a1")
+    assert fields["id"] == "a1"
+    assert json.loads(fields["capabilities"]) == ["nlp"]
+    assert fields["status"] == "ACTIVE"
+    assert fields["token"]
+    assert r.exists("agent:a1:heartbeat")
+    agent.update_state({"k": 1})
+    agent.stop()
+    assert not r.exists("agent:a1")
+    assert not r.exists("agent:a1:heartbeat")
+    assert r.hgetall("agent.state:a1") == {"k": "1"}
+
+
+def test_register_and_deregister_are_announced_on_mas_system(make_agent, r) -> None:
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("mas.system")
+    try:
+        agent = make_agent("a1", capabilities=["x"])
+        agent.stop()
+        events = []
+        deadline = time.monotonic() + 5
+        while len(events) < 2 and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+            if message:
+                events.append(json.loads(message["data"]))
+        assert events == [
+            {"type": "REGISTER", "agent_id": "a1", "capabilities": ["x"]},
+            {"type": "DEREGISTER", "agent_id": "a1"},
+        ]
+    finally:
+        pubsub.close()
+
+
+def test_threads_are_daemons_named_after_the_agent_and_gone_after_stop(make_agent) -> None:
+    sender = make_agent("sender")
+    agent = make_agent("worker-agent", cls=Recorder)
+    sender.send("worker-agent", {"n": 1})
+    assert agent.got.wait(5)
+    threads = agent_threads("worker-agent")
+    names = sorted(t.name for t in threads)
+    assert any(n.endswith("-listener") for n in names)
+    assert any(n.endswith("-heartbeat") for n in names)
+    assert any("-worker-" in n for n in names)
+    assert all(t.daemon for t in threads)
+    agent.stop()
+    assert not [t for t in threads if t.is_alive()]
+    assert agent_threads("worker-agent") == []
+
+
+def test_context_manager_starts_and_stops(redis_url, r) -> None:
+    with Agent("ctx", redis_url=redis_url) as agent:
+        assert agent.is_running
+        assert r.exists("agent:ctx")
+    assert not agent.is_running
+    assert not r.exists("agent:ctx")
+    assert agent_threads("ctx") == []
+
+
+def test_stop_twice_and_stop_before_start_are_harmless(make_agent) -> None:
+    idle = make_agent("idle", start=False)
+    idle.stop()
+    agent = make_agent("twice")
+    agent.stop()
+    agent.stop()
+    assert not agent.is_running
+
+
+def test_concurrent_stops_from_many_threads(make_agent) -> None:
+    agent = make_agent("crowd")
+    errors: List[BaseException] = []
+
+    def stopper() -> None:
+        try:
+            agent.stop()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stopper) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    assert not any(t.is_alive() for t in threads)
+    assert agent_threads("crowd") == []
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_stop_from_inside_on_message_does_not_deadlock(make_agent, r, workers) -> None:
+    stopped = threading.Event()
+
+    class SelfStopper(Agent):
+        def on_message(self, message: AgentMessage) -> None:
+            self.stop()
+            stopped.set()
+
+    agent = make_agent("selfstop", cls=SelfStopper, max_workers=workers)
+    make_agent("poker").send("selfstop", {"stop": True})
+    assert stopped.wait(5)
+    assert not agent.is_running
+    assert not r.exists("agent:selfstop")
+    wait_until(lambda: not agent_threads("selfstop"), 5, message="worker exits")
+
+
+def test_stop_runs_on_stop_and_agent_can_still_send_then(make_agent) -> None:
+    receiver = make_agent("rx", cls=Recorder)
+
+    class Farewell(Agent):
+        def on_stop(self) -> None:
+            self.send("rx", {"bye": True})
+
+    make_agent("leaver", cls=Farewell).stop()
+    assert receiver.got.wait(5)
+    assert receiver.received[0].payload == {"bye": True}
+
+
+def test_agent_can_be_started_again_after_stop(make_agent, r) -> None:
+    agent = make_agent("again", cls=Recorder)
+    agent.stop()
+    agent.start()
+    make_agent("s").send("again", {"n": 2})
+    assert agent.got.wait(5)
+    assert r.exists("agent:again")
+
+
+def test_start_twice_is_refused(make_agent) -> None:
+    agent = make_agent("once")
+    with pytest.raises(AgentNotRunningError, match="already started"):
+        agent.start()
+
+
+def test_on_start_failure_stops_the_agent_and_reraises(make_agent, r) -> None:
+    class Broken(Agent):
+        def on_start(self) -> None:
+            raise RuntimeError("boom in on_start")
+
+    agent = make_agent("broken", cls=Broken, start=False)
+    with pytest.raises(RuntimeError, match="boom in on_start"):
+        agent.start()
+    assert not agent.is_running
+    assert not r.exists("agent:broken")
+    assert agent_threads("broken") == []
+
+
+def test_messages_wait_until_on_start_returns(make_agent) -> None:
+    order: List[str] = []
+    release = threading.Event()
+
+    class Slow(Agent):
+        def on_start(self) -> None:
+            # A message sent to itself now is handled only after on_start.
+            self.send(self.id, {"early": True})
+            release.wait(0.3)
+            order.append("on_start done")
+
+        def on_message(self, message: AgentMessage) -> None:
+            order.append("message")
+            release.set()
+
+    agent = make_agent("slowstart", cls=Slow)
+    wait_until(lambda: len(order) == 2, 5)
+    assert order == ["on_start done", "message"]
+    agent.stop()
+
+
+def test_unreachable_redis_fails_promptly_with_the_url_and_no_threads() -> None:
+    url = f"redis://:secret@127.0.0.1:{free_port()}/0"
+    agent = Agent("lonely", redis_url=url)
+    started = time.monotonic()
+    with pytest.raises(MASConnectionError) as info:
+        agent.start()
+    assert time.monotonic() - started < 5
+    assert f"127.0.0.1:{url.rsplit(':', 1)[1].split('/')[0]}" in str(info.value)
+    assert "secret" not in str(info.value)
+    assert isinstance(info.value, ConnectionError)
+    assert agent_threads("lonely") == []
+    assert not agent.is_running
+
+
+def test_send_before_start_and_after_stop_is_a_runtime_error(make_agent) -> None:
+    agent = make_agent("early", start=False)
+    with pytest.raises(RuntimeError, match="not started"):
+        agent.send("x", {})
+    with pytest.raises(AgentNotRunningError):
+        agent.discover()
+    with pytest.raises(AgentNotRunningError):
+        agent.update_state({"a": 1})
+    agent.start()
+    agent.stop()
+    with pytest.raises(AgentNotRunningError):
+        agent.send("x", {})
+
+
+@pytest.mark.parametrize(
+    "payload, error",
+    [
+        ([1, 2], TypeError),
+        ("text", TypeError),
+        ({"obj": object()}, TypeError),
+        ({1: "int key"}, TypeError),
+        ({"nan": float("nan")}, ValueError),
+    ],
+)
+def test_bad_payload_raises_before_anything_is_published(make_agent, r, payload, error) -> None:
+    pubsub = r.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe("agent.target")
+    try:
+        agent = make_agent("sender")
+        with pytest.raises(error):
+            agent.send("target", payload)
+        agent.send("target", {"marker": True})  # the next valid message comes first
+        message = None
+        deadline = time.monotonic() + 5
+        while message is None and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+        assert message is not None
+        assert json.loads(message["data"])["payload"] == {"marker": True}
+    finally:
+        pubsub.close()
+
+
+@pytest.mark.parametrize("target", ["", "a:b", "a*", 5])
+def test_bad_target_id_is_refused(make_agent, target) -> None:
+    agent = make_agent("sender")
+    with pytest.raises((TypeError, ValueError)):
+        agent.send(target, {})
+
+
+@pytest.mark.parametrize("bad", ["", "a:b", "a*", "a?", "a[", "a]", "a b", "a\x01"])
+def test_bad_agent_id_is_a_value_error_at_construction(bad) -> None:
+    with pytest.raises(ValueError):
+        Agent(bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(heartbeat_interval=0),
+        dict(heartbeat_interval=10, heartbeat_ttl=5),
+        dict(max_workers=0),
+        dict(max_pending=-1),
+        dict(capabilities="nlp"),
+        dict(state_model=dict),
+    ],
+)
+def test_bad_constructor_arguments_are_refused(kwargs) -> None:
+    with pytest.raises((TypeError, ValueError)):
+        Agent("ok", **kwargs)
+
+
+def test_bad_metadata_fails_start_cleanly(make_agent, r) -> None:
+    class BadMeta(Agent):
+        def get_metadata(self) -> dict:
+            return {"when": object()}
+
+    agent = make_agent("meta", cls=BadMeta, start=False)
+    with pytest.raises(TypeError, match="get_metadata"):
+        agent.start()
+    assert not r.exists("agent:meta")
+    assert agent_threads("meta") == []
+
+
+def test_heartbeat_is_refreshed_and_restores_a_lost_registration(make_agent, r) -> None:
+    make_agent("beater", capabilities=["b"])
+    first = r.get("agent:beater:heartbeat")
+    wait_until(lambda: r.get("agent:beater:heartbeat") != first, 5, message="heartbeat")
+    assert 0 < r.pttl("agent:beater:heartbeat") <= 1000
+    r.delete("agent:beater")
+    wait_until(lambda: r.hget("agent:beater", "status") == "ACTIVE", 5, message="re-register")
+    assert json.loads(r.hget("agent:beater", "capabilities")) == ["b"]
+    r.hset("agent:beater", "status", "INACTIVE")
+    wait_until(lambda: r.hget("agent:beater", "status") == "ACTIVE", 5, message="reactivate")
+
+
+def test_stop_is_bounded_when_a_handler_is_stuck(make_agent, caplog) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Stuck(Agent):
+        def on_message(self, message: AgentMessage) -> None:
+            entered.set()
+            release.wait(30)
+
+    agent = make_agent("stuck", cls=Stuck)
+    make_agent("s").send("stuck", {})
+    assert entered.wait(5)
+    started = time.monotonic()
+    agent.stop(timeout=0.5)
+    assert time.monotonic() - started < 3
+    assert "still running after stop" in caplog.text
+    release.set()  # let the worker go, so that no thread outlives the test
+    wait_until(lambda: not agent_threads("stuck"), 5)
+
+
+def test_many_agents_in_one_process_use_few_connections(redis_url, r) -> None:
+    agents = [Agent(f"m{i}", redis_url=redis_url) for i in range(20)]
+    for agent in agents:
+        agent.start()
+    try:
+        clients = r.client_list()
+        # Per agent: one pub/sub connection plus the command connections in use.
+        assert len(clients) <= 20 * 3 + 2
+        assert sum(1 for c in clients if int(c.get("sub", 0)) > 0) == 20
+    finally:
+        for agent in agents:
+            agent.stop()
+    wait_until(lambda: len(r.client_list()) == 1, 5, message="all connections closed")
+
+
+def test_connection_error_during_send_is_a_mas_connection_error(redis_server) -> None:
+    from mas_sync.testing import RedisServer
+
+    with RedisServer() as private:
+        agent = Agent("doomed", redis_url=private.url)
+        agent.start()
+        private.kill()
+        with pytest.raises(MASConnectionError):
+            agent.send("x", {})
+        agent.stop(timeout=2)
+    assert agent_threads("doomed") == []
+
+
+def test_repr_says_whether_it_runs(make_agent) -> None:
+    agent = make_agent("r1", start=False)
+    assert "stopped" in repr(agent)
+    agent.start()
+    assert "running" in repr(agent)

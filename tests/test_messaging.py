@@ -1,0 +1,212 @@
+"""Message dispatch: per-sender order, parallelism, back-pressure and garbage."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from typing import Any, Dict, List
+
+import pytest
+
+from mas_sync import Agent, AgentMessage
+from mas_sync.testing import wait_until
+
+
+class Collector(Agent):
+    """Records (sender, n) per message, with an optional per-message delay."""
+
+    def __init__(self, *args: Any, delay: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.by_sender: Dict[str, List[int]] = defaultdict(list)
+        self.threads: set = set()
+        self.active = 0
+        self.max_active = 0
+
+    def on_message(self, message: AgentMessage) -> None:
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            self.threads.add(threading.current_thread().name)
+        if self.delay:
+            threading.Event().wait(self.delay)
+        with self.lock:
+            self.by_sender[message.sender_id].append(message.payload["n"])
+            self.active -= 1
+
+    def count(self) -> int:
+        with self.lock:
+            return sum(len(v) for v in self.by_sender.values())
+
+
+def test_peer_to_peer_message_arrives_with_all_fields(make_agent) -> None:
+    got: List[AgentMessage] = []
+    arrived = threading.Event()
+
+    class Rx(Agent):
+        def on_message(self, message: AgentMessage) -> None:
+            got.append(message)
+            arrived.set()
+
+    make_agent("rx", cls=Rx)
+    tx = make_agent("tx")
+    message_id = tx.send("rx", {"hello": "world"})
+    assert arrived.wait(5)
+    message = got[0]
+    assert (message.sender_id, message.target_id, message.payload) == ("tx", "rx", {"hello": "world"})
+    assert message.message_id == message_id
+    assert abs(message.timestamp - time.time()) < 5
+
+
+def test_messages_from_one_sender_keep_their_order_while_senders_run_in_parallel(make_agent) -> None:
+    rx = make_agent("rx", cls=Collector, delay=0.002, max_workers=4)
+    senders = [make_agent(f"tx{i}") for i in range(4)]
+    per_sender = 50
+
+    def blast(agent: Agent) -> None:
+        for n in range(per_sender):
+            agent.send("rx", {"n": n})
+
+    threads = [threading.Thread(target=blast, args=(s,)) for s in senders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    wait_until(lambda: rx.count() == 4 * per_sender, 10, message="all messages handled")
+    for sender in senders:
+        assert rx.by_sender[sender.id] == list(range(per_sender))
+    assert rx.max_active > 1, "different senders should be handled in parallel"
+    assert len(rx.threads) <= 4
+
+
+def test_one_sender_is_never_handled_by_two_threads_at_once(make_agent) -> None:
+    rx = make_agent("rx", cls=Collector, delay=0.001, max_workers=8)
+    tx = make_agent("tx")
+    for n in range(100):
+        tx.send("rx", {"n": n})
+    wait_until(lambda: rx.count() == 100, 10)
+    assert rx.by_sender["tx"] == list(range(100))
+    assert rx.max_active == 1
+
+
+def test_a_slow_handler_does_not_stop_the_listener_reading(make_agent) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Blocked(Agent):
+        def on_message(self, message: AgentMessage) -> None:
+            entered.set()
+            release.wait(10)
+
+    rx = make_agent("rx", cls=Blocked, max_workers=1)
+    tx = make_agent("tx")
+    try:
+        for n in range(20):
+            tx.send("rx", {"n": n})
+        assert entered.wait(5)
+        # The one worker is blocked, yet the listener reads every message.
+        wait_until(lambda: rx.stats.received == 20, 5, message="listener keeps reading")
+        assert rx.stats.handled == 0
+    finally:
+        release.set()
+    wait_until(lambda: rx.stats.handled == 20, 5)
+
+
+def test_messages_beyond_max_pending_are_dropped_and_counted(make_agent, caplog) -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Blocked(Agent):
+        def on_message(self, message: AgentMessage) -> None:
+            entered.set()
+            release.wait(10)
+
+    rx = make_agent("rx", cls=Blocked, max_workers=1, max_pending=5)
+    tx = make_agent("tx")
+    try:
+        tx.send("rx", {"n": 0})
+        assert entered.wait(5)  # the worker holds message 0
+        for n in range(1, 11):
+            tx.send("rx", {"n": n})
+        wait_until(lambda: rx.stats.received == 11, 5)
+        assert rx.stats.dropped_overflow == 5
+        assert "max_pending" in caplog.text
+    finally:
+        release.set()
+    wait_until(lambda: rx.stats.handled == 6, 5, message="the queued five and the first")
+    tx.send("rx", {"n": 99})
+    wait_until(lambda: rx.stats.handled == 7, 5, message="room again after the overflow")
+    assert rx.stats.dropped_overflow == 5
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"not json at all",
+        b"\xff\xfe\x00 invalid utf-8",
+        b"[1, 2, 3]",
+        b'{"sender_id": "x"}',
+        json.dumps({"sender_id": 5, "target_id": "rx", "payload": {}}).encode(),
+        json.dumps({"sender_id": "x", "target_id": "rx", "payload": [1]}).encode(),
+        json.dumps({"sender_id": "x", "target_id": "rx", "payload": {}, "timestamp": "soon"}).encode(),
+        b"{" * 10000,
+        b'{"sender_id": "x", "target_id": "rx", "payload": {"big": "' + b"x" * 300_000 + b'"}}',
+    ],
+    ids=["text", "bad-utf8", "array", "missing-fields", "int-sender", "list-payload", "bad-timestamp", "deep", "huge"],
+)
+def test_garbage_is_counted_and_the_listener_goes_on(make_agent, r, garbage, caplog) -> None:
+    rx = make_agent("rx", cls=Collector, max_message_bytes=200_000)
+    tx = make_agent("tx")
+    r.publish("agent.rx", garbage)
+    tx.send("rx", {"n": 1})
+    wait_until(lambda: rx.count() == 1, 5, message="valid message after garbage")
+    assert rx.stats.invalid == 1
+    assert rx.stats.received == 2
+    assert "dropped" in caplog.text
+
+
+def test_handler_exception_is_logged_with_ids_and_the_agent_keeps_working(make_agent, caplog) -> None:
+    errors: List[Exception] = []
+
+    class Flaky(Agent):
+        def on_message(self, message: AgentMessage) -> None:
+            if message.payload.get("fail"):
+                raise ValueError("handler blew up")
+            self.ok.set()
+
+        def on_error(self, message: AgentMessage, error: Exception) -> None:
+            errors.append(error)
+
+    rx = make_agent("rx", cls=Flaky, start=False, max_workers=1)
+    rx.ok = threading.Event()
+    rx.start()
+    tx = make_agent("tx")
+    bad_id = tx.send("rx", {"fail": True})
+    tx.send("rx", {"fail": False})
+    assert rx.ok.wait(5)
+    wait_until(lambda: rx.stats.handler_errors == 1, 5)
+    assert isinstance(errors[0], ValueError)
+    record = next(r for r in caplog.records if "on_message failed" in r.getMessage())
+    assert "rx" in record.getMessage() and bad_id in record.getMessage() and "tx" in record.getMessage()
+    assert record.exc_info is not None
+
+
+def test_queued_messages_are_handled_before_stop_returns(make_agent) -> None:
+    rx = make_agent("rx", cls=Collector, delay=0.005, max_workers=2)
+    tx = make_agent("tx")
+    for n in range(40):
+        tx.send("rx", {"n": n})
+    wait_until(lambda: rx.stats.received == 40, 5)
+    rx.stop(timeout=10)
+    assert rx.count() == 40
+    assert rx.stats.dropped_on_stop == 0
+
+
+def test_an_agent_can_message_itself(make_agent) -> None:
+    me = make_agent("me", cls=Collector)
+    me.send("me", {"n": 7})
+    wait_until(lambda: me.count() == 1, 5)
+    assert me.by_sender["me"] == [7]

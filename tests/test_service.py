@@ -1,0 +1,163 @@
+"""MASService: system messages, health checks, and the command line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from mas_sync import MASConnectionError, MASService
+from mas_sync.testing import free_port, wait_until
+
+
+def test_service_logs_register_and_deregister(make_agent, redis_url, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="mas_sync")
+    with MASService(redis_url, check_interval=60):
+        agent = make_agent("logged", capabilities=["x"])
+        agent.stop()
+        wait_until(lambda: "agent logged deregistered" in caplog.text, 5)
+    assert "agent logged registered with capabilities ['x']" in caplog.text
+
+
+def test_service_ignores_garbage_on_the_system_channel(redis_url, r, caplog) -> None:
+    with MASService(redis_url, check_interval=60):
+        r.publish("mas.system", "not json")
+        r.publish("mas.system", '{"type": "REGISTER"}')
+        wait_until(lambda: caplog.text.count("invalid system message") == 2, 5)
+
+
+def test_missing_heartbeat_marks_agent_inactive(redis_url, r) -> None:
+    with MASService(redis_url, heartbeat_timeout=0, check_interval=60) as service:
+        r.hset("agent:ghost", mapping={"id": "ghost", "capabilities": "[]", "metadata": "{}",
+                                       "status": "ACTIVE", "registered_at": str(time.time() - 10)})
+        r.hset("agent:alive", mapping={"id": "alive", "capabilities": "[]", "metadata": "{}",
+                                       "status": "ACTIVE", "registered_at": str(time.time() - 10)})
+        r.set("agent:alive:heartbeat", "1", ex=60)
+        assert service.check_health() == ["ghost"]
+        assert r.hget("agent:ghost", "status") == "INACTIVE"
+        assert r.hget("agent:alive", "status") == "ACTIVE"
+        assert service.check_health() == []
+
+
+def test_new_registration_gets_a_grace_period(redis_url, r) -> None:
+    with MASService(redis_url, heartbeat_timeout=60, check_interval=60) as service:
+        r.hset("agent:young", mapping={"id": "young", "capabilities": "[]", "metadata": "{}",
+                                       "status": "ACTIVE", "registered_at": str(time.time())})
+        assert service.check_health() == []
+
+
+def test_health_check_never_recreates_a_deleted_registration(redis_url, r) -> None:
+    with MASService(redis_url, heartbeat_timeout=0, check_interval=60) as service:
+        assert service.check_health() == []
+        assert r.keys("agent:*") == []
+
+
+def test_killed_agent_drops_out_of_discovery(make_agent, redis_url) -> None:
+    # heartbeat_ttl 1 s + check_interval 0.3 s: gone from discover() within ~1.3 s.
+    script = textwrap.dedent(
+        f"""
+        import sys, threading
+        from mas_sync import Agent
+        agent = Agent("doomed", ["x"], {redis_url!r}, heartbeat_interval=0.2, heartbeat_ttl=1.0)
+        agent.start()
+        print("started", flush=True)
+        threading.Event().wait(60)
+        """
+    )
+    observer = make_agent("observer")
+    with MASService(redis_url, heartbeat_timeout=1, check_interval=0.3):
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == "started"
+            assert [a["id"] for a in observer.discover(["x"])] == ["doomed"]
+            child.send_signal(signal.SIGKILL)
+            child.wait(5)
+            killed = time.monotonic()
+            wait_until(lambda: observer.discover(["x"]) == [], 10, message="dead agent dropped")
+            assert time.monotonic() - killed < 1.0 + 0.3 + 1.5
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait(5)
+            child.stdout.close()
+
+
+def test_a_live_agent_stays_active_under_the_service(make_agent, redis_url, r) -> None:
+    with MASService(redis_url, heartbeat_timeout=0, check_interval=0.1) as service:
+        make_agent("steady", capabilities=["s"])
+        for _ in range(5):
+            service.check_health()
+        assert r.hget("agent:steady", "status") == "ACTIVE"
+
+
+def test_service_start_fails_promptly_without_redis() -> None:
+    service = MASService(f"redis://127.0.0.1:{free_port()}", check_interval=1)
+    started = time.monotonic()
+    with pytest.raises(MASConnectionError):
+        service.start()
+    assert time.monotonic() - started < 5
+    assert not service.is_running
+
+
+def test_service_stop_twice_and_restart(redis_url) -> None:
+    service = MASService(redis_url, check_interval=0.1)
+    service.start()
+    service.stop()
+    service.stop()
+    service.start()
+    assert service.is_running
+    service.stop()
+
+
+def test_bad_service_arguments() -> None:
+    with pytest.raises(ValueError):
+        MASService(check_interval=0)
+    with pytest.raises(ValueError):
+        MASService(heartbeat_timeout=-1)
+
+
+def _run_cli(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "mas_sync.service", *args],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_service_command_stops_cleanly_on_a_signal(redis_url, sig) -> None:
+    proc = _run_cli("--redis-url", redis_url, "--check-interval", "0.5")
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "MASService: started" in line:
+                break
+        else:  # pragma: no cover - reported below
+            pytest.fail("the service did not start")
+        proc.send_signal(sig)
+        assert proc.wait(10) == 0
+        rest = proc.stderr.read()
+        assert "MASService: stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        proc.stderr.close()
+
+
+def test_service_command_exits_1_without_redis() -> None:
+    proc = _run_cli("--redis-url", f"redis://127.0.0.1:{free_port()}")
+    try:
+        assert proc.wait(15) == 1
+        assert "cannot reach Redis" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        proc.stderr.close()

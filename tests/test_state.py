@@ -1,0 +1,250 @@
+"""State: untyped and typed, concurrent updates, restarts and bad input."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import threading
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+from pydantic import BaseModel, Field
+
+from mas_sync import StateError
+
+
+class Color(str, enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Inner(BaseModel):
+    name: str = ""
+    tags: List[str] = Field(default_factory=list)
+    when: Optional[datetime.datetime] = None
+
+
+class Rich(BaseModel):
+    counter: int = 0
+    ratio: float = 0.0
+    flag: bool = False
+    name: str = ""
+    items: List[int] = Field(default_factory=list)
+    mapping: Dict[str, float] = Field(default_factory=dict)
+    inner: Inner = Field(default_factory=Inner)
+    color: Color = Color.RED
+    level: Level = Level.LOW
+    stamp: datetime.datetime = datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)
+    day: datetime.date = datetime.date(2020, 1, 1)
+    maybe: Optional[int] = None
+    maybe_text: Optional[str] = "set"
+    pair: Tuple[int, str] = (0, "")
+    huge: float = 0.0
+    text_like_json: str = ""
+
+
+def test_untyped_state_reads_back_what_redis_holds_before_and_after_restart(make_agent, r) -> None:
+    agent = make_agent("st")
+    agent.update_state({"counter": 42, "status": "active", "items": [1, 2], "cfg": {"a": 1}, "none": None})
+    expected = {
+        "counter": "42",
+        "status": "active",
+        "items": "[1, 2]",
+        "cfg": '{"a": 1}',
+        "none": "None",
+    }
+    assert dict(agent.state) == expected
+    assert agent.state["counter"] == "42"
+    assert r.hgetall("agent.state:st") == expected
+    agent.stop()
+    again = make_agent("st")
+    assert dict(again.state) == expected
+
+
+def test_typed_state_round_trips_every_field_type_across_a_restart(make_agent, r) -> None:
+    agent = make_agent("typed", state_model=Rich)
+    assert agent.state.counter == 0
+    when = datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.timezone(datetime.timedelta(hours=2)))
+    updates = dict(
+        counter=42,
+        ratio=0.1,
+        flag=True,
+        name="None of these",
+        items=[3, 1, 2],
+        mapping={"a": 1.5},
+        inner=Inner(name="n", tags=["x", "y"], when=when),
+        color=Color.BLUE,
+        level=Level.HIGH,
+        stamp=when,
+        day=datetime.date(2024, 2, 29),
+        maybe=None,
+        maybe_text=None,
+        pair=(7, "seven"),
+        huge=float("inf"),
+        text_like_json='["not", "a", "list"]',
+    )
+    agent.update_state(updates)
+    before = agent.state.model_dump()
+    agent.stop()
+    again = make_agent("typed", state_model=Rich)
+    after = again.state.model_dump()
+    assert after == before
+    assert again.state.items == [3, 1, 2]
+    assert again.state.inner.when == when
+    assert again.state.color is Color.BLUE
+    assert again.state.level is Level.HIGH
+    assert again.state.maybe is None and again.state.maybe_text is None
+    assert again.state.text_like_json == '["not", "a", "list"]'
+    assert json.loads(r.hget("agent.state:typed", "items")) == [3, 1, 2]
+    assert r.hget("agent.state:typed", "counter") == "42"
+
+
+def test_typed_state_with_a_list_field_is_not_reset_on_restart(make_agent) -> None:
+    class WithList(BaseModel):
+        items: List[str] = Field(default_factory=list)
+        count: int = 0
+
+    agent = make_agent("lst", state_model=WithList)
+    agent.update_state({"items": ["a", "b"], "count": 2})
+    agent.stop()
+    again = make_agent("lst", state_model=WithList)
+    assert again.state.items == ["a", "b"]
+    assert again.state.count == 2
+
+
+def test_concurrent_updates_from_many_threads_all_land(make_agent, r) -> None:
+    agent = make_agent("busy")
+    threads_n, per_thread = 16, 40
+    barrier = threading.Barrier(threads_n)
+
+    def worker(t: int) -> None:
+        barrier.wait(5)
+        for i in range(per_thread):
+            agent.update_state({f"t{t}-{i}": i, f"last-{t}": i})
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    expected = {}
+    for t in range(threads_n):
+        for i in range(per_thread):
+            expected[f"t{t}-{i}"] = str(i)
+        expected[f"last-{t}"] = str(per_thread - 1)
+    assert dict(agent.state) == expected
+    assert r.hgetall("agent.state:busy") == expected
+
+
+def test_concurrent_typed_updates_keep_memory_and_redis_equal(make_agent, r) -> None:
+    class Many(BaseModel):
+        a: int = 0
+        b: int = 0
+        c: List[int] = Field(default_factory=list)
+
+    agent = make_agent("many", state_model=Many)
+
+    def worker(field: str) -> None:
+        for i in range(100):
+            agent.update_state({field: i} if field != "c" else {"c": [i]})
+
+    threads = [threading.Thread(target=worker, args=(f,)) for f in "abc"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert (agent.state.a, agent.state.b, agent.state.c) == (99, 99, [99])
+    assert r.hgetall("agent.state:many") == {"a": "99", "b": "99", "c": "[99]"}
+
+
+def test_invalid_typed_update_raises_and_writes_nothing(make_agent, r) -> None:
+    agent = make_agent("strict", state_model=Rich)
+    agent.update_state({"counter": 1})
+    snapshot = r.hgetall("agent.state:strict")
+    with pytest.raises(StateError) as info:
+        agent.update_state({"counter": 2, "items": "not a list"})
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(StateError, match="'nope'"):
+        agent.update_state({"counter": 3, "nope": 1})
+    assert agent.state.counter == 1
+    assert r.hgetall("agent.state:strict") == snapshot
+
+
+def test_untyped_state_refuses_values_it_cannot_store(make_agent, r) -> None:
+    agent = make_agent("plain")
+    with pytest.raises(TypeError, match="'when'"):
+        agent.update_state({"ok": 1, "when": datetime.datetime.now()})
+    with pytest.raises(TypeError):
+        agent.update_state({"ok": 1, "bad": [object()]})
+    with pytest.raises(TypeError):
+        agent.update_state({1: "int key"})
+    with pytest.raises(TypeError):
+        agent.update_state(["not", "a", "dict"])
+    assert dict(agent.state) == {}
+    assert not r.exists("agent.state:plain")
+
+
+def test_stored_state_that_does_not_fit_the_model_fails_start_and_is_kept(make_agent, r) -> None:
+    r.hset("agent.state:old", mapping={"counter": "not a number", "extra": "x"})
+    agent = make_agent("old", state_model=Rich, start=False)
+    with pytest.raises(StateError, match="counter"):
+        agent.start()
+    assert not agent.is_running
+    assert r.hgetall("agent.state:old") == {"counter": "not a number", "extra": "x"}
+
+
+def test_fields_in_redis_unknown_to_the_model_are_left_alone(make_agent, r) -> None:
+    r.hset("agent.state:mixed", mapping={"counter": "5", "foreign": "kept"})
+    agent = make_agent("mixed", state_model=Rich)
+    assert agent.state.counter == 5
+    agent.update_state({"counter": 6})
+    assert r.hget("agent.state:mixed", "foreign") == "kept"
+
+
+def test_state_written_by_the_async_framework_loads_typed(make_agent, r) -> None:
+    # What mas-framework 0.2.0 writes: str() for scalars, json.dumps for lists and dicts.
+    r.hset(
+        "agent.state:legacy",
+        mapping={"counter": "7", "flag": "True", "ratio": "0.5", "items": "[1, 2]", "maybe": "None"},
+    )
+    agent = make_agent("legacy", state_model=Rich)
+    assert (agent.state.counter, agent.state.flag, agent.state.ratio) == (7, True, 0.5)
+    assert agent.state.items == [1, 2]
+    assert agent.state.maybe is None
+
+
+def test_reset_state_deletes_it(make_agent, r) -> None:
+    agent = make_agent("rs", state_model=Rich)
+    agent.update_state({"counter": 9})
+    agent.reset_state()
+    assert agent.state.counter == 0
+    assert not r.exists("agent.state:rs")
+
+
+def test_state_view_is_read_only_and_hands_out_copies(make_agent) -> None:
+    plain = make_agent("ro")
+    plain.update_state({"a": 1})
+    with pytest.raises(TypeError, match="update_state"):
+        plain.state["a"] = "2"
+    typed = make_agent("ro2", state_model=Rich)
+    typed.update_state({"items": [1]})
+    with pytest.raises(TypeError, match="update_state"):
+        typed.state.counter = 5
+    typed.state.items.append(2)  # changes a copy only
+    assert typed.state.items == [1]
+    assert typed.state == Rich(items=[1])
+
+
+def test_state_is_none_before_start_and_kept_after_stop(make_agent) -> None:
+    agent = make_agent("life", start=False)
+    assert agent.state is None
+    agent.start()
+    agent.update_state({"x": 1})
+    agent.stop()
+    assert agent.state["x"] == "1"
