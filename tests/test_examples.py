@@ -1,0 +1,48 @@
+"""The demo and the examples run as documented."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run(args, env_extra=None, timeout=60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_demo_runs_on_its_own_private_server() -> None:
+    result = run(["-m", "mas_sync", "demo"])
+    assert result.returncode == 0, result.stderr
+    assert "a private redis-server" in result.stdout
+    assert "coordinator discovered ['adder-1', 'adder-2']" in result.stdout
+    assert "adder-2 -> coordinator: task 5 = 55" in result.stdout
+    assert "threads left: none" in result.stdout
+
+
+def test_demo_uses_the_given_redis(redis_url) -> None:
+    result = run(["-m", "mas_sync", "demo", "--redis-url", redis_url])
+    assert result.returncode == 0, result.stderr
+    assert f"Redis at {redis_url}\n" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "example, expected",
+    [
+        ("hello.py", "alice got {'greeting': 'hello back'} from bob"),
+        ("discovery.py", "all active agents: ['summarizer', 'translator', 'vision']"),
+        ("typed_state.py", "after restart:  {'counter': 1, 'ratio': 0.5, 'history': [1]"),
+    ],
+)
+def test_example_runs(redis_url, example, expected) -> None:
+    result = run([str(ROOT / "examples" / example)], {"REDIS_URL": redis_url})
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout

@@ -1,0 +1,195 @@
+"""Sync agents and agents of the async MAS framework (mas-framework 0.2.0) on one Redis.
+
+The async agents run for real, in an event loop on a thread of the test. The
+package installs on Python 3.11 with
+``pip install --no-deps --ignore-requires-python mas-framework==0.2.0``;
+without it these tests are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from typing import Any, Coroutine, Iterator, List
+
+import pytest
+from pydantic import BaseModel, Field
+
+from mas_sync import Agent, AgentMessage, MASService
+from mas_sync.testing import wait_until
+
+mas = pytest.importorskip("mas", reason="mas-framework 0.2.0 is not installed")
+
+
+class Loop:
+    """An asyncio event loop running in a thread, for the async agents."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="async-side", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def aloop() -> Iterator[Loop]:
+    loop = Loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture
+def async_agent(aloop: Loop, redis_url: str):
+    """Start agents of the async framework; all are stopped at teardown."""
+    started: List[Any] = []
+
+    def factory(agent_id: str, cls: type = None, **kwargs: Any) -> Any:
+        agent = (cls or mas.Agent)(agent_id, redis_url=redis_url, **kwargs)
+        aloop.run(agent.start())
+        started.append(agent)
+        return agent
+
+    yield factory
+    for agent in started:
+        aloop.run(agent.stop())
+
+
+class AsyncInbox(mas.Agent):
+    """An async agent that puts what it receives on a thread-safe queue."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inbox: "queue.Queue[Any]" = queue.Queue()
+
+    async def on_message(self, message: Any) -> None:
+        self.inbox.put(message)
+
+
+class SyncInbox(Agent):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.inbox: "queue.Queue[AgentMessage]" = queue.Queue()
+
+    def on_message(self, message: AgentMessage) -> None:
+        self.inbox.put(message)
+
+
+def test_sync_agent_sends_to_async_agent(make_agent, async_agent) -> None:
+    receiver = async_agent("async-rx", cls=AsyncInbox)
+    sender = make_agent("sync-tx")
+    message_id = sender.send("async-rx", {"hello": "from sync", "n": [1, 2]})
+    got = receiver.inbox.get(timeout=5)
+    assert got.sender_id == "sync-tx" and got.target_id == "async-rx"
+    assert got.payload == {"hello": "from sync", "n": [1, 2]}
+    assert got.message_id == message_id
+
+
+def test_async_agent_sends_to_sync_agent(make_agent, async_agent, aloop) -> None:
+    receiver = make_agent("sync-rx", cls=SyncInbox)
+    sender = async_agent("async-tx")
+    aloop.run(sender.send("sync-rx", {"hello": "from async"}))
+    got = receiver.inbox.get(timeout=5)
+    assert got.sender_id == "async-tx" and got.payload == {"hello": "from async"}
+    assert got.message_id.isdigit()  # the async side's time_ns() ids
+
+
+def test_conversation_both_ways(make_agent, async_agent, aloop) -> None:
+    class Echo(Agent):
+        def on_message(self, message: AgentMessage) -> None:
+            self.send(message.sender_id, {"echo": message.payload["n"]})
+
+    make_agent("sync-echo", cls=Echo)
+    talker = async_agent("async-talker", cls=AsyncInbox)
+    for n in range(10):
+        aloop.run(talker.send("sync-echo", {"n": n}))
+    echoes = [talker.inbox.get(timeout=5).payload["echo"] for _ in range(10)]
+    assert echoes == list(range(10))
+
+
+def test_discovery_both_ways(make_agent, async_agent, aloop) -> None:
+    sync_agent = make_agent("sync-nlp", capabilities=["nlp", "sync"])
+    other = async_agent("async-nlp", capabilities=["nlp", "async"])
+    assert [a["id"] for a in sync_agent.discover(["nlp"])] == ["async-nlp", "sync-nlp"]
+    assert sync_agent.discover(["async"]) == [
+        {"id": "async-nlp", "capabilities": ["nlp", "async"], "metadata": {}}
+    ]
+    seen = aloop.run(other.discover(capabilities=["sync"]))
+    assert seen == [{"id": "sync-nlp", "capabilities": ["nlp", "sync"], "metadata": {}}]
+
+
+def test_untyped_state_written_by_sync_is_loaded_by_async(make_agent, async_agent, aloop) -> None:
+    writer = make_agent("shared-state")
+    writer.update_state({"counter": 42, "items": [1, 2], "name": "x"})
+    expected = dict(writer.state)
+    writer.stop()
+    reader = async_agent("shared-state")
+    assert reader.state == expected
+
+
+def test_untyped_state_written_by_async_is_loaded_by_sync(make_agent, async_agent, aloop) -> None:
+    writer = async_agent("shared-state")
+    aloop.run(writer.update_state({"counter": 42, "cfg": {"a": 1}}))
+    aloop.run(writer.stop())
+    reader = make_agent("shared-state")
+    assert dict(reader.state) == {"counter": "42", "cfg": '{"a": 1}'}
+
+
+class Typed(BaseModel):
+    counter: int = 0
+    active: bool = False
+    tags: List[str] = Field(default_factory=list)
+
+
+def test_typed_state_written_by_async_is_loaded_by_sync(make_agent, async_agent, aloop) -> None:
+    writer = async_agent("typed-shared", state_model=Typed)
+    aloop.run(writer.update_state({"counter": 7, "active": True, "tags": ["a", "b"]}))
+    aloop.run(writer.stop())
+    reader = make_agent("typed-shared", state_model=Typed)
+    assert reader.state == Typed(counter=7, active=True, tags=["a", "b"])
+
+
+def test_typed_state_written_by_sync_is_loaded_by_async(make_agent, async_agent) -> None:
+    class Scalars(BaseModel):
+        counter: int = 0
+        active: bool = False
+        ratio: float = 0.0
+
+    writer = make_agent("typed-back", state_model=Scalars)
+    writer.update_state({"counter": 5, "active": True, "ratio": 0.25})
+    writer.stop()
+    reader = async_agent("typed-back", state_model=Scalars)
+    assert reader.state == Scalars(counter=5, active=True, ratio=0.25)
+
+
+def test_sync_service_sees_async_agents_come_and_go(redis_url, async_agent, aloop, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="mas_sync")
+    with MASService(redis_url, check_interval=60):
+        agent = async_agent("async-visitor", capabilities=["v"])
+        wait_until(lambda: "agent async-visitor registered" in caplog.text, 5)
+        aloop.run(agent.stop())
+        wait_until(lambda: "agent async-visitor deregistered" in caplog.text, 5)
+
+
+def test_sync_agent_answers_an_async_request(make_agent, async_agent, aloop) -> None:
+    class Answerer(Agent):
+        def on_message(self, message: AgentMessage) -> None:
+            if message.expects_reply:
+                self.send(
+                    message.sender_id,
+                    {"answer": message.payload["q"] * 2,
+                     "_correlation_id": message.payload["_correlation_id"], "_is_reply": True},
+                )
+
+    make_agent("sync-answerer", cls=Answerer)
+    asker = async_agent("async-asker")
+    reply = aloop.run(asker.request("sync-answerer", {"q": 21}, timeout=5))
+    assert reply.payload["answer"] == 42
