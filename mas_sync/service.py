@@ -43,12 +43,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        service = MASService(args.redis_url, args.heartbeat_timeout, args.check_interval)
-        service.start()
-    except (MASConnectionError, ValueError) as exc:
-        log.error("%s", exc)
-        return 1
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -58,8 +52,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.info("%s received: stopping (send it again to exit at once)", signal.Signals(signum).name)
         stop.set()
 
+    # Handlers first: a signal that comes while the service starts is not lost.
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    try:
+        service = MASService(args.redis_url, args.heartbeat_timeout, args.check_interval)
+        service.start()
+    except (MASConnectionError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
     while not stop.wait(1.0):
         pass
     service.stop()
