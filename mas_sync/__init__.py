@@ -8,7 +8,15 @@ channels and messages as the async MAS framework.
 import logging
 
 from ._agent import Agent, AgentStats
-from ._errors import AgentNotRunningError, MASConnectionError, MASError, StateError
+from ._errors import (
+    AgentNotRunningError,
+    MASConnectionError,
+    MASError,
+    RequestError,
+    RequestTimeout,
+    StateError,
+)
+from ._handlers import handler
 from ._message import AgentMessage
 from ._registry import AgentRegistry
 from ._service import MASService
@@ -25,9 +33,12 @@ __all__ = [
     "MASConnectionError",
     "MASError",
     "MASService",
+    "RequestError",
+    "RequestTimeout",
     "StateError",
     "StateManager",
     "__version__",
+    "handler",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

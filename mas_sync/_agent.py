@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import threading
 import time
+import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
 import redis
 from pydantic import BaseModel, ValidationError
@@ -16,10 +18,12 @@ from pydantic import BaseModel, ValidationError
 from . import _wire
 from ._connection import make_client, ping, redact_url
 from ._dispatch import OrderedPool
+from ._errors import AgentNotRunningError, MASConnectionError, RequestError, RequestTimeout
+from ._handlers import HandlerSpec, action_of, body_of, collect_handlers
 from ._listener import REDIS_ERRORS, ChannelListener
-from ._errors import AgentNotRunningError, MASConnectionError
 from ._message import AgentMessage
 from ._registry import AgentRegistry
+from ._requests import PendingRequests
 from ._state import StateManager
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,10 @@ class AgentStats:
         dropped_overflow: Messages dropped because ``max_pending`` messages
             were already waiting for a worker.
         dropped_on_stop: Messages still queued when ``stop()`` gave up waiting.
+        rejected: Messages a typed handler refused: the payload did not
+            validate into its model.
+        replies_dropped: Replies that matched no waiting request: late (after
+            the request timed out), or not from the agent that was asked.
         reconnects: Times the listener resubscribed after losing Redis.
     """
 
@@ -49,6 +57,8 @@ class AgentStats:
     invalid: int = 0
     dropped_overflow: int = 0
     dropped_on_stop: int = 0
+    rejected: int = 0
+    replies_dropped: int = 0
     reconnects: int = 0
 
 
@@ -99,6 +109,10 @@ class Agent:
     At most ``max_pending`` messages wait for a worker; a message arriving
     beyond that is dropped, logged and counted in :attr:`stats`, so that a slow
     handler never stops the listener from reading Redis.
+
+    Methods decorated with :func:`~mas_sync.handler` receive the messages whose
+    ``payload["action"]`` names them, validated into a pydantic model; other
+    messages go to :meth:`on_message`.
 
     Attributes whose names start with ``_mas_`` are reserved for the library.
 
@@ -166,6 +180,12 @@ class Agent:
         self._mas_runtime: Optional[_Runtime] = None
         self._mas_state: Optional[StateManager] = None
         self._mas_counters = _Counters()
+
+    _mas_handlers: Dict[str, HandlerSpec] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._mas_handlers = collect_handlers(cls)
 
     def __repr__(self) -> str:
         status = "running" if self.is_running else "stopped"
@@ -284,6 +304,94 @@ class Agent:
         runtime.command(runtime.client.publish, _wire.agent_channel(target_id), data)
         return message_id
 
+    def send_many(self, messages: Iterable[Tuple[str, Dict[str, Any]]]) -> List[str]:
+        """Publish a batch of ``(target_id, payload)`` messages in one round trip.
+
+        Every message is checked before any is published: one bad target or
+        payload raises and nothing is sent.
+
+        Returns:
+            The message ids, in order.
+
+        Raises:
+            AgentNotRunningError, TypeError, ValueError, MASConnectionError: as
+                :meth:`send`.
+        """
+        runtime = self._mas_require_runtime()
+        batch = []
+        for n, item in enumerate(messages):
+            try:
+                target_id, payload = item
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"send_many() takes (target_id, payload) pairs; item {n} is {item!r}"
+                ) from None
+            _wire.validate_agent_id(target_id, f"target id of item {n}")
+            message_id = _wire.new_message_id()
+            data = _wire.encode_message(self.id, target_id, payload, message_id)
+            batch.append((_wire.agent_channel(target_id), data, message_id))
+        if batch:
+            runtime.command(runtime.publish_many, [(c, d) for c, d, _ in batch])
+        return [message_id for _, _, message_id in batch]
+
+    def request(
+        self, target_id: str, payload: Dict[str, Any], timeout: float = 30.0
+    ) -> AgentMessage:
+        """Send a request to ``target_id`` and block until its reply arrives.
+
+        Callable from any thread, including from :meth:`on_message` and typed
+        handlers: replies are taken off the channel by the listener thread,
+        so a waiting handler does not need a free worker to get its answer.
+        Only a reply from ``target_id`` itself resolves the request.
+
+        Returns:
+            The reply. Its ``payload`` holds what the other agent replied,
+            without the request/reply markers.
+
+        Raises:
+            RequestTimeout: no reply within ``timeout`` seconds (a
+                ``TimeoutError``); a reply that comes later is dropped.
+            RequestError: the other agent replied with an error: its handler
+                raised, or refused the payload (``kind == "validation_error"``).
+            AgentNotRunningError: this agent is not started, or was stopped
+                while waiting.
+            TypeError, ValueError, MASConnectionError: as :meth:`send`.
+        """
+        runtime = self._mas_require_runtime()
+        _wire.validate_agent_id(target_id, "target id")
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if not isinstance(payload, dict):
+            raise TypeError(f"payload must be a dict (a JSON object), not {type(payload).__name__}")
+        correlation_id = str(uuid.uuid4())
+        data = _wire.encode_message(
+            self.id, target_id, _wire.request_payload(payload, correlation_id)
+        )
+        pending = runtime.requests.add(correlation_id, target_id)
+        try:
+            runtime.command(runtime.client.publish, _wire.agent_channel(target_id), data)
+            if not pending.event.wait(timeout):
+                raise RequestTimeout(
+                    f"agent {self.id!r}: no reply from {target_id!r} within {timeout} s"
+                    f" (request {correlation_id})"
+                )
+        finally:
+            runtime.requests.discard(correlation_id)
+        if pending.error is not None:
+            raise pending.error
+        reply = pending.reply
+        assert reply is not None
+        error = reply.payload.get(_wire.ERROR)
+        if isinstance(error, dict):
+            raise RequestError(
+                f"{target_id!r} answered request {correlation_id} with an error:"
+                f" {error.get('type')}: {error.get('message')}",
+                reply=reply,
+                kind=str(error.get("type")),
+                details=error.get("details") or [],
+            )
+        return reply
+
     def discover(self, capabilities: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         """The ACTIVE agents having at least one of ``capabilities``.
 
@@ -385,6 +493,24 @@ class Agent:
 
     # -- internals -------------------------------------------------------------
 
+    def _mas_reply(self, message: AgentMessage, payload: Dict[str, Any]) -> str:
+        runtime = self._mas_require_runtime()
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json")
+        if not isinstance(payload, dict):
+            raise TypeError(f"a reply must be a dict (a JSON object), not {type(payload).__name__}")
+        message_id = _wire.new_message_id()
+        assert message.correlation_id is not None
+        data = _wire.encode_message(
+            self.id,
+            message.sender_id,
+            _wire.reply_payload(payload, message.correlation_id),
+            message_id,
+        )
+        runtime.command(runtime.client.publish, _wire.agent_channel(message.sender_id), data)
+        message._replied = True
+        return message_id
+
     def _mas_require_runtime(self) -> "_Runtime":
         runtime = self._mas_runtime
         if runtime is None or runtime.closed:
@@ -415,6 +541,7 @@ class _Runtime:
         self.pool = OrderedPool(
             self.name, self.handle, agent._mas_max_workers, agent._mas_max_pending
         )
+        self.requests = PendingRequests()
         self.listener: Optional[ChannelListener] = None
         self.heartbeat: Optional[threading.Thread] = None
         self.overflowing = 0
@@ -459,6 +586,9 @@ class _Runtime:
         self.stop_event.set()
         if self.listener is not None:
             self.listener.stop(self.client, deadline)
+        # No reply can arrive any more: fail the waiting requests now, so that
+        # handlers blocked in request() return before the drain below.
+        self.requests.close(f"agent {agent.id!r} stopped")
         if not self.pool.drain(max(0.0, deadline - time.monotonic())):
             log.warning(
                 "Agent %s: handlers still busy after %.1f s; dropping %d queued messages",
@@ -519,6 +649,12 @@ class _Runtime:
             raise MASConnectionError(
                 f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} failed: {exc}"
             ) from exc
+
+    def publish_many(self, batch: List[Tuple[str, str]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for channel, data in batch:
+            pipe.publish(channel, data)
+        pipe.execute()
 
     def register(self) -> None:
         agent = self.agent
@@ -582,6 +718,7 @@ class _Runtime:
             return
         try:
             message = AgentMessage.model_validate_json(data)
+            message._take_markers()
         except (ValidationError, ValueError) as exc:
             self.counters.add("invalid")
             log.warning(
@@ -590,6 +727,17 @@ class _Runtime:
             )
             return
         message._agent = agent
+        if message.is_reply:
+            # Replies go to the thread waiting in request(), never to on_message.
+            assert message.correlation_id is not None
+            if not self.requests.resolve(message.correlation_id, message):
+                self.counters.add("replies_dropped")
+                log.warning(
+                    "Agent %s: dropped reply %s from %s: no request %s waits for it"
+                    " from that agent (late, or not from the agent asked)",
+                    agent.id, message.message_id, message.sender_id, message.correlation_id,
+                )
+            return
         if self.pool.submit(message.sender_id, message):
             if self.overflowing:
                 log.warning(
@@ -611,20 +759,66 @@ class _Runtime:
 
     def handle(self, message: AgentMessage) -> None:
         agent = self.agent
+        spec = agent._mas_handlers.get(action_of(message) or "")
         try:
-            agent.on_message(message)
+            if spec is None:
+                result = agent.on_message(message)
+            elif spec.model is None:
+                result = getattr(agent, spec.method)(message)
+            else:
+                try:
+                    body = spec.model.model_validate(body_of(message))
+                except ValidationError as exc:
+                    self.reject(message, spec, exc)
+                    return
+                result = getattr(agent, spec.method)(message, body)
+            if result is not None and message.expects_reply and not message._replied:
+                message.reply(result)
         except Exception as exc:
             self.counters.add("handler_errors")
+            where = f"{spec.method}()" if spec is not None else "on_message"
             log.exception(
-                "Agent %s: on_message failed for message %s from %s",
-                agent.id, message.message_id, message.sender_id,
+                "Agent %s: %s failed for message %s from %s",
+                agent.id, where, message.message_id, message.sender_id,
             )
+            self.reply_error(message, "handler_error", f"{type(exc).__name__}: {exc}")
             try:
                 agent.on_error(message, exc)
             except Exception:
                 log.exception("Agent %s: on_error raised", agent.id)
         else:
             self.counters.add("handled")
+
+    def reject(self, message: AgentMessage, spec: HandlerSpec, exc: ValidationError) -> None:
+        agent = self.agent
+        self.counters.add("rejected")
+        log.warning(
+            "Agent %s: rejected message %s from %s: payload does not fit %s for action %r: %s",
+            agent.id, message.message_id, message.sender_id,
+            spec.model.__name__ if spec.model else "?", spec.action, _first_error(exc),
+        )
+        details = json.loads(exc.json(include_url=False, include_input=False))
+        self.reply_error(
+            message,
+            "validation_error",
+            f"payload does not fit {spec.model.__name__ if spec.model else '?'}"
+            f" for action {spec.action!r}",
+            details,
+        )
+
+    def reply_error(
+        self, message: AgentMessage, kind: str, text: str, details: Optional[List[Any]] = None
+    ) -> None:
+        """Tell a requester that its request failed, instead of letting it time out."""
+        if not message.expects_reply or message._replied:
+            return
+        try:
+            message.reply(_wire.error_payload(kind, text, details))
+        except Exception as exc:
+            log.warning(
+                "Agent %s: could not send the error reply to %s: %s",
+                self.agent.id, message.sender_id, exc,
+            )
 
 
 def _first_error(exc: Exception) -> str:

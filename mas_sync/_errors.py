@@ -6,6 +6,8 @@ Each one derives from :class:`MASError` and from the builtin that fits, so
 
 from __future__ import annotations
 
+from typing import Any, List
+
 
 class MASError(Exception):
     """Base class of every error raised by mas_sync."""
@@ -21,3 +23,24 @@ class MASConnectionError(MASError, ConnectionError):
 
 class StateError(MASError, ValueError):
     """State in Redis does not fit the agent's state model, or an update is invalid."""
+
+
+class RequestTimeout(MASError, TimeoutError):
+    """No reply to a request arrived in time."""
+
+
+class RequestError(MASError, RuntimeError):
+    """The agent asked answered with an error instead of a result.
+
+    Attributes:
+        reply: The error reply.
+        kind: ``"validation_error"`` when a typed handler refused the payload,
+            ``"handler_error"`` when the handler raised.
+        details: For validation errors, pydantic's list of errors.
+    """
+
+    def __init__(self, message: str, *, reply: Any, kind: str, details: List[Any]) -> None:
+        super().__init__(message)
+        self.reply = reply
+        self.kind = kind
+        self.details = details

@@ -36,13 +36,50 @@ class AgentMessage(BaseModel):
     message_id: str = Field(default_factory=_wire.new_message_id)
 
     _agent: Optional["Agent"] = PrivateAttr(default=None)
+    _correlation_id: Optional[str] = PrivateAttr(default=None)
+    _expects_reply: bool = PrivateAttr(default=False)
+    _is_reply: bool = PrivateAttr(default=False)
+    _replied: bool = PrivateAttr(default=False)
+
+    def _take_markers(self) -> None:
+        """Move the request/reply markers out of the payload (raises ValueError)."""
+        self._correlation_id, self._expects_reply, self._is_reply = _wire.split_markers(
+            self.payload
+        )
+
+    @property
+    def correlation_id(self) -> Optional[str]:
+        """The id that ties a request to its reply; None for a plain message."""
+        return self._correlation_id or self.payload.get(_wire.CORRELATION_ID)
 
     @property
     def expects_reply(self) -> bool:
         """True when the sender waits for a reply (it used ``request()``)."""
-        return bool(self.payload.get(_wire.EXPECTS_REPLY, False))
+        return self._expects_reply or bool(self.payload.get(_wire.EXPECTS_REPLY, False))
 
     @property
     def is_reply(self) -> bool:
         """True when this message is the reply to an earlier request."""
-        return bool(self.payload.get(_wire.IS_REPLY, False))
+        return self._is_reply or bool(self.payload.get(_wire.IS_REPLY, False))
+
+    def reply(self, payload: Dict[str, Any]) -> str:
+        """Send ``payload`` back to the sender as the reply to this request.
+
+        Safe to call from any thread while the receiving agent runs.
+
+        Returns:
+            The message id of the reply.
+
+        Raises:
+            RuntimeError: this message is not a request, or was not received
+                by a running agent.
+            TypeError, ValueError: ``payload`` is not a JSON object.
+        """
+        if self._agent is None:
+            raise RuntimeError("only a message received by an agent can be replied to")
+        if not self.expects_reply or not self.correlation_id:
+            raise RuntimeError(
+                f"message {self.message_id} from {self.sender_id!r} is not a request;"
+                " use agent.send() to answer it"
+            )
+        return self._agent._mas_reply(self, payload)

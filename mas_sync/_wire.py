@@ -11,7 +11,7 @@ import json
 import re
 import time
 import uuid
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 #: Prefix of the registration hash ``agent:{id}``; also the SCAN pattern stem.
 AGENT_KEY_PREFIX = "agent:"
@@ -27,6 +27,11 @@ STATUS_INACTIVE = "INACTIVE"
 CORRELATION_ID = "_correlation_id"
 EXPECTS_REPLY = "_expects_reply"
 IS_REPLY = "_is_reply"
+#: mas_sync's own marker: a reply that reports an error instead of a result,
+#: ``{"type": ..., "message": ..., "details": [...]}``. Async peers see a key.
+ERROR = "_error"
+#: Payload key that names the action, for typed handlers.
+ACTION = "action"
 
 #: Longest agent id accepted; Redis allows more, humans and logs do not.
 MAX_AGENT_ID_LENGTH = 256
@@ -235,6 +240,40 @@ def encode_message(
             json.dumps(message_id or new_message_id()),
         )
     )
+
+
+def split_markers(payload: Dict[str, Any]) -> Tuple[Optional[str], bool, bool]:
+    """Remove the request/reply markers from ``payload``, in place.
+
+    Returns:
+        ``(correlation_id, expects_reply, is_reply)``.
+
+    Raises:
+        ValueError: a correlation id that is not a non-empty string.
+    """
+    correlation_id = payload.pop(CORRELATION_ID, None)
+    expects_reply = bool(payload.pop(EXPECTS_REPLY, False))
+    is_reply = bool(payload.pop(IS_REPLY, False))
+    if correlation_id is not None and (not isinstance(correlation_id, str) or not correlation_id):
+        raise ValueError(f"{CORRELATION_ID} must be a non-empty string, not {correlation_id!r}")
+    if (expects_reply or is_reply) and correlation_id is None:
+        raise ValueError(f"a request or reply without {CORRELATION_ID}")
+    return correlation_id, expects_reply, is_reply
+
+
+def request_payload(payload: Mapping[str, Any], correlation_id: str) -> Dict[str, Any]:
+    """``payload`` with the markers of a request."""
+    return {**payload, CORRELATION_ID: correlation_id, EXPECTS_REPLY: True}
+
+
+def reply_payload(payload: Mapping[str, Any], correlation_id: str) -> Dict[str, Any]:
+    """``payload`` with the markers of the reply to request ``correlation_id``."""
+    return {**payload, CORRELATION_ID: correlation_id, IS_REPLY: True}
+
+
+def error_payload(kind: str, message: str, details: Optional[List[Any]] = None) -> Dict[str, Any]:
+    """The payload of an error reply."""
+    return {ERROR: {"type": kind, "message": message, "details": details or []}}
 
 
 # --- state -------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable, Iterator, List
 
 import pytest
@@ -71,3 +72,13 @@ def no_threads_left() -> Iterator[None]:
     for thread in leftover:
         thread.join(2.0)
     assert not [t.name for t in leftover if t.is_alive()]
+
+
+def read_message(pubsub: Any, timeout: float = 5.0) -> Any:
+    """The next pub/sub message (subscribe confirmations skipped), or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if message is not None:
+            return message
+    return None

@@ -17,7 +17,7 @@ from typing import Any, Coroutine, Iterator, List
 import pytest
 from pydantic import BaseModel, Field
 
-from mas_sync import Agent, AgentMessage, MASService
+from mas_sync import Agent, AgentMessage, MASService, handler
 from mas_sync.testing import wait_until
 
 mas = pytest.importorskip("mas", reason="mas-framework 0.2.0 is not installed")
@@ -182,14 +182,42 @@ def test_sync_service_sees_async_agents_come_and_go(redis_url, async_agent, aloo
 def test_sync_agent_answers_an_async_request(make_agent, async_agent, aloop) -> None:
     class Answerer(Agent):
         def on_message(self, message: AgentMessage) -> None:
-            if message.expects_reply:
-                self.send(
-                    message.sender_id,
-                    {"answer": message.payload["q"] * 2,
-                     "_correlation_id": message.payload["_correlation_id"], "_is_reply": True},
-                )
+            assert message.expects_reply
+            message.reply({"answer": message.payload["q"] * 2})
 
     make_agent("sync-answerer", cls=Answerer)
     asker = async_agent("async-asker")
     reply = aloop.run(asker.request("sync-answerer", {"q": 21}, timeout=5))
     assert reply.payload["answer"] == 42
+
+
+def test_typed_handler_answers_an_async_request(make_agent, async_agent, aloop) -> None:
+    class Add(BaseModel):
+        a: int
+        b: int
+
+    class Calculator(Agent):
+        @handler("add", model=Add)  # a model local to a function: name it
+        def add(self, message: AgentMessage, body: Add) -> dict:
+            return {"sum": body.a + body.b}
+
+    make_agent("sync-calc", cls=Calculator)
+    asker = async_agent("async-asker")
+    reply = aloop.run(asker.request("sync-calc", {"action": "add", "a": 2, "b": 3}, timeout=5))
+    assert reply.payload["sum"] == 5
+    bad = aloop.run(asker.request("sync-calc", {"action": "add", "a": "two"}, timeout=5))
+    assert bad.payload["_error"]["type"] == "validation_error"
+
+
+def test_async_agent_answers_a_sync_request(make_agent, async_agent) -> None:
+    class AsyncAnswerer(mas.Agent):
+        async def on_message(self, message: Any) -> None:
+            if message.expects_reply:
+                await message.reply({"answer": message.payload["q"] + 1})
+
+    async_agent("async-answerer", cls=AsyncAnswerer)
+    asker = make_agent("sync-asker")
+    reply = asker.request("async-answerer", {"q": 41}, timeout=5)
+    assert reply.sender_id == "async-answerer"
+    assert reply.payload == {"answer": 42}
+    assert reply.is_reply
