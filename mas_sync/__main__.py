@@ -22,7 +22,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     demo.add_argument("--verbose", action="store_true", help="show the library's log")
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if args.verbose else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from . import _demo

@@ -24,7 +24,9 @@ def test_demo_runs_on_its_own_private_server() -> None:
     assert result.returncode == 0, result.stderr
     assert "a private redis-server" in result.stdout
     assert "coordinator discovered ['adder-1', 'adder-2']" in result.stdout
-    assert "adder-2 -> coordinator: task 5 = 55" in result.stdout
+    assert "coordinator asked adder-2: 5 + 50 = 55" in result.stdout
+    assert "an invalid request is refused at once: validation_error" in result.stdout
+    assert "adder-1 did 3 tasks, adder-2 did 3" in result.stdout
     assert "threads left: none" in result.stdout
 
 
@@ -40,6 +42,8 @@ def test_demo_uses_the_given_redis(redis_url) -> None:
         ("hello.py", "alice got {'greeting': 'hello back'} from bob"),
         ("discovery.py", "all active agents: ['summarizer', 'translator', 'vision']"),
         ("typed_state.py", "after restart:  {'counter': 1, 'ratio': 0.5, 'history': [1]"),
+        ("request_reply.py", "flask-style view got: {'summary': 'mas_sync is ...', 'words': 5}"),
+        ("typed_handlers.py", "refused: validation_error ['text']"),
     ],
 )
 def test_example_runs(redis_url, example, expected) -> None:
