@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -77,6 +78,22 @@ class _Counters:
 
 
 _running_agents: "weakref.WeakSet[Agent]" = weakref.WeakSet()
+
+
+def _forget_agents_after_fork() -> None:
+    # Threads do not survive fork(): in the child, an agent that was running in
+    # the parent is stopped, and may be started again. Its connections belong
+    # to the parent and are left alone; its locks may have been held by a
+    # parent thread, so they are made anew.
+    for agent in list(_running_agents):
+        agent._mas_runtime = None
+        agent._mas_lock = threading.RLock()
+        agent._mas_counters = _Counters()
+    _running_agents.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_agents_after_fork)
 
 
 @atexit.register

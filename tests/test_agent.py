@@ -355,3 +355,40 @@ def test_repr_says_whether_it_runs(make_agent) -> None:
     assert "stopped" in repr(agent)
     agent.start()
     assert "running" in repr(agent)
+
+
+def test_a_forked_child_sees_the_agent_stopped_and_can_start_it_again(make_agent, r) -> None:
+    import os
+    import warnings
+
+    agent = make_agent("forked", cls=Recorder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 1
+        try:
+            if not agent.is_running:
+                agent.start()  # fresh threads and connections in the child
+                agent.update_state({"child": os.getpid()})
+                agent.stop(timeout=2)
+                code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    status = 0
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        threading.Event().wait(0.05)
+    else:  # pragma: no cover
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child did not finish")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    # The parent's agent is untouched and still works.
+    assert agent.is_running
+    make_agent("poke").send("forked", {"after": "fork"})
+    assert agent.got.wait(5)
+    assert r.hget("agent.state:forked", "child") not in (None, str(os.getpid()))
