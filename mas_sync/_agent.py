@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 import weakref
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
@@ -25,6 +26,7 @@ from ._listener import REDIS_ERRORS, ChannelListener
 from ._message import AgentMessage
 from ._registry import AgentRegistry
 from ._requests import PendingRequests
+from ._sequence import GapTracker, Numbering
 from ._state import StateManager
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,11 @@ class AgentStats:
             validate into its model.
         replies_dropped: Replies that matched no waiting request: late (after
             the request timed out), or not from the agent that was asked.
+        missed: Messages from mas_sync senders that never arrived, told by
+            gaps in their sequence numbers (pub/sub drops what is published
+            while a subscriber is disconnected).
+        disconnects: Times the listener lost its connection (or found it
+            dead: no answer to PING).
         reconnects: Times the listener resubscribed after losing Redis.
     """
 
@@ -60,6 +67,8 @@ class AgentStats:
     dropped_on_stop: int = 0
     rejected: int = 0
     replies_dropped: int = 0
+    missed: int = 0
+    disconnects: int = 0
     reconnects: int = 0
 
 
@@ -146,6 +155,12 @@ class Agent:
         max_workers: Threads that run :meth:`on_message`.
         max_pending: Messages that may wait for a worker.
         max_message_bytes: Larger messages are dropped unread.
+        retry_timeout: Seconds for which a call that finds Redis unreachable
+            (``send()``, ``request()``, ``update_state()``, ...) keeps
+            retrying before it raises ``MASConnectionError``.
+        probe_interval: Seconds of silence on the agent's channel after which
+            the listener PINGs Redis on its connection; with no answer within
+            ``min(2, probe_interval)`` seconds, it reconnects.
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message.
@@ -163,6 +178,8 @@ class Agent:
         max_workers: int = 8,
         max_pending: int = 1000,
         max_message_bytes: int = 1024 * 1024,
+        retry_timeout: float = 5.0,
+        probe_interval: float = 5.0,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
@@ -174,6 +191,9 @@ class Agent:
         ):
             raise TypeError(f"state_model must be a pydantic BaseModel class, not {state_model!r}")
         _positive("heartbeat_interval", heartbeat_interval)
+        _positive("probe_interval", probe_interval)
+        if not isinstance(retry_timeout, (int, float)) or isinstance(retry_timeout, bool) or retry_timeout < 0:
+            raise ValueError(f"retry_timeout must be a number of seconds >= 0, not {retry_timeout!r}")
         _positive("heartbeat_ttl", heartbeat_ttl)
         if heartbeat_ttl <= heartbeat_interval:
             raise ValueError(
@@ -193,10 +213,13 @@ class Agent:
         self._mas_max_workers = max_workers
         self._mas_max_pending = max_pending
         self._mas_max_message_bytes = max_message_bytes
+        self._mas_retry_timeout = float(retry_timeout)
+        self._mas_probe_interval = float(probe_interval)
         self._mas_lock = threading.RLock()
         self._mas_runtime: Optional[_Runtime] = None
         self._mas_state: Optional[StateManager] = None
         self._mas_counters = _Counters()
+        self._mas_gaps = GapTracker()
 
     _mas_handlers: Dict[str, HandlerSpec] = {}
 
@@ -293,7 +316,7 @@ class Agent:
     @property
     def stats(self) -> AgentStats:
         """A snapshot of the agent's counters."""
-        return self._mas_counters.snapshot()
+        return dataclasses.replace(self._mas_counters.snapshot(), missed=self._mas_gaps.missed)
 
     # -- messaging -------------------------------------------------------------
 
@@ -316,8 +339,8 @@ class Agent:
         """
         runtime = self._mas_require_runtime()
         _wire.validate_agent_id(target_id, "target id")
-        message_id = _wire.new_message_id()
-        data = _wire.encode_message(self.id, target_id, payload, message_id)
+        body = _wire.dumps_object(payload)
+        message_id, data = runtime.frame(target_id, body)
         runtime.command(runtime.client.publish, _wire.agent_channel(target_id), data)
         return message_id
 
@@ -335,7 +358,7 @@ class Agent:
                 :meth:`send`.
         """
         runtime = self._mas_require_runtime()
-        batch = []
+        checked = []
         for n, item in enumerate(messages):
             try:
                 target_id, payload = item
@@ -344,12 +367,16 @@ class Agent:
                     f"send_many() takes (target_id, payload) pairs; item {n} is {item!r}"
                 ) from None
             _wire.validate_agent_id(target_id, f"target id of item {n}")
-            message_id = _wire.new_message_id()
-            data = _wire.encode_message(self.id, target_id, payload, message_id)
-            batch.append((_wire.agent_channel(target_id), data, message_id))
+            checked.append((target_id, _wire.dumps_object(payload, f"payload of item {n}")))
+        ids = []
+        batch = []
+        for target_id, body in checked:
+            message_id, data = runtime.frame(target_id, body)
+            ids.append(message_id)
+            batch.append((_wire.agent_channel(target_id), data))
         if batch:
-            runtime.command(runtime.publish_many, [(c, d) for c, d, _ in batch])
-        return [message_id for _, _, message_id in batch]
+            runtime.command(runtime.publish_many, batch)
+        return ids
 
     def request(
         self, target_id: str, payload: Dict[str, Any], timeout: float = 30.0
@@ -381,9 +408,8 @@ class Agent:
         if not isinstance(payload, dict):
             raise TypeError(f"payload must be a dict (a JSON object), not {type(payload).__name__}")
         correlation_id = str(uuid.uuid4())
-        data = _wire.encode_message(
-            self.id, target_id, _wire.request_payload(payload, correlation_id)
-        )
+        body = _wire.dumps_object(_wire.request_payload(payload, correlation_id))
+        _, data = runtime.frame(target_id, body)
         pending = runtime.requests.add(correlation_id, target_id)
         try:
             runtime.command(runtime.client.publish, _wire.agent_channel(target_id), data)
@@ -516,14 +542,9 @@ class Agent:
             payload = payload.model_dump(mode="json")
         if not isinstance(payload, dict):
             raise TypeError(f"a reply must be a dict (a JSON object), not {type(payload).__name__}")
-        message_id = _wire.new_message_id()
         assert message.correlation_id is not None
-        data = _wire.encode_message(
-            self.id,
-            message.sender_id,
-            _wire.reply_payload(payload, message.correlation_id),
-            message_id,
-        )
+        body = _wire.dumps_object(_wire.reply_payload(payload, message.correlation_id), "reply")
+        message_id, data = runtime.frame(message.sender_id, body)
         runtime.command(runtime.client.publish, _wire.agent_channel(message.sender_id), data)
         message._replied = True
         return message_id
@@ -549,6 +570,7 @@ class _Runtime:
         self.url = agent.redis_url
         self.counters = agent._mas_counters
         self.stop_event = threading.Event()
+        self.beat_now = threading.Event()
         self.stopped = threading.Event()
         self.stopping = False
         self.closed = False
@@ -559,6 +581,9 @@ class _Runtime:
             self.name, self.handle, agent._mas_max_workers, agent._mas_max_pending
         )
         self.requests = PendingRequests()
+        self.run_id = uuid.uuid4().hex[:16]
+        self.numbering = Numbering()
+        self.gaps = agent._mas_gaps
         self.listener: Optional[ChannelListener] = None
         self.heartbeat: Optional[threading.Thread] = None
         self.overflowing = 0
@@ -579,7 +604,10 @@ class _Runtime:
                 self.receive,
                 name=f"{self.name}-listener",
                 owner=f"Agent {agent.id}",
-                on_reconnect=lambda: self.counters.add("reconnects"),
+                on_disconnect=self.disconnected,
+                on_reconnect=self.reconnected,
+                probe_interval=agent._mas_probe_interval,
+                probe_timeout=min(2.0, agent._mas_probe_interval),
             )
             self.listener.start()
             self.command(self.register)
@@ -589,6 +617,7 @@ class _Runtime:
             self.heartbeat.start()
         except BaseException:
             self.stop_event.set()
+            self.beat_now.set()
             self.pool.close()
             deadline = time.monotonic() + 5.0
             if self.listener is not None:
@@ -598,11 +627,23 @@ class _Runtime:
             raise
 
     def stop(self, timeout: float) -> None:
-        agent = self.agent
         deadline = time.monotonic() + timeout
         self.stop_event.set()
+        self.beat_now.set()
+        # A fresh connection whose timeout fits the stop's: the pooled ones may
+        # hang on a dead network for a whole command timeout.
+        quick = make_client(self.url, 1, retries=0, timeout=max(0.5, min(timeout, 2.0)))
+        try:
+            self.finish(quick, deadline, timeout)
+        finally:
+            quick.close()
+            quick.connection_pool.disconnect()
+            self.close_clients()
+
+    def finish(self, quick: redis.Redis, deadline: float, timeout: float) -> None:
+        agent = self.agent
         if self.listener is not None:
-            self.listener.stop(self.client, deadline)
+            self.listener.stop(quick, deadline)
         # No reply can arrive any more: fail the waiting requests now, so that
         # handlers blocked in request() return before the drain below.
         self.requests.close(f"agent {agent.id!r} stopped")
@@ -621,11 +662,10 @@ class _Runtime:
         if self.heartbeat is not None:
             self.heartbeat.join(max(0.0, deadline - time.monotonic()))
         try:
-            self.registry.deregister(agent.id)
+            AgentRegistry(quick).deregister(agent.id)
         except redis.RedisError as exc:
             log.warning("Agent %s: could not deregister: %s", agent.id, exc)
         self.join_threads(max(deadline, time.monotonic() + 1.0))
-        self.close_clients()
 
     def join_threads(self, deadline: float) -> None:
         current = threading.current_thread()
@@ -659,13 +699,42 @@ class _Runtime:
     # -- Redis -----------------------------------------------------------------
 
     def command(self, func: Any, *args: Any) -> Any:
-        """Run a Redis operation; connection failures become MASConnectionError."""
-        try:
-            return func(*args)
-        except REDIS_ERRORS as exc:
-            raise MASConnectionError(
-                f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} failed: {exc}"
-            ) from exc
+        """Run a Redis operation, retrying while Redis is unreachable.
+
+        Connection errors are retried with capped exponential backoff for
+        ``retry_timeout`` seconds, then raised as MASConnectionError. Timeouts
+        (the command may have run) are not retried.
+        """
+        deadline = time.monotonic() + self.agent._mas_retry_timeout
+        delay = 0.05
+        while True:
+            try:
+                return func(*args)
+            except (redis.ConnectionError, ConnectionError) as exc:
+                if time.monotonic() + delay > deadline or self.closed:
+                    raise self.connection_error(exc) from exc
+                threading.Event().wait(delay)
+                delay = min(delay * 2, 1.0)
+            except REDIS_ERRORS as exc:
+                raise self.connection_error(exc) from exc
+
+    def connection_error(self, exc: BaseException) -> MASConnectionError:
+        return MASConnectionError(
+            f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} failed: {exc}"
+        )
+
+    def frame(self, target_id: str, body: str) -> Tuple[str, str]:
+        """A new message id, and the message to publish, numbered for ``target_id``."""
+        message_id = _wire.new_message_id()
+        data = _wire.frame_message(
+            self.agent.id,
+            target_id,
+            body,
+            message_id,
+            seq=self.numbering.next(target_id),
+            sender_run=self.run_id,
+        )
+        return message_id, data
 
     def publish_many(self, batch: List[Tuple[str, str]]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -684,9 +753,28 @@ class _Runtime:
 
     # -- heartbeat thread ------------------------------------------------------
 
+    def disconnected(self) -> None:
+        """Listener thread: the subscription was lost or found dead.
+
+        The command connections were most likely lost too: drop them all now,
+        so that no thread waits on a dead socket until its timeout (a call in
+        flight fails and is retried on a fresh connection).
+        """
+        self.counters.add("disconnects")
+        self.client.connection_pool.disconnect()
+
+    def reconnected(self) -> None:
+        """Listener thread: resubscribed after an outage; beat (and re-register) now."""
+        self.counters.add("reconnects")
+        self.beat_now.set()
+
     def beat_loop(self) -> None:
         failing = False
-        while not self.stop_event.wait(self.agent._mas_heartbeat_interval):
+        while True:
+            self.beat_now.wait(self.agent._mas_heartbeat_interval)
+            self.beat_now.clear()
+            if self.stop_event.is_set():
+                return
             try:
                 self.beat()
             except redis.RedisError as exc:
@@ -744,6 +832,8 @@ class _Runtime:
             )
             return
         message._agent = agent
+        if message.seq is not None and message.sender_run is not None:
+            self.gaps.observe(message.sender_id, message.sender_run, message.seq)
         if message.is_reply:
             # Replies go to the thread waiting in request(), never to on_message.
             assert message.correlation_id is not None

@@ -13,8 +13,8 @@ from ._errors import MASConnectionError
 
 #: Seconds to wait for a TCP connection to Redis.
 CONNECT_TIMEOUT = 5.0
-#: Seconds to wait for the answer to one command.
-COMMAND_TIMEOUT = 10.0
+#: Seconds to wait for the answer to one command (redis-py's default too).
+COMMAND_TIMEOUT = 5.0
 #: Seconds a thread waits for a free connection when the pool is exhausted.
 POOL_TIMEOUT = 20.0
 
@@ -34,18 +34,21 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-def _retry() -> Retry:
-    # Bounded: at most three quick retries, so that a dead Redis is reported
-    # within seconds rather than after redis-py's default of ten.
-    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3)
-
-
-def make_client(url: str, max_connections: int, *, decode: bool = True) -> redis.Redis:
+def make_client(
+    url: str,
+    max_connections: int,
+    *,
+    decode: bool = True,
+    retries: int = 1,
+    timeout: float = COMMAND_TIMEOUT,
+) -> redis.Redis:
     """A client with its own blocking pool of at most ``max_connections``.
 
     Threads that find the pool exhausted wait for a connection (up to
-    ``POOL_TIMEOUT``) instead of failing at once. The caller owns the client
-    and must ``close()`` it.
+    ``POOL_TIMEOUT``) instead of failing at once. redis-py retries a failed
+    command ``retries`` times at once (one retry replaces a pooled connection
+    that died, say after a Redis restart); longer outages are for the caller
+    to handle. The caller owns the client and must ``close()`` it.
 
     Raises:
         ValueError: ``url`` is not a Redis URL.
@@ -53,10 +56,10 @@ def make_client(url: str, max_connections: int, *, decode: bool = True) -> redis
     kwargs: Any = dict(
         max_connections=max_connections,
         timeout=POOL_TIMEOUT,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        socket_timeout=COMMAND_TIMEOUT,
+        socket_connect_timeout=min(CONNECT_TIMEOUT, timeout),
+        socket_timeout=timeout,
         socket_keepalive=True,
-        retry=_retry(),
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries),
         decode_responses=decode,
     )
     try:

@@ -24,14 +24,24 @@ MAX_BACKOFF = 5.0
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
+class DeadConnection(redis.ConnectionError):
+    """The pub/sub connection did not answer a PING in time."""
+
+
 class ChannelListener:
     """Owns a daemon thread that subscribes to ``channel`` and passes on each message.
 
     The thread alone owns its PubSub object, as redis-py requires. It reads
     with a bounded wait, so it notices :meth:`stop` promptly; :meth:`stop`
     also publishes a wake-up token on the channel so that it returns at once.
-    A lost connection is logged once, retried with capped exponential
-    backoff and jitter, and logged again once resubscribed.
+
+    Watchdog: when nothing has arrived for ``probe_interval`` seconds, the
+    thread sends PING on its own connection; when neither the answer nor any
+    message arrives within ``probe_timeout``, the connection is taken for
+    dead (a half-open socket, say) and replaced. A lost connection is logged
+    once, retried with capped exponential backoff and jitter, and logged again
+    once resubscribed. redis-py's own silent retries are off for this
+    connection, so that no outage goes unnoticed.
 
     Args:
         url: The Redis URL.
@@ -40,7 +50,10 @@ class ChannelListener:
             It must not block for long and must not raise.
         name: The thread name.
         owner: Who owns the listener, for log lines.
+        on_disconnect: Called in the listener thread when the connection is lost.
         on_reconnect: Called in the listener thread after each resubscription.
+        probe_interval: Seconds of silence before a PING.
+        probe_timeout: Seconds to wait for the answer to a PING.
     """
 
     def __init__(
@@ -50,17 +63,26 @@ class ChannelListener:
         on_data: Callable[[bytes], None],
         name: str,
         owner: str,
+        on_disconnect: Optional[Callable[[], None]] = None,
         on_reconnect: Optional[Callable[[], None]] = None,
+        probe_interval: float = 5.0,
+        probe_timeout: float = 2.0,
     ) -> None:
         self.url = url
         self.channel = channel
         self._on_data = on_data
         self._owner = owner
+        self._on_disconnect = on_disconnect
         self._on_reconnect = on_reconnect
-        self._client = make_client(url, 1, decode=False)
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
+        self._client = make_client(url, 1, decode=False, retries=0)
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._subscribed = False
+        self._subscribed = False  # confirmed at least once
+        self._lost = False  # between a lost connection and its resubscription
+        self._backoff = 0.1
+        self._reset = False
         self._wake = f"mas_sync:wake:{uuid.uuid4().hex}".encode()
         self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -81,6 +103,10 @@ class ChannelListener:
                 f"{self._owner}: could not subscribe to {self.channel!r} at"
                 f" {redact_url(self.url)}: {self.error or 'timed out'}"
             ) from self.error
+
+    def reset(self) -> None:
+        """Ask the thread to drop its connection and subscribe again (any thread)."""
+        self._reset = True
 
     def stop(self, publisher: Optional[redis.Redis], deadline: float) -> bool:
         """Stop reading, wake the thread through ``publisher``, join it until ``deadline``.
@@ -109,30 +135,11 @@ class ChannelListener:
             log.debug("%s: error closing the pub/sub client", self._owner, exc_info=True)
 
     def _run(self) -> None:
-        backoff = 0.1
-        lost = False
         while not self._stop.is_set():
             pubsub = self._client.pubsub()
             try:
                 pubsub.subscribe(self.channel)
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=POLL_INTERVAL)
-                    if message is None:
-                        continue
-                    kind = message["type"]
-                    if kind == b"message" or kind == "message":
-                        data = message["data"]
-                        if data != self._wake:
-                            self._on_data(data)
-                    elif kind == b"subscribe" or kind == "subscribe":
-                        self._subscribed = True
-                        self._ready.set()
-                        backoff = 0.1
-                        if lost:
-                            lost = False
-                            log.info("%s: resubscribed to %s", self._owner, self.channel)
-                            if self._on_reconnect is not None:
-                                self._on_reconnect()
+                self._read(pubsub)
             except REDIS_ERRORS as exc:
                 if self._stop.is_set():
                     break
@@ -140,14 +147,16 @@ class ChannelListener:
                     self.error = exc  # start() reports it
                     self._ready.set()
                     break
-                if not lost:
+                if not self._lost:
+                    self._lost = True
                     log.warning(
                         "%s: lost the subscription to %s (%s); reconnecting",
                         self._owner, self.channel, exc,
                     )
-                    lost = True
-                self._stop.wait(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                    if self._on_disconnect is not None:
+                        self._on_disconnect()
+                self._stop.wait(self._backoff * (0.5 + random.random()))
+                self._backoff = min(self._backoff * 2, MAX_BACKOFF)
             except BaseException as exc:
                 self.error = exc
                 self._ready.set()
@@ -158,3 +167,39 @@ class ChannelListener:
                     pubsub.close()
                 except Exception:  # pragma: no cover - the connection is gone anyway
                     pass
+
+    def _read(self, pubsub: redis.client.PubSub) -> None:
+        """Read until stopped; raise a Redis error when the connection is lost."""
+        last_seen = time.monotonic()
+        probe_sent: Optional[float] = None
+        poll = min(POLL_INTERVAL, self._probe_timeout)
+        while not self._stop.is_set():
+            if self._reset:
+                self._reset = False
+                raise DeadConnection("reset requested")
+            message = pubsub.get_message(timeout=poll)
+            now = time.monotonic()
+            if message is None:
+                if probe_sent is not None:
+                    if now - probe_sent > self._probe_timeout:
+                        raise DeadConnection(f"no answer to PING within {self._probe_timeout} s")
+                elif now - last_seen > self._probe_interval:
+                    pubsub.ping()
+                    probe_sent = now
+                continue
+            last_seen = now
+            probe_sent = None
+            kind = message["type"]
+            if kind == b"message" or kind == "message":
+                data = message["data"]
+                if data != self._wake:
+                    self._on_data(data)
+            elif kind == b"subscribe" or kind == "subscribe":
+                self._subscribed = True
+                self._ready.set()
+                self._backoff = 0.1
+                if self._lost:
+                    self._lost = False
+                    log.info("%s: resubscribed to %s", self._owner, self.channel)
+                    if self._on_reconnect is not None:
+                        self._on_reconnect()

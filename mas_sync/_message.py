@@ -25,6 +25,9 @@ class AgentMessage(BaseModel):
         payload: The message body, a JSON object.
         timestamp: The sender's ``time.time()`` when it sent the message.
         message_id: A unique id chosen by the sender.
+        seq: mas_sync senders number their messages to each target 1, 2, 3,
+            ...; None from other senders.
+        sender_run: Id of the sender's run that numbered the message.
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -34,6 +37,8 @@ class AgentMessage(BaseModel):
     payload: Dict[str, Any]
     timestamp: float = Field(default_factory=time.time)
     message_id: str = Field(default_factory=_wire.new_message_id)
+    seq: Optional[int] = None
+    sender_run: Optional[str] = None
 
     _agent: Optional["Agent"] = PrivateAttr(default=None)
     _correlation_id: Optional[str] = PrivateAttr(default=None)

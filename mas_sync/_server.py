@@ -10,6 +10,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from typing import Any, List, Optional, Sequence
 
@@ -71,8 +72,9 @@ _LIBC = _load_libc() if sys.platform.startswith("linux") else None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # The server gets SIGTERM when the process that started it dies, so that
-    # a killed test run leaves no redis-server behind.
+    # The server gets SIGTERM when the thread that started it ends; started
+    # from the main thread, when the process dies, so that a killed test run
+    # leaves no redis-server behind.
     _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
@@ -130,7 +132,8 @@ class RedisServer:
         last_error = ""
         for _ in range(1 if fixed_port else 3):  # a free port may be taken meanwhile
             self.port = fixed_port or free_port()
-            self._dir = tempfile.TemporaryDirectory(prefix="mas-sync-redis-")
+            if self._dir is None:
+                self._dir = tempfile.TemporaryDirectory(prefix="mas-sync-redis-")
             self._log_path = os.path.join(self._dir.name, "redis.log")
             args: List[str] = [
                 self.executable,
@@ -149,29 +152,55 @@ class RedisServer:
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
-                    preexec_fn=_die_with_parent if _LIBC is not None else None,
+                    preexec_fn=_die_with_parent if self._tie_to_parent() else None,
                 )
             if self._wait_ready():
                 return self
             last_error = self._output()
-            self.stop()
+            self._end_process(5.0)
         self.port = fixed_port
         raise RuntimeError(f"redis-server did not start: {last_error.strip()}")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout``) and remove its files."""
-        process, self.process = self.process, None
-        if process is not None:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout)
+        self._end_process(timeout)
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
+
+    def restart(self, *, keep_data: bool = False, down_for: float = 0.0) -> None:
+        """Kill the server (SIGKILL, as a crash would) and start it on the same port.
+
+        Args:
+            keep_data: Save the data first and load it again, as a server with
+                persistence would; otherwise the new server starts empty.
+            down_for: Seconds to stay down before starting again.
+        """
+        assert self.process is not None and self.port is not None
+        dump = os.path.join(self._dir.name, "dump.rdb") if self._dir else ""
+        if keep_data:
+            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+            try:
+                client.save()
+            finally:
+                client.close()
+        elif dump and os.path.exists(dump):
+            os.remove(dump)
+        self.kill()
+        self.process = None
+        if down_for > 0:
+            threading.Event().wait(down_for)
+        self.start()
+
+    def _end_process(self, timeout: float) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
 
     def kill(self) -> None:
         """Kill the server at once (SIGKILL), as a crash would."""
@@ -184,6 +213,12 @@ class RedisServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    @staticmethod
+    def _tie_to_parent() -> bool:
+        # The death signal follows the starting *thread*: only the main thread
+        # lives as long as the process.
+        return _LIBC is not None and threading.current_thread() is threading.main_thread()
 
     def _wait_ready(self) -> bool:
         assert self.process is not None

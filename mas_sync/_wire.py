@@ -229,16 +229,32 @@ def encode_message(
         TypeError, ValueError: the payload is not a JSON object (see
             :func:`dumps_object`).
     """
-    body = dumps_object(payload)
-    return (
-        '{"sender_id":%s,"target_id":%s,"payload":%s,"timestamp":%r,"message_id":%s}'
-        % (
-            json.dumps(sender_id),
-            json.dumps(target_id),
-            body,
-            time.time() if timestamp is None else float(timestamp),
-            json.dumps(message_id or new_message_id()),
-        )
+    return frame_message(sender_id, target_id, dumps_object(payload), message_id, timestamp)
+
+
+def frame_message(
+    sender_id: str,
+    target_id: str,
+    body: str,
+    message_id: Optional[str] = None,
+    timestamp: Optional[float] = None,
+    seq: Optional[int] = None,
+    sender_run: Optional[str] = None,
+) -> str:
+    """Wrap ``body``, a payload already serialized by :func:`dumps_object`.
+
+    ``seq`` and ``sender_run`` are mas_sync's own fields (the sender's
+    sequence number for this target, and the id of the sender's run); async
+    peers ignore them.
+    """
+    extra = "" if seq is None else ',"seq":%d,"sender_run":%s' % (seq, json.dumps(sender_run))
+    return '{"sender_id":%s,"target_id":%s,"payload":%s,"timestamp":%r,"message_id":%s%s}' % (
+        json.dumps(sender_id),
+        json.dumps(target_id),
+        body,
+        time.time() if timestamp is None else float(timestamp),
+        json.dumps(message_id or new_message_id()),
+        extra,
     )
 
 

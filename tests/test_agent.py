@@ -341,7 +341,7 @@ def test_connection_error_during_send_is_a_mas_connection_error(redis_server) ->
     from mas_sync.testing import RedisServer
 
     with RedisServer() as private:
-        agent = Agent("doomed", redis_url=private.url)
+        agent = Agent("doomed", redis_url=private.url, retry_timeout=0.5)
         agent.start()
         private.kill()
         with pytest.raises(MASConnectionError):
