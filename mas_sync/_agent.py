@@ -12,7 +12,7 @@ import uuid
 import weakref
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type
 
 import redis
 from pydantic import BaseModel, ValidationError
@@ -26,6 +26,7 @@ from ._listener import REDIS_ERRORS, ChannelListener
 from ._message import AgentMessage
 from ._registry import AgentRegistry
 from ._requests import PendingRequests
+from ._sentinel import follow_master, is_sentinel_url
 from ._sequence import GapTracker, Numbering
 from ._state import StateManager
 
@@ -585,6 +586,7 @@ class _Runtime:
         self.numbering = Numbering()
         self.gaps = agent._mas_gaps
         self.listener: Optional[ChannelListener] = None
+        self.unfollow: Callable[[], None] = lambda: None
         self.heartbeat: Optional[threading.Thread] = None
         self.overflowing = 0
 
@@ -610,12 +612,15 @@ class _Runtime:
                 probe_timeout=min(2.0, agent._mas_probe_interval),
             )
             self.listener.start()
+            if is_sentinel_url(self.url):
+                self.unfollow = follow_master(self.url, self.master_moved)
             self.command(self.register)
             self.heartbeat = threading.Thread(
                 target=self.beat_loop, name=f"{self.name}-heartbeat", daemon=True
             )
             self.heartbeat.start()
         except BaseException:
+            self.unfollow()
             self.stop_event.set()
             self.beat_now.set()
             self.pool.close()
@@ -628,6 +633,7 @@ class _Runtime:
 
     def stop(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        self.unfollow()
         self.stop_event.set()
         self.beat_now.set()
         # A fresh connection whose timeout fits the stop's: the pooled ones may
@@ -752,6 +758,12 @@ class _Runtime:
         )
 
     # -- heartbeat thread ------------------------------------------------------
+
+    def master_moved(self, address: Tuple[str, int]) -> None:
+        """Sentinel watcher thread: a failover happened; move every connection."""
+        self.client.connection_pool.disconnect()
+        if self.listener is not None:
+            self.listener.reset()
 
     def disconnected(self) -> None:
         """Listener thread: the subscription was lost or found dead.

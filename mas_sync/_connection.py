@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from ._errors import MASConnectionError
+from ._sentinel import is_sentinel_url, make_sentinel_client
 
 #: Seconds to wait for a TCP connection to Redis.
 CONNECT_TIMEOUT = 5.0
@@ -21,17 +22,10 @@ POOL_TIMEOUT = 20.0
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable Redis URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
 
 def make_client(
@@ -63,6 +57,10 @@ def make_client(
         decode_responses=decode,
     )
     try:
+        if is_sentinel_url(url):
+            del kwargs["timeout"]  # redis-py's Sentinel pool does not block
+            kwargs["max_connections"] = max(max_connections, 64)
+            return make_sentinel_client(url, **kwargs)
         pool = redis.BlockingConnectionPool.from_url(url, **kwargs)
     except ValueError as exc:
         raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None

@@ -78,6 +78,7 @@ class ChannelListener:
         self._probe_timeout = probe_timeout
         self._client = make_client(url, 1, decode=False, retries=0)
         self._stop = threading.Event()
+        self._kick = threading.Event()  # cuts a backoff short: stop() or reset()
         self._ready = threading.Event()
         self._subscribed = False  # confirmed at least once
         self._lost = False  # between a lost connection and its resubscription
@@ -105,8 +106,12 @@ class ChannelListener:
             ) from self.error
 
     def reset(self) -> None:
-        """Ask the thread to drop its connection and subscribe again (any thread)."""
+        """Ask the thread to drop its connection and subscribe again (any thread).
+
+        A thread waiting to retry after a lost connection retries at once.
+        """
         self._reset = True
+        self._kick.set()
 
     def stop(self, publisher: Optional[redis.Redis], deadline: float) -> bool:
         """Stop reading, wake the thread through ``publisher``, join it until ``deadline``.
@@ -115,6 +120,7 @@ class ChannelListener:
             True when the thread has ended.
         """
         self._stop.set()
+        self._kick.set()
         if publisher is not None and self.thread.is_alive():
             try:
                 publisher.publish(self.channel, self._wake)
@@ -155,8 +161,12 @@ class ChannelListener:
                     )
                     if self._on_disconnect is not None:
                         self._on_disconnect()
-                self._stop.wait(self._backoff * (0.5 + random.random()))
-                self._backoff = min(self._backoff * 2, MAX_BACKOFF)
+                if self._kick.wait(self._backoff * (0.5 + random.random())):
+                    self._kick.clear()
+                    self._reset = False
+                    self._backoff = 0.1
+                else:
+                    self._backoff = min(self._backoff * 2, MAX_BACKOFF)
             except BaseException as exc:
                 self.error = exc
                 self._ready.set()
@@ -176,6 +186,7 @@ class ChannelListener:
         while not self._stop.is_set():
             if self._reset:
                 self._reset = False
+                self._kick.clear()
                 raise DeadConnection("reset requested")
             message = pubsub.get_message(timeout=poll)
             now = time.monotonic()

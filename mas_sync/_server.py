@@ -90,6 +90,8 @@ class RedisServer:
         extra_args: More ``redis-server`` arguments, such as
             ``["--maxmemory", "10mb"]``.
         startup_timeout: Seconds to wait for the server to answer.
+        config: Text of a configuration file to start the server with (a
+            sentinel needs one it can rewrite).
     """
 
     def __init__(
@@ -99,11 +101,13 @@ class RedisServer:
         port: Optional[int] = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 10.0,
+        config: str = "",
     ) -> None:
         self.executable = executable or find_redis_server()
         self.port = port
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
+        self.config = config
         self.process: Optional[subprocess.Popen] = None
         self._dir: Optional[tempfile.TemporaryDirectory] = None
         self._log_path = ""
@@ -135,8 +139,14 @@ class RedisServer:
             if self._dir is None:
                 self._dir = tempfile.TemporaryDirectory(prefix="mas-sync-redis-")
             self._log_path = os.path.join(self._dir.name, "redis.log")
-            args: List[str] = [
-                self.executable,
+            args: List[str] = [self.executable]
+            if self.config:
+                config_path = os.path.join(self._dir.name, "redis.conf")
+                if not os.path.exists(config_path):  # a sentinel rewrites it
+                    with open(config_path, "w") as config_file:
+                        config_file.write(self.config)
+                args.append(config_path)
+            args += [
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",

@@ -6,13 +6,14 @@ import json
 import logging
 import threading
 import time
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional
 
 import redis
 
 from . import _wire
 from ._connection import make_client, ping, redact_url
 from ._listener import ChannelListener
+from ._sentinel import follow_master, is_sentinel_url
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class MASService:
         self._listener: Optional[ChannelListener] = None
         self._health: Optional[threading.Thread] = None
         self._stop = threading.Event()
+        self._unfollow: Callable[[], None] = lambda: None
 
     @property
     def is_running(self) -> bool:
@@ -103,6 +105,8 @@ class MASService:
             self._client = client
             self._mark_inactive = client.register_script(_MARK_INACTIVE)
             self._listener = listener
+            if is_sentinel_url(self.redis_url):
+                self._unfollow = follow_master(self.redis_url, self._master_moved)
             self._stop = threading.Event()
             self._health = threading.Thread(
                 target=self._health_loop, args=(client,), name="mas-service-health", daemon=True
@@ -120,6 +124,8 @@ class MASService:
             if client is None:
                 return
             deadline = time.monotonic() + timeout
+            self._unfollow()
+            self._unfollow = lambda: None
             self._stop.set()
             assert self._listener is not None and self._health is not None
             self._listener.stop(client, deadline)
@@ -185,6 +191,13 @@ class MASService:
         return sorted(marked)
 
     # -- threads ---------------------------------------------------------------
+
+    def _master_moved(self, address: Any) -> None:
+        client, listener = self._client, self._listener
+        if client is not None:
+            client.connection_pool.disconnect()
+        if listener is not None:
+            listener.reset()
 
     def _health_loop(self, client: redis.Redis) -> None:
         failing = False

@@ -2,6 +2,8 @@
 
 - :class:`RedisServer` starts a private ``redis-server`` on a free loopback
   port (from ``$MAS_SYNC_REDIS_SERVER``, ``PATH``, or the ``embedded`` extra).
+- :class:`SentinelGroup` starts a master, replicas and sentinels, for
+  failover tests.
 - :func:`local_redis` gives a Redis URL: the one passed, or a private server's.
 - :func:`wait_until` waits for a condition with a deadline.
 """
@@ -14,10 +16,19 @@ import time
 from typing import Callable, Iterator, Optional, TypeVar
 
 from ._server import RedisServer, find_redis_server, free_port
+from ._topology import SentinelGroup, redis_version
 
 T = TypeVar("T")
 
-__all__ = ["RedisServer", "find_redis_server", "free_port", "local_redis", "wait_until"]
+__all__ = [
+    "RedisServer",
+    "SentinelGroup",
+    "find_redis_server",
+    "free_port",
+    "local_redis",
+    "redis_version",
+    "wait_until",
+]
 
 
 def wait_until(

@@ -1,0 +1,156 @@
+"""Redis topologies on loopback for fault tests: Sentinel groups and clusters."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, List, Tuple, TypeVar
+
+import redis
+
+from ._server import RedisServer
+
+Address = Tuple[str, int]
+T = TypeVar("T")
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} within {timeout} s")
+        pause.wait(0.05)
+
+
+def _ask(port: int, question: Callable[[redis.Redis], T]) -> T:
+    """Ask the server on ``port`` one question, on a connection of its own."""
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=1,
+                     decode_responses=True) as client:
+        return question(client)
+
+
+class SentinelGroup:
+    """A master, its replicas and a quorum of sentinels, each its own process.
+
+    Use it as a context manager; every process is stopped on exit, also when
+    starting failed half-way.
+
+    Args:
+        service: The name the sentinels monitor the master under.
+        replicas: How many replicas.
+        sentinels: How many sentinels (the quorum is a majority).
+        down_after: Seconds without an answer before a sentinel calls the
+            master down.
+        failover_timeout: Sentinel's ``failover-timeout``, in seconds.
+    """
+
+    def __init__(
+        self,
+        service: str = "mymaster",
+        replicas: int = 1,
+        sentinels: int = 3,
+        down_after: float = 0.5,
+        failover_timeout: float = 3.0,
+    ) -> None:
+        self.service = service
+        self.n_replicas = replicas
+        self.n_sentinels = sentinels
+        self.down_after = down_after
+        self.failover_timeout = failover_timeout
+        self.servers: List[RedisServer] = []
+        self.sentinels: List[RedisServer] = []
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://127.0.0.1:p1,127.0.0.1:p2,.../{service}``."""
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def start(self) -> "SentinelGroup":
+        """Start everything and wait until the sentinels know every replica and each other."""
+        try:
+            master = RedisServer().start()
+            self.servers.append(master)
+            for _ in range(self.n_replicas):
+                self.servers.append(
+                    RedisServer(extra_args=["--replicaof", "127.0.0.1", str(master.port)]).start()
+                )
+            for replica in self.servers[1:]:
+                _wait(lambda r=replica: _ask(r.port, lambda c: c.info("replication")).get(
+                    "master_link_status") == "up", 10, "a replica did not sync")
+            quorum = self.n_sentinels // 2 + 1
+            config = (
+                f"sentinel monitor {self.service} 127.0.0.1 {master.port} {quorum}\n"
+                f"sentinel down-after-milliseconds {self.service} {int(self.down_after * 1000)}\n"
+                f"sentinel failover-timeout {self.service} {int(self.failover_timeout * 1000)}\n"
+            )
+            for _ in range(self.n_sentinels):
+                self.sentinels.append(RedisServer(config=config, extra_args=["--sentinel"]).start())
+            for sentinel in self.sentinels:
+                _wait(
+                    lambda p=sentinel.port: _ask(p, self._knows_everyone),
+                    20,
+                    "the sentinels did not find the replicas and each other",
+                )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _knows_everyone(self, sentinel: redis.Redis) -> bool:
+        return (
+            len(sentinel.sentinel_slaves(self.service)) == self.n_replicas
+            and len(sentinel.sentinel_sentinels(self.service)) == self.n_sentinels - 1
+        )
+
+    def master_address(self) -> Address:
+        """The master's address, as the first sentinel that answers names it."""
+        for sentinel in self.sentinels:
+            try:
+                host, port = _ask(
+                    sentinel.port, lambda c: c.sentinel_get_master_addr_by_name(self.service)
+                )
+                return host, int(port)
+            except (redis.RedisError, TypeError):
+                continue
+        raise RuntimeError("no sentinel answers")
+
+    def server_at(self, address: Address) -> RedisServer:
+        """The server process listening on ``address``."""
+        for server in self.servers:
+            if server.port == address[1]:
+                return server
+        raise KeyError(address)
+
+    def kill_master(self) -> Address:
+        """Kill the current master (SIGKILL); returns its address."""
+        address = self.master_address()
+        self.server_at(address).kill()
+        return address
+
+    def failover(self) -> Address:
+        """Ask a sentinel for a failover with the master alive (it is demoted)."""
+        address = self.master_address()
+        _ask(self.sentinels[0].port, lambda c: c.execute_command("SENTINEL", "FAILOVER", self.service))
+        return address
+
+    def stop(self) -> None:
+        """Stop every process."""
+        for server in self.sentinels + self.servers:
+            server.stop()
+        self.sentinels = []
+        self.servers = []
+
+    def __enter__(self) -> "SentinelGroup":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def redis_version(server: RedisServer) -> Tuple[int, ...]:
+    """The version of a running server, as a tuple of ints."""
+    version = _ask(server.port, lambda c: c.info("server")["redis_version"])
+    return tuple(int(x) for x in version.split("."))
+

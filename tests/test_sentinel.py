@@ -1,0 +1,118 @@
+"""Sentinel: agents follow a failover, killed or graceful.
+
+Each test runs one master, one replica and three sentinels on loopback.
+Recovery times are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Iterator, List
+
+import pytest
+import redis
+
+from mas_sync import Agent, AgentMessage, MASConnectionError, MASService
+from mas_sync._sentinel import SentinelURL
+from mas_sync.testing import SentinelGroup, wait_until
+
+FAST = dict(heartbeat_interval=0.2, heartbeat_ttl=1.0, retry_timeout=1.0)
+
+
+class Inbox(Agent):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lock = threading.Lock()
+        self.tokens: List[str] = []
+
+    def on_message(self, message: AgentMessage) -> None:
+        with self.lock:
+            self.tokens.append(message.payload["token"])
+
+
+def flows(sender: Agent, receiver: Inbox, token: str) -> bool:
+    try:
+        sender.send(receiver.id, {"token": token})
+    except MASConnectionError:
+        return False
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        with receiver.lock:
+            if token in receiver.tokens:
+                return True
+        threading.Event().wait(0.02)
+    return False
+
+
+@pytest.fixture
+def group() -> Iterator[SentinelGroup]:
+    with SentinelGroup() as started:
+        yield started
+
+
+@pytest.fixture
+def pair(group) -> Iterator[List[Inbox]]:
+    agents = [Inbox(name, ["s"], group.url, **FAST) for name in ("a", "b")]
+    for agent in agents:
+        agent.start()
+    yield agents
+    for agent in agents:
+        agent.stop(timeout=3)
+
+
+def numsub(address, channel: str) -> int:
+    with redis.Redis(host=address[0], port=address[1], socket_timeout=1) as client:
+        return client.pubsub_numsub(channel)[0][1]
+
+
+def both_ways(a: Inbox, b: Inbox) -> Any:
+    n = [0]
+
+    def check() -> bool:
+        n[0] += 1
+        return flows(a, b, f"ab{n[0]}") and flows(b, a, f"ba{n[0]}")
+
+    return check
+
+
+def test_sentinel_url_parsing() -> None:
+    url = SentinelURL("redis+sentinel://user:pw@h1:26379,h2:26380/mymaster/2")
+    assert url.sentinels == [("h1", 26379), ("h2", 26380)]
+    assert (url.service, url.db, url.username, url.password) == ("mymaster", 2, "user", "pw")
+    for bad in ("redis+sentinel://h1/mymaster", "redis+sentinel://h1:1", "redis+sentinel://h1:1/a/b/c"):
+        with pytest.raises(ValueError):
+            SentinelURL(bad)
+
+
+def test_agents_follow_a_killed_master(group, pair) -> None:
+    a, b = pair
+    with MASService(group.url, check_interval=0.5):
+        assert flows(a, b, "before")
+        killed_at = time.monotonic()
+        old = group.kill_master()
+        wait_until(lambda: group.master_address() != old, 20, message="sentinels promote")
+        promoted = time.monotonic() - killed_at
+        wait_until(both_ways(a, b), 20, interval=0.05, message="messages flow again")
+        flowing = time.monotonic() - killed_at
+        wait_until(lambda: [x["id"] for x in a.discover(["s"])] == ["a", "b"], 10)
+        print(f"\nsentinel, master killed: promoted after {promoted:.2f} s,"
+              f" messages both ways after {flowing:.2f} s")
+
+
+def test_agents_follow_a_graceful_failover(group, pair) -> None:
+    a, b = pair
+    assert flows(a, b, "before")
+    started = time.monotonic()
+    old = group.failover()  # the old master stays up, as a replica
+    wait_until(lambda: group.master_address() != old, 20, message="failover done")
+    new = group.master_address()
+    # Every subscriber leaves the demoted master for the new one.
+    wait_until(lambda: numsub(new, "agent.a") == 1 and numsub(new, "agent.b") == 1, 10,
+               message="subscribers on the new master")
+    moved = time.monotonic() - started
+    assert numsub(old, "agent.a") == 0 and numsub(old, "agent.b") == 0
+    wait_until(both_ways(a, b), 10, interval=0.05)
+    with redis.Redis(host=new[0], port=new[1]) as client:
+        assert client.exists("agent:a") and client.exists("agent:b")
+    print(f"\nsentinel, graceful failover: subscribers on the new master after {moved:.2f} s")
