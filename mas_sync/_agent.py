@@ -18,7 +18,7 @@ import redis
 from pydantic import BaseModel, ValidationError
 
 from . import _wire
-from ._connection import make_client, ping, redact_url
+from ._connection import close_client, drop_connections, make_client, ping, publish, redact_url
 from ._dispatch import OrderedPool
 from ._errors import AgentNotRunningError, MASConnectionError, RequestError, RequestTimeout
 from ._handlers import HandlerSpec, action_of, body_of, collect_handlers
@@ -342,7 +342,7 @@ class Agent:
         _wire.validate_agent_id(target_id, "target id")
         body = _wire.dumps_object(payload)
         message_id, data = runtime.frame(target_id, body)
-        runtime.command(runtime.client.publish, _wire.agent_channel(target_id), data)
+        runtime.command(publish, runtime.client, _wire.agent_channel(target_id), data)
         return message_id
 
     def send_many(self, messages: Iterable[Tuple[str, Dict[str, Any]]]) -> List[str]:
@@ -413,7 +413,7 @@ class Agent:
         _, data = runtime.frame(target_id, body)
         pending = runtime.requests.add(correlation_id, target_id)
         try:
-            runtime.command(runtime.client.publish, _wire.agent_channel(target_id), data)
+            runtime.command(publish, runtime.client, _wire.agent_channel(target_id), data)
             if not pending.event.wait(timeout):
                 raise RequestTimeout(
                     f"agent {self.id!r}: no reply from {target_id!r} within {timeout} s"
@@ -546,7 +546,7 @@ class Agent:
         assert message.correlation_id is not None
         body = _wire.dumps_object(_wire.reply_payload(payload, message.correlation_id), "reply")
         message_id, data = runtime.frame(message.sender_id, body)
-        runtime.command(runtime.client.publish, _wire.agent_channel(message.sender_id), data)
+        runtime.command(publish, runtime.client, _wire.agent_channel(message.sender_id), data)
         message._replied = True
         return message_id
 
@@ -642,8 +642,7 @@ class _Runtime:
         try:
             self.finish(quick, deadline, timeout)
         finally:
-            quick.close()
-            quick.connection_pool.disconnect()
+            close_client(quick)
             self.close_clients()
 
     def finish(self, quick: redis.Redis, deadline: float, timeout: float) -> None:
@@ -692,8 +691,7 @@ class _Runtime:
     def close_clients(self) -> None:
         self.closed = True
         try:
-            self.client.close()
-            self.client.connection_pool.disconnect()
+            close_client(self.client)
         except Exception:  # pragma: no cover - closing is best effort
             log.debug("Agent %s: error closing the client", self.agent.id, exc_info=True)
 
@@ -745,7 +743,7 @@ class _Runtime:
     def publish_many(self, batch: List[Tuple[str, str]]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for channel, data in batch:
-            pipe.publish(channel, data)
+            publish(pipe, channel, data)
         pipe.execute()
 
     def register(self) -> None:
@@ -761,7 +759,7 @@ class _Runtime:
 
     def master_moved(self, address: Tuple[str, int]) -> None:
         """Sentinel watcher thread: a failover happened; move every connection."""
-        self.client.connection_pool.disconnect()
+        drop_connections(self.client)
         if self.listener is not None:
             self.listener.reset()
 
@@ -773,7 +771,7 @@ class _Runtime:
         flight fails and is retried on a fresh connection).
         """
         self.counters.add("disconnects")
-        self.client.connection_pool.disconnect()
+        drop_connections(self.client)
 
     def reconnected(self) -> None:
         """Listener thread: resubscribed after an outage; beat (and re-register) now."""

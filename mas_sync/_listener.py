@@ -11,7 +11,14 @@ from typing import Callable, Optional
 
 import redis
 
-from ._connection import COMMAND_TIMEOUT, make_client, redact_url
+from ._connection import (
+    COMMAND_TIMEOUT,
+    close_client,
+    is_cluster,
+    make_client,
+    publish,
+    redact_url,
+)
 from ._errors import MASConnectionError
 
 log = logging.getLogger(__name__)
@@ -77,6 +84,9 @@ class ChannelListener:
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._client = make_client(url, 1, decode=False, retries=0)
+        # Redis Cluster: sharded pub/sub (SSUBSCRIBE), on the node that owns
+        # the channel's slot.
+        self._sharded = is_cluster(self._client)
         self._stop = threading.Event()
         self._kick = threading.Event()  # cuts a backoff short: stop() or reset()
         self._ready = threading.Event()
@@ -123,7 +133,7 @@ class ChannelListener:
         self._kick.set()
         if publisher is not None and self.thread.is_alive():
             try:
-                publisher.publish(self.channel, self._wake)
+                publish(publisher, self.channel, self._wake)
             except redis.RedisError:
                 pass  # the thread notices the stop within POLL_INTERVAL anyway
         if self.thread.ident is not None and self.thread is not threading.current_thread():
@@ -135,8 +145,7 @@ class ChannelListener:
 
     def _close(self) -> None:
         try:
-            self._client.close()
-            self._client.connection_pool.disconnect()
+            close_client(self._client)
         except Exception:  # pragma: no cover - closing is best effort
             log.debug("%s: error closing the pub/sub client", self._owner, exc_info=True)
 
@@ -144,7 +153,10 @@ class ChannelListener:
         while not self._stop.is_set():
             pubsub = self._client.pubsub()
             try:
-                pubsub.subscribe(self.channel)
+                if self._sharded:
+                    pubsub.ssubscribe(self.channel)
+                else:
+                    pubsub.subscribe(self.channel)
                 self._read(pubsub)
             except REDIS_ERRORS as exc:
                 if self._stop.is_set():
@@ -188,9 +200,14 @@ class ChannelListener:
                 self._reset = False
                 self._kick.clear()
                 raise DeadConnection("reset requested")
-            message = pubsub.get_message(timeout=poll)
+            if self._sharded:
+                message = pubsub.get_sharded_message(timeout=poll)
+            else:
+                message = pubsub.get_message(timeout=poll)
             now = time.monotonic()
             if message is None:
+                if self._sharded:
+                    continue  # redis-py watches the shard connections itself
                 if probe_sent is not None:
                     if now - probe_sent > self._probe_timeout:
                         raise DeadConnection(f"no answer to PING within {self._probe_timeout} s")
@@ -201,11 +218,13 @@ class ChannelListener:
             last_seen = now
             probe_sent = None
             kind = message["type"]
-            if kind == b"message" or kind == "message":
+            if isinstance(kind, bytes):
+                kind = kind.decode()
+            if kind == "message" or kind == "smessage":
                 data = message["data"]
                 if data != self._wake:
                     self._on_data(data)
-            elif kind == b"subscribe" or kind == "subscribe":
+            elif kind == "subscribe" or kind == "ssubscribe":
                 self._subscribed = True
                 self._ready.set()
                 self._backoff = 0.1

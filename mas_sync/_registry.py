@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import redis
 
 from . import _wire
+from ._connection import is_cluster, publish
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ class AgentRegistry:
 
     def __init__(self, redis: redis.Redis) -> None:
         self._redis = redis
+        # A cluster has no transactions across slots: the registration is
+        # written without one there.
+        self._cluster = is_cluster(redis)
 
     def register(
         self,
@@ -54,7 +58,7 @@ class AgentRegistry:
         capabilities = _wire.validate_capabilities(capabilities)
         token = secrets.token_urlsafe(32)
         fields = _wire.registration_fields(agent_id, capabilities, metadata or {}, token)
-        pipe = self._redis.pipeline(transaction=True)
+        pipe = self._redis.pipeline(transaction=not self._cluster)
         pipe.delete(_wire.agent_key(agent_id))
         pipe.hset(_wire.agent_key(agent_id), mapping=fields)
         if heartbeat_ttl is not None:
@@ -63,7 +67,7 @@ class AgentRegistry:
                 _wire.heartbeat_value(),
                 px=max(1, int(heartbeat_ttl * 1000)),
             )
-        pipe.publish(_wire.SYSTEM_CHANNEL, _wire.register_event(agent_id, capabilities))
+        publish(pipe, _wire.SYSTEM_CHANNEL, _wire.register_event(agent_id, capabilities))
         pipe.execute()
         return token
 
@@ -75,11 +79,12 @@ class AgentRegistry:
             keep_state: Keep ``agent.state:{id}`` (the default), so that the
                 agent finds its state again when it restarts.
         """
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(_wire.agent_key(agent_id), _wire.heartbeat_key(agent_id))
+        pipe = self._redis.pipeline(transaction=not self._cluster)
+        pipe.delete(_wire.agent_key(agent_id))
+        pipe.delete(_wire.heartbeat_key(agent_id))
         if not keep_state:
             pipe.delete(_wire.state_key(agent_id))
-        pipe.publish(_wire.SYSTEM_CHANNEL, _wire.deregister_event(agent_id))
+        publish(pipe, _wire.SYSTEM_CHANNEL, _wire.deregister_event(agent_id))
         pipe.execute()
 
     def get_agent(self, agent_id: str) -> Optional[Dict[str, Any]]:

@@ -11,17 +11,16 @@ from typing import Any, Callable, List, Optional
 import redis
 
 from . import _wire
-from ._connection import make_client, ping, redact_url
+from ._connection import close_client, drop_connections, is_cluster, make_client, ping, redact_url
 from ._listener import ChannelListener
 from ._sentinel import follow_master, is_sentinel_url
 
 log = logging.getLogger(__name__)
 
-# Marks one agent INACTIVE when its heartbeat key is gone, it is ACTIVE, and it
-# registered before the grace cutoff (ARGV[1]). Atomic, so a registration
-# deleted by a clean stop in between is never brought back as a stub.
-_MARK_INACTIVE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+# Marks one agent INACTIVE when it is ACTIVE and registered before the grace
+# cutoff (ARGV[1]). Atomic, so a registration deleted by a clean stop in
+# between is never brought back as a stub.
+_MARK_ONE = """
 local f = redis.call('HMGET', KEYS[1], 'status', 'registered_at')
 if f[1] ~= ARGV[2] then return 0 end
 local at = tonumber(f[2])
@@ -29,6 +28,10 @@ if at and at > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[3])
 return 1
 """
+# The same, when the heartbeat key (KEYS[2]) is gone: one round trip on one
+# server. A cluster keeps the two keys on different slots, so there the
+# heartbeats are checked first and _MARK_ONE runs for the agents without one.
+_MARK_INACTIVE = "if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end\n" + _MARK_ONE
 
 
 class MASService:
@@ -99,8 +102,7 @@ class MASService:
                 )
                 listener.start()
             except BaseException:
-                client.close()
-                client.connection_pool.disconnect()
+                close_client(client)
                 raise
             self._client = client
             self._mark_inactive = client.register_script(_MARK_INACTIVE)
@@ -134,8 +136,7 @@ class MASService:
             for thread in (self._listener.thread, self._health):
                 if thread.is_alive():
                     log.error("MASService: thread %s still running after stop", thread.name)
-            client.close()
-            client.connection_pool.disconnect()
+            close_client(client)
         log.info("MASService: stopped")
 
     def __enter__(self) -> "MASService":
@@ -165,17 +166,28 @@ class MASService:
         marked: List[str] = []
         batch: List[str] = []
 
+        args = [cutoff, _wire.STATUS_ACTIVE, _wire.STATUS_INACTIVE]
+        cluster = is_cluster(client)
+
         def flush() -> None:
             pipe = client.pipeline(transaction=False)
-            for agent_id in batch:
-                self._mark_inactive(
-                    keys=[_wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)],
-                    args=[cutoff, _wire.STATUS_ACTIVE, _wire.STATUS_INACTIVE],
-                    client=pipe,
-                )
-            for agent_id, changed in zip(batch, pipe.execute()):
-                if changed:
-                    marked.append(agent_id)
+            if cluster:
+                for agent_id in batch:
+                    pipe.exists(_wire.heartbeat_key(agent_id))
+                silent = [a for a, beating in zip(batch, pipe.execute()) if not beating]
+                for agent_id in silent:
+                    if client.eval(_MARK_ONE, 1, _wire.agent_key(agent_id), *args):
+                        marked.append(agent_id)
+            else:
+                for agent_id in batch:
+                    self._mark_inactive(
+                        keys=[_wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)],
+                        args=args,
+                        client=pipe,
+                    )
+                for agent_id, changed in zip(batch, pipe.execute()):
+                    if changed:
+                        marked.append(agent_id)
             batch.clear()
 
         for key in client.scan_iter(match=_wire.AGENT_KEY_PATTERN, count=1000):
@@ -195,7 +207,7 @@ class MASService:
     def _master_moved(self, address: Any) -> None:
         client, listener = self._client, self._listener
         if client is not None:
-            client.connection_pool.disconnect()
+            drop_connections(client)
         if listener is not None:
             listener.reset()
 

@@ -3,7 +3,7 @@
 - :class:`RedisServer` starts a private ``redis-server`` on a free loopback
   port (from ``$MAS_SYNC_REDIS_SERVER``, ``PATH``, or the ``embedded`` extra).
 - :class:`SentinelGroup` starts a master, replicas and sentinels, for
-  failover tests.
+  failover tests; :class:`LocalCluster` starts a Redis Cluster.
 - :func:`local_redis` gives a Redis URL: the one passed, or a private server's.
 - :func:`wait_until` waits for a condition with a deadline.
 """
@@ -16,11 +16,12 @@ import time
 from typing import Callable, Iterator, Optional, TypeVar
 
 from ._server import RedisServer, find_redis_server, free_port
-from ._topology import SentinelGroup, redis_version
+from ._topology import LocalCluster, SentinelGroup, redis_version
 
 T = TypeVar("T")
 
 __all__ = [
+    "LocalCluster",
     "RedisServer",
     "SentinelGroup",
     "find_redis_server",
