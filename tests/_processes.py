@@ -23,12 +23,16 @@ class Server:
     def __init__(self, process: subprocess.Popen, log: Any) -> None:
         self.process = process
         self._log = log
+        self._final: Optional[str] = None
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def output(self) -> str:
+        """What it printed so far (all of it, once the server has ended)."""
+        if self._final is not None:
+            return self._final
         self._log.flush()
         self._log.seek(0)
         return self._log.read().decode(errors="replace")
@@ -70,6 +74,7 @@ def run_server(
                 process.wait(10)
             else:  # the leader is gone; end what it may have left in its group
                 server.signal_group(signal.SIGKILL)
+            server._final = server.output()
 
 
 def http_get(url: str, timeout: float = 5.0) -> Any:
