@@ -191,3 +191,18 @@ def test_gunicorn_preload_two_workers_each_run_agents_that_answer(make_agent, re
     # Each worker stopped its agents on the way out: nothing stays registered.
     assert [k for k in r.keys("agent:*") if "probe" not in k] == []
     print(f"gunicorn --preload -w 2: both workers' agents answered after {both_answered:.2f} s")
+
+
+def test_the_readme_example_works(redis_url) -> None:
+    from .test_readme import literal_block_after
+
+    code = literal_block_after("Flask\n~~~~~")
+    assert '"redis://localhost:6379/0"' in code
+    namespace: Dict[str, Any] = {"__name__": "readme_flask_example"}
+    exec(code.replace('"redis://localhost:6379/0"', repr(redis_url)), namespace)
+    app = namespace["create_app"]()
+    try:
+        response = app.test_client().get("/summarize?text=from+the+readme")
+        assert response.get_json() == {"summary": "from the readme"}
+    finally:
+        namespace["mas"].stop(app)

@@ -84,3 +84,16 @@ def test_a_sample_test_file_passes_and_the_session_exits_promptly(tmp_path) -> N
     assert "timeout: 30.0s" in output and "timeout method: thread" in output
     assert "agents still running at the end of the session were stopped: forgotten" in output
     assert elapsed < 20, f"the sample session took {elapsed:.1f} s"
+
+
+def test_the_readme_example_passes(tmp_path) -> None:
+    from .test_readme import literal_block_after
+
+    (tmp_path / "test_readme_example.py").write_text(literal_block_after("The pytest plugin\n~~~"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_readme_example.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=45,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
