@@ -135,6 +135,10 @@ def test_bad_settings_are_reported_by_the_system_check(django_project) -> None:
         assert "declared both in MAS_AGENTS and in code" in check_settings()[0].msg
     with override_settings(MAS_AGENT_ID_FORMAT="{name}:{pid}"):
         assert "contains ':'" in check_settings()[0].msg
+    with override_settings(MAS_AGENTS={"x": {"CLASS": "mas_sync.Agent", "CAPABILITIES": "nlp"}}):
+        assert "capabilities must be a list" in check_settings()[0].msg
+    with pytest.raises(TypeError, match="capabilities must be a list"):
+        django_project.agent("bare", Agent, capabilities="nlp")
 
 
 # -- real processes ---------------------------------------------------------------

@@ -109,6 +109,8 @@ def test_the_extension_in_the_usual_flask_shape(redis_url, r) -> None:
             mas.init_app(app)
         with pytest.raises(ValueError, match="declared already"):
             mas.agent("echo", Echo)
+        with pytest.raises(TypeError, match="capabilities must be a list"):
+            mas.agent("bare", Echo, capabilities="echo")  # type: ignore[arg-type]
         with pytest.raises(RuntimeError, match="no app context|application context"):
             mas.request("echo", {})
         app.test_client().get("/nothing")

@@ -21,7 +21,9 @@ import socket
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import (
+    Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union,
+)
 
 from .._agent import Agent
 from .._message import AgentMessage
@@ -164,7 +166,9 @@ class ProcessAgents:
         if not isinstance(redis_url, str) or not redis_url:
             raise TypeError("redis_url must be a non-empty str")
         if not _NAME.match(str(client_name)):
-            raise ValueError(f"client name {client_name!r} must be letters, digits, '-', '_' or '.'")
+            raise ValueError(
+                f"client name {client_name!r} must be letters, digits, '-', '_' or '.'"
+            )
         format_agent_id(id_format, client_name)
         for what, value in (("request_timeout", request_timeout), ("stop_timeout", stop_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:

@@ -57,7 +57,7 @@ when the process exits.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Type
+from typing import Any, Dict, List, Optional, Type
 
 from flask import Flask, current_app
 
@@ -106,7 +106,7 @@ class MAS:
         name: str,
         cls: Optional[Type[Agent]] = None,
         *,
-        capabilities: Optional[Iterable[str]] = None,
+        capabilities: Optional[List[str]] = None,
         id_format: Optional[str] = None,
         **options: Any,
     ) -> Any:
@@ -135,7 +135,7 @@ class MAS:
             if any(spec.name == name for spec in self._specs):
                 raise ValueError(f"agent {name!r} is declared already")
             self._specs.append(
-                AgentSpec(name, agent_cls, tuple(capabilities or ()), id_format, options)
+                AgentSpec(name, agent_cls, capabilities or (), id_format, options)
             )
             return agent_cls
 
@@ -178,7 +178,8 @@ class MAS:
             RuntimeError: the extension is not initialised for that app, or
                 there is no app context.
         """
-        app = app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+        if app is None:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
         try:
             return app.extensions[EXTENSION_KEY]
         except KeyError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Dict, Iterable, Optional, Type
+from typing import Any, Dict, Iterable, List, Optional, Type
 
 from django.core.signals import request_started, setting_changed
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
@@ -38,7 +38,7 @@ class MAS:
         name: str,
         cls: Optional[Type[Agent]] = None,
         *,
-        capabilities: Optional[Iterable[str]] = None,
+        capabilities: Optional[List[str]] = None,
         id_format: Optional[str] = None,
         **options: Any,
     ) -> Any:
@@ -59,7 +59,7 @@ class MAS:
                 if name in self._declared and self._declared[name].cls is not agent_cls:
                     raise ValueError(f"agent {name!r} is declared already")
                 self._declared[name] = AgentSpec(
-                    name, agent_cls, tuple(capabilities or ()), id_format, options
+                    name, agent_cls, capabilities or (), id_format, options
                 )
             return agent_cls
 
