@@ -16,20 +16,19 @@ from mas_sync.testing import RedisServer
 FAST = dict(heartbeat_interval=0.2, heartbeat_ttl=1.0)
 
 
+# The fixtures below are the names the suite uses, on top of the fixtures of
+# mas_sync's own pytest plugin (mas_sync/pytest_plugin.py).
+
+
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    with RedisServer() as server:
-        yield server
+def redis_server(mas_redis_server: RedisServer) -> RedisServer:
+    return mas_redis_server
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    client = redis.Redis.from_url(redis_server.url)
-    try:
-        client.flushall()
-    finally:
-        client.close()
-    return redis_server.url
+def redis_url(mas_redis_url: str) -> str:
+    """The session server's URL, flushed before each test."""
+    return mas_redis_url
 
 
 @pytest.fixture
@@ -41,23 +40,15 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def make_agent(redis_url: str) -> Iterator[Callable[..., Any]]:
+def make_agent(mas_agents: Callable[..., Any]) -> Callable[..., Any]:
     """Create (and by default start) agents; every one is stopped at teardown."""
-    agents: List[Agent] = []
 
     def factory(agent_id: str, cls: type = Agent, start: bool = True, **kwargs: Any) -> Any:
-        kwargs.setdefault("redis_url", redis_url)
         for key, value in FAST.items():
             kwargs.setdefault(key, value)
-        agent = cls(agent_id, **kwargs)
-        agents.append(agent)
-        if start:
-            agent.start()
-        return agent
+        return mas_agents(agent_id, cls, start, **kwargs)
 
-    yield factory
-    for agent in agents:
-        agent.stop(timeout=5.0)
+    return factory
 
 
 def mas_threads() -> List[threading.Thread]:

@@ -1,0 +1,66 @@
+"""A Flask app whose agents run in each process that serves it.
+
+It needs a Redis: set REDIS_URL (default redis://localhost:6379). With the
+development server and its reloader (agents start in the serving process only,
+on its first request):
+
+    REDIS_URL=redis://localhost:6379/0 flask --app examples/flask_app/app.py run --reload
+    curl 'http://127.0.0.1:5000/summarize?text=agents+in+a+flask+app'
+
+Under gunicorn, two workers forked from a preloaded app, each starting agents
+of its own when it boots (see gunicorn.conf.py beside this file):
+
+    REDIS_URL=redis://localhost:6379/0 gunicorn --preload -w 2 -b 127.0.0.1:8000 \\
+        -c examples/flask_app/gunicorn.conf.py --chdir examples/flask_app app:app
+    curl http://127.0.0.1:8000/agents
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+from flask import Flask, jsonify, request
+
+from mas_sync import Agent, AgentMessage, RequestTimeout
+from mas_sync.contrib.flask import MAS
+
+mas = MAS()
+
+
+@mas.agent("summarizer", capabilities=["nlp"])
+class Summarizer(Agent):
+    """Answers requests in its worker threads, in every serving process."""
+
+    def on_message(self, message: AgentMessage) -> None:
+        if message.expects_reply:
+            words = str(message.payload.get("text", "")).split()
+            message.reply({"summary": " ".join(words[:3]), "words": len(words), "pid": os.getpid()})
+
+
+def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
+    """The application factory; ``config`` overrides the defaults."""
+    app = Flask(__name__)
+    app.config["MAS_REDIS_URL"] = os.environ.get("REDIS_URL", "redis://localhost:6379")
+    app.config.update(config or {})
+    mas.init_app(app)
+
+    @app.get("/summarize")
+    def summarize() -> Any:
+        # Ask this process's summarizer and wait for its answer.
+        target = mas.get("summarizer").id
+        try:
+            reply = mas.request(target, {"text": request.args.get("text", "")}, timeout=5)
+        except RequestTimeout:
+            return jsonify(error=f"{target} did not answer"), 504
+        return jsonify({**reply.payload, "answered_by": reply.sender_id})
+
+    @app.get("/agents")
+    def agents() -> Any:
+        # Every summarizer on this Redis, whichever process runs it.
+        return jsonify(sorted(found["id"] for found in mas.client.discover(["nlp"])))
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,429 @@
+"""The agents an application runs, started at most once per process.
+
+Web servers start and copy processes in ways that break background threads:
+an autoreloader imports the application in a watcher process that never
+serves, and a pre-fork server (gunicorn ``--preload``, uWSGI without
+``lazy-apps``) imports it in a master whose threads do not survive the fork
+into its workers. :class:`ProcessAgents` therefore never starts anything when
+it is created: agents start when a serving process first needs them, and they
+belong to the process id that started them. In a process whose id differs (a
+forked worker), the parent's agents count as not running, and that process
+starts agents of its own, under ids of its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import socket
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import (
+    Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union,
+)
+
+from .._agent import Agent
+from .._message import AgentMessage
+from .._wire import validate_agent_id
+
+log = logging.getLogger(__name__)
+
+#: How an agent's id is made from its declared name: the name, the host name
+#: and the process id, so that the copies of one agent in several worker
+#: processes (on one machine or several) never share an id.
+DEFAULT_ID_FORMAT = "{name}-{host}-{pid}"
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def host_name() -> str:
+    """This machine's host name, as it appears in agent ids (``{host}``)."""
+    return _HOST_UNSAFE.sub("-", socket.gethostname())[:64] or "localhost"
+
+
+def format_agent_id(id_format: str, name: str, pid: Optional[int] = None) -> str:
+    """The agent id that ``id_format`` makes of ``name`` in process ``pid``.
+
+    ``id_format`` may use ``{name}``, ``{pid}`` (this process's id by default)
+    and ``{host}`` (:func:`host_name`).
+
+    Raises:
+        TypeError: ``id_format`` is not a string.
+        ValueError: it uses another placeholder, or makes an invalid id.
+    """
+    if not isinstance(id_format, str):
+        raise TypeError(f"an agent id format must be a str, not {type(id_format).__name__}")
+    try:
+        agent_id = id_format.format(
+            name=name, pid=os.getpid() if pid is None else pid, host=host_name()
+        )
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"agent id format {id_format!r} is not valid ({type(exc).__name__}: {exc});"
+            " it may use {name}, {pid} and {host}"
+        ) from None
+    return validate_agent_id(agent_id, f"agent id made by the format {id_format!r}")
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """An agent an application declares: what to build in each process.
+
+    Attributes:
+        name: The declared name; letters, digits, ``-``, ``_`` and ``.``.
+            The agent's id is made from it by the id format.
+        cls: The :class:`~mas_sync.Agent` subclass to build.
+        capabilities: Its capabilities, for discovery.
+        id_format: Overrides the application's id format for this agent
+            (``"{name}"`` gives it a fixed id, for an agent that runs in one
+            process only).
+        options: More keyword arguments for ``cls``, such as
+            ``heartbeat_interval`` or ``max_workers``.
+
+    Raises:
+        TypeError, ValueError: a bad field, named in the message.
+    """
+
+    name: str
+    cls: Type[Agent] = Agent
+    capabilities: Tuple[str, ...] = ()
+    id_format: Optional[str] = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ValueError(
+                f"agent name {self.name!r} must be letters, digits, '-', '_' or '.'"
+            )
+        if not (isinstance(self.cls, type) and issubclass(self.cls, Agent)):
+            raise TypeError(f"agent {self.name!r}: {self.cls!r} is not a mas_sync.Agent subclass")
+        if isinstance(self.capabilities, str) or not isinstance(
+            self.capabilities, (list, tuple, set, frozenset)
+        ):
+            raise TypeError(
+                f"agent {self.name!r}: capabilities must be a list of str, not"
+                f" {self.capabilities!r}"
+            )
+        object.__setattr__(self, "capabilities", tuple(self.capabilities))
+        if not isinstance(self.options, Mapping):
+            raise TypeError(f"agent {self.name!r}: options must be a dict, not {self.options!r}")
+        object.__setattr__(self, "options", dict(self.options))
+        if self.id_format is not None:
+            format_agent_id(self.id_format, self.name)
+
+
+SpecSource = Union[Sequence[AgentSpec], Callable[[], Iterable[AgentSpec]]]
+
+_instances: "weakref.WeakSet[ProcessAgents]" = weakref.WeakSet()
+
+
+class ProcessAgents:
+    """The declared agents of one application, and a client agent, in this process.
+
+    Nothing starts when it is created. :meth:`start` (or :meth:`ensure_started`,
+    :meth:`get`, :attr:`client`) starts agents in the calling process and tags
+    them with its process id; calling it again in that process does nothing
+    more. In a process whose id differs, such as a worker forked after the
+    parent started its agents, the parent's agents count as not running (their
+    threads did not survive the fork), and the same calls build and start new
+    agents, whose ids carry the new process id. Agents of this process are
+    stopped at interpreter exit.
+
+    All methods are thread-safe; each runs in the thread that calls it.
+
+    Args:
+        specs: The declared agents, or a callable that returns them (read
+            each time agents are started, so that declarations made later
+            count).
+        redis_url: Where Redis is.
+        id_format: How ids are made of names (see :func:`format_agent_id`).
+        agent_options: Keyword arguments for every agent built (a spec's
+            ``options`` win).
+        client_name: Name of the client agent, whose id is made by
+            ``id_format`` too; it sends the requests of :meth:`request`.
+        request_timeout: Default timeout of :meth:`request`, in seconds.
+        stop_timeout: Seconds each agent gets to stop.
+
+    Raises:
+        TypeError, ValueError: a bad argument, named in the message.
+    """
+
+    def __init__(
+        self,
+        specs: SpecSource,
+        *,
+        redis_url: str,
+        id_format: str = DEFAULT_ID_FORMAT,
+        agent_options: Optional[Mapping[str, Any]] = None,
+        client_name: str = "web",
+        request_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+    ) -> None:
+        if not isinstance(redis_url, str) or not redis_url:
+            raise TypeError("redis_url must be a non-empty str")
+        if not _NAME.match(str(client_name)):
+            raise ValueError(
+                f"client name {client_name!r} must be letters, digits, '-', '_' or '.'"
+            )
+        format_agent_id(id_format, client_name)
+        for what, value in (("request_timeout", request_timeout), ("stop_timeout", stop_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
+        if agent_options is not None and not isinstance(agent_options, Mapping):
+            raise TypeError(f"agent_options must be a dict, not {agent_options!r}")
+        self._specs: Callable[[], Iterable[AgentSpec]] = (
+            specs if callable(specs) else (lambda fixed=tuple(specs): fixed)
+        )
+        self.redis_url = redis_url
+        self.id_format = id_format
+        self.agent_options: Dict[str, Any] = dict(agent_options or {})
+        self.client_name = client_name
+        self.request_timeout = float(request_timeout)
+        self.stop_timeout = float(stop_timeout)
+        self._lock = threading.RLock()
+        self._pid: Optional[int] = None  # the process that owns _agents and _client
+        self._complete_pid: Optional[int] = None  # every declared agent started there
+        self._agents: Dict[str, Agent] = {}
+        self._client: Optional[Agent] = None
+        _instances.add(self)
+
+    def __repr__(self) -> str:
+        running = sorted(a.id for a in self.running.values())
+        return f"<ProcessAgents pid={os.getpid()} running={running}>"
+
+    # -- declarations ----------------------------------------------------------
+
+    def specs(self) -> List[AgentSpec]:
+        """The declared agents.
+
+        Raises:
+            ValueError: two declarations share a name.
+        """
+        specs = list(self._specs())
+        seen = set()
+        for spec in specs:
+            if not isinstance(spec, AgentSpec):
+                raise TypeError(f"not an AgentSpec: {spec!r}")
+            if spec.name in seen:
+                raise ValueError(f"agent {spec.name!r} is declared twice")
+            seen.add(spec.name)
+        return specs
+
+    def agent_id(self, name: str) -> str:
+        """The id the declared agent ``name`` (or the client) has in this process."""
+        if name == self.client_name:
+            return format_agent_id(self.id_format, name)
+        return format_agent_id(self._spec(name).id_format or self.id_format, name)
+
+    # -- start and stop --------------------------------------------------------
+
+    def start(self, names: Optional[Iterable[str]] = None) -> Dict[str, Agent]:
+        """Start the declared agents (or those named) that do not run in this process.
+
+        Runs in the calling thread; returns once they all receive messages.
+        Idempotent: agents already running in this process are left alone. If
+        one fails to start, those this call started are stopped again.
+
+        Returns:
+            The agents asked for, by name.
+
+        Raises:
+            KeyError: a name that is not declared.
+            MASConnectionError, StateError, Exception: as :meth:`Agent.start`.
+        """
+        with self._lock:
+            self._adopt_process()
+            specs = self.specs()
+            if names is None:
+                chosen = specs
+            else:
+                by_name = {spec.name: spec for spec in specs}
+                wanted = list(names)
+                unknown = [n for n in wanted if n not in by_name]
+                if unknown:
+                    raise KeyError(
+                        f"no agent named {', '.join(map(repr, unknown))} is declared"
+                        f" (declared: {', '.join(sorted(by_name)) or 'none'})"
+                    )
+                chosen = [by_name[n] for n in wanted]
+            started: List[Agent] = []
+            try:
+                for spec in chosen:
+                    agent = self._agents.get(spec.name)
+                    if agent is not None and agent.is_running:
+                        continue
+                    agent = self._build(spec)
+                    agent.start()
+                    self._agents[spec.name] = agent
+                    started.append(agent)
+            except BaseException:
+                for agent in reversed(started):
+                    self._stop_one(agent, self.stop_timeout)
+                    self._agents = {n: a for n, a in self._agents.items() if a is not agent}
+                raise
+            if all(s.name in self._agents and self._agents[s.name].is_running for s in specs):
+                self._complete_pid = os.getpid()
+            if started:
+                log.info(
+                    "Process %d: started agents %s",
+                    os.getpid(), ", ".join(agent.id for agent in started),
+                )
+            return {spec.name: self._agents[spec.name] for spec in chosen}
+
+    def ensure_started(self) -> None:
+        """Start the declared agents unless they already run in this process.
+
+        Cheap once they do (one comparison of process ids), so that it can run
+        before every request. Runs in the calling thread.
+        """
+        if self._complete_pid != os.getpid():
+            self.start()
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop the agents (and the client) that this process started.
+
+        Each gets ``timeout`` seconds (default ``stop_timeout``). Agents that
+        a parent process started are not this process's to stop: nothing
+        happens in a process that started none. Runs in the calling thread.
+        """
+        with self._lock:
+            if self._pid != os.getpid():
+                return
+            agents = list(self._agents.values())[::-1]
+            if self._client is not None:
+                agents.append(self._client)
+            self._agents = {}
+            self._client = None
+            self._complete_pid = None
+        # Outside the lock: a handler that calls get() while we wait for it
+        # to finish must not wait for us in turn.
+        for agent in agents:
+            self._stop_one(agent, self.stop_timeout if timeout is None else timeout)
+
+    # -- access ----------------------------------------------------------------
+
+    @property
+    def running(self) -> Dict[str, Agent]:
+        """The declared agents running in this process, by name; starts nothing."""
+        with self._lock:
+            if self._pid != os.getpid():
+                return {}
+            return {name: a for name, a in self._agents.items() if a.is_running}
+
+    def get(self, name: str) -> Agent:
+        """The declared agent ``name`` of this process, started if it was not.
+
+        Raises:
+            KeyError: no agent of that name is declared.
+            MASConnectionError, StateError: as :meth:`Agent.start`.
+        """
+        agent = self._agents.get(name)
+        if agent is not None and self._pid == os.getpid() and agent.is_running:
+            return agent
+        return self.start([name])[name]
+
+    @property
+    def client(self) -> Agent:
+        """This process's client agent, started on first use.
+
+        A plain :class:`~mas_sync.Agent` with no capabilities, named
+        ``client_name`` (its id made by ``id_format``), that a view uses to send
+        and to ask. Independent of the declared agents: it starts even where
+        they run in another process.
+        """
+        agent = self._client
+        if agent is not None and self._pid == os.getpid() and agent.is_running:
+            return agent
+        with self._lock:
+            self._adopt_process()
+            if self._client is None or not self._client.is_running:
+                client = Agent(
+                    format_agent_id(self.id_format, self.client_name),
+                    **{"redis_url": self.redis_url, **self.agent_options},
+                )
+                client.start()
+                self._client = client
+            return self._client
+
+    def request(
+        self, target_id: str, payload: Dict[str, Any], timeout: Optional[float] = None
+    ) -> AgentMessage:
+        """Ask ``target_id`` through the client agent and block for the reply.
+
+        Runs in the calling thread (a request thread of the web server, say).
+        ``timeout`` defaults to ``request_timeout``. Raises what
+        :meth:`Agent.request` raises.
+        """
+        return self.client.request(
+            target_id, payload, self.request_timeout if timeout is None else timeout
+        )
+
+    def send(self, target_id: str, payload: Dict[str, Any]) -> str:
+        """Send ``payload`` to ``target_id`` through the client agent; returns the message id."""
+        return self.client.send(target_id, payload)
+
+    # -- internals -------------------------------------------------------------
+
+    def _spec(self, name: str) -> AgentSpec:
+        for spec in self.specs():
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no agent named {name!r} is declared")
+
+    def _build(self, spec: AgentSpec) -> Agent:
+        kwargs: Dict[str, Any] = {
+            "capabilities": list(spec.capabilities),
+            "redis_url": self.redis_url,
+            **self.agent_options,
+            **spec.options,
+        }
+        return spec.cls(format_agent_id(spec.id_format or self.id_format, spec.name), **kwargs)
+
+    def _adopt_process(self) -> None:
+        # Called with the lock held. Agents tagged with another process id
+        # were started by a parent: their threads did not survive the fork.
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        if self._pid is not None and (self._agents or self._client is not None):
+            log.info(
+                "Process %d (forked from %d): the parent's agents do not run here;"
+                " this process starts its own", pid, self._pid,
+            )
+        self._agents = {}
+        self._client = None
+        self._complete_pid = None
+        self._pid = pid
+
+    @staticmethod
+    def _stop_one(agent: Agent, timeout: float) -> None:
+        try:
+            agent.stop(timeout=timeout)
+        except Exception:  # pragma: no cover - stop() logs its own troubles
+            log.exception("Agent %s: stop failed", agent.id)
+
+
+def _after_fork_in_child() -> None:
+    # A lock held by a parent thread at fork time stays held in the child,
+    # where that thread does not exist: make every lock anew.
+    for instance in list(_instances):
+        instance._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    # Registered after mas_sync's own exit handler, so it runs first: the
+    # agents stop with their configured timeout, the client last.
+    for instance in list(_instances):
+        try:
+            instance.stop()
+        except Exception:  # pragma: no cover - best effort at exit
+            log.exception("stopping agents at exit failed")

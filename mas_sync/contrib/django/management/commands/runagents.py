@@ -1,0 +1,87 @@
+"""``python manage.py runagents``: run the declared agents in a process of their own.
+
+The first SIGTERM or SIGINT (Ctrl-C) stops the agents cleanly (each
+deregisters) and the command exits 0; a second one exits at once with status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from mas_sync._connection import redact_url
+from mas_sync import MASError
+from mas_sync.contrib.django import _settings
+from mas_sync.contrib.django._runtime import mas
+
+log = logging.getLogger("mas_sync.contrib.django.runagents")
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the agents declared in MAS_AGENTS and in code until SIGTERM or SIGINT;"
+        " the first signal stops them cleanly, a second exits at once."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--agent", action="append", dest="agent_names", metavar="NAME",
+            help="run only this declared agent (repeat for more); default: all",
+        )
+        parser.add_argument("--redis-url", help="Redis to use (default: MAS_REDIS_URL)")
+        parser.add_argument(
+            "--id-format",
+            help="how agent ids are made of names, with {name}, {host}, {pid}"
+            " (default: MAS_AGENT_ID_FORMAT)",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Runs in the main thread, which waits for a signal while the agents work."""
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            if stop.is_set():
+                log.warning("second signal: exiting without a clean stop")
+                os._exit(1)
+            stop.set()
+
+        # Handlers first: a signal that comes while the agents start is not lost.
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._run(stop, options)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self, stop: threading.Event, options: Any) -> None:
+        try:
+            agents = _settings.build_process_agents(
+                mas.declared(), redis_url=options["redis_url"], id_format=options["id_format"]
+            )
+            if not agents.specs():
+                raise CommandError("no agents are declared: add some to MAS_AGENTS, or in code")
+            running = agents.start(options["agent_names"])
+        except KeyError as exc:
+            raise CommandError(exc.args[0]) from None
+        except (ImproperlyConfigured, MASError) as exc:
+            raise CommandError(str(exc)) from None
+        try:
+            ids = ", ".join(agent.id for agent in running.values())
+            self.stdout.write(
+                f"Running {len(running)} agent(s) on {redact_url(agents.redis_url)}: {ids}."
+                " SIGTERM or Ctrl-C stops them."
+            )
+            self.stdout.flush()
+            while not stop.wait(1.0):
+                pass
+            self.stdout.write("Stopping the agents ...")
+            self.stdout.flush()
+        finally:
+            agents.stop()
+        self.stdout.write("Stopped.")

@@ -1,0 +1,210 @@
+"""The Flask extension and its example app: test client, reloader, gunicorn --preload."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import time
+from typing import Any, Dict, Iterator, Tuple
+
+import pytest
+from flask import Flask
+
+from mas_sync import Agent, AgentMessage
+from mas_sync.contrib import ProcessAgents
+from mas_sync.contrib._process import host_name
+from mas_sync.contrib.flask import MAS
+from mas_sync.testing import free_port, wait_until
+
+from ._processes import ROOT, http_get, run_server
+from .conftest import FAST
+
+EXAMPLE_DIR = os.path.join(ROOT, "examples", "flask_app")
+
+
+def load_example() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "mas_sync_flask_example", os.path.join(EXAMPLE_DIR, "app.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def example() -> Any:
+    return load_example()
+
+
+@pytest.fixture
+def example_app(example, redis_url) -> Iterator[Flask]:
+    app = example.create_app({"MAS_REDIS_URL": redis_url, "MAS_AGENT_OPTIONS": FAST})
+    try:
+        yield app
+    finally:
+        example.mas.stop(app)
+
+
+class Echo(Agent):
+    def on_message(self, message: AgentMessage) -> None:
+        if message.expects_reply:
+            message.reply({"pid": os.getpid(), **message.payload})
+
+
+# -- in process, through Flask's test client -----------------------------------
+
+
+def test_a_view_asks_an_agent_and_returns_its_reply(example, example_app, r) -> None:
+    assert example.mas.agents(example_app).running == {}  # nothing starts at import
+    response = example_app.test_client().get("/summarize?text=agents+in+a+flask+app")
+    assert response.status_code == 200, response.data
+    summarizer_id = f"summarizer-{host_name()}-{os.getpid()}"
+    assert response.get_json() == {
+        "summary": "agents in a",
+        "words": 5,
+        "pid": os.getpid(),
+        "answered_by": summarizer_id,
+    }
+    assert example_app.test_client().get("/agents").get_json() == [summarizer_id]
+
+
+def test_agents_start_once_per_process_and_stop(example, example_app, r) -> None:
+    client = example_app.test_client()
+    assert client.get("/summarize?text=one").status_code == 200
+    agents = example_app.extensions["mas"]
+    assert isinstance(agents, ProcessAgents)
+    first = dict(agents.running)
+    assert client.get("/summarize?text=two").status_code == 200
+    assert example.mas.start(example_app) == first  # no second start
+    assert sorted(r.keys("agent:*:heartbeat")) == sorted(
+        f"agent:{a}:heartbeat" for a in (first["summarizer"].id, agents.client.id)
+    )
+    example.mas.stop(example_app)
+    assert agents.running == {}
+    assert r.keys("agent:*") == []
+
+
+def test_the_extension_in_the_usual_flask_shape(redis_url, r) -> None:
+    mas = MAS()
+    mas.agent("echo", Echo, capabilities=["echo"])
+    app = Flask("shape")
+    app.config.update(
+        MAS_REDIS_URL=redis_url, MAS_AGENT_OPTIONS=FAST, MAS_START_ON_FIRST_REQUEST=False
+    )
+
+    @app.get("/ask")
+    def ask() -> Dict[str, Any]:
+        return mas.request(mas.get("echo").id, {"hello": "world"}).payload
+
+    mas.init_app(app)
+    try:
+        assert app.config["MAS_AGENT_ID_FORMAT"] == "{name}-{host}-{pid}"
+        assert app.config["MAS_CLIENT_NAME"] == "web"
+        assert app.config["MAS_REQUEST_TIMEOUT"] == 10.0
+        assert app.extensions["mas"].extension is mas
+        with pytest.raises(RuntimeError, match="initialised for this app already"):
+            mas.init_app(app)
+        with pytest.raises(ValueError, match="declared already"):
+            mas.agent("echo", Echo)
+        with pytest.raises(TypeError, match="capabilities must be a list"):
+            mas.agent("bare", Echo, capabilities="echo")  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="no app context|application context"):
+            mas.request("echo", {})
+        app.test_client().get("/nothing")
+        assert mas.agents(app).running == {}  # MAS_START_ON_FIRST_REQUEST is off
+        started = mas.start(app)
+        assert started["echo"].capabilities == ["echo"]
+        response = app.test_client().get("/ask")
+        assert response.get_json() == {"pid": os.getpid(), "hello": "world"}
+    finally:
+        mas.stop(app)
+    bad = Flask("bad-format")
+    bad.config["MAS_AGENT_ID_FORMAT"] = "{name}-{worker}"
+    with pytest.raises(ValueError, match="not valid"):
+        MAS(bad)  # refused when the app is set up, not at its first request
+    plain = MAS(Flask("plain"))
+    with pytest.raises(RuntimeError, match="not initialised for this app"):
+        plain.agents(Flask("other"))
+
+
+# -- real servers ----------------------------------------------------------------
+
+
+def summarizers(probe: Agent) -> Dict[str, int]:
+    """Summarizer id -> pid, for every summarizer registered."""
+    return {
+        found["id"]: int(found["id"].rsplit("-", 1)[1]) for found in probe.discover(["nlp"])
+    }
+
+
+def test_the_werkzeug_reloader_starts_the_agents_once(make_agent, redis_url) -> None:
+    port = free_port()
+    probe = make_agent("probe")
+    args = ["-m", "flask", "--app", "examples/flask_app/app.py", "run", "--reload",
+            "--host", "127.0.0.1", "--port", str(port)]
+    with run_server(args, env_extra={"REDIS_URL": redis_url}) as server:
+        body = wait_until(
+            lambda: http_get(f"http://127.0.0.1:{port}/summarize?text=once+only"),
+            timeout=30, interval=0.1, message="the development server answers",
+        )
+        reply = json.loads(body)
+        # One summarizer, in the reloader's serving child, not in its watcher.
+        assert summarizers(probe) == {reply["answered_by"]: reply["pid"]}
+        assert reply["pid"] != server.pid
+        server.signal_group(signal.SIGINT)  # Ctrl-C
+        server.wait(15)
+
+
+def gunicorn_args(port: int) -> Tuple[str, ...]:
+    from gunicorn.config import KNOWN_SETTINGS
+
+    args = ("-m", "gunicorn", "--preload", "-w", "2", "-b", f"127.0.0.1:{port}",
+            "-c", os.path.join(EXAMPLE_DIR, "gunicorn.conf.py"), "--chdir", EXAMPLE_DIR)
+    if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
+        args += ("--no-control-socket",)  # gunicorn 24+: no socket in $HOME
+    return args + ("app:app",)
+
+
+def test_gunicorn_preload_two_workers_each_run_agents_that_answer(make_agent, redis_url, r) -> None:
+    port = free_port()
+    probe = make_agent("probe")
+    started = time.monotonic()
+    with run_server(list(gunicorn_args(port)), env_extra={"REDIS_URL": redis_url}) as server:
+        found = wait_until(
+            lambda: len(summarizers(probe)) == 2 and summarizers(probe),
+            timeout=30, interval=0.05, message="two workers' summarizers register",
+        )
+        assert server.pid not in found.values()  # none runs in the master
+        answers = {
+            agent_id: probe.request(agent_id, {"text": "from the probe"}, timeout=5).payload["pid"]
+            for agent_id in found
+        }
+        assert answers == found  # each worker's agent answers, from its own process
+        both_answered = time.monotonic() - started
+        body = wait_until(lambda: http_get(f"http://127.0.0.1:{port}/summarize?text=a+b+c+d"),
+                          timeout=10, interval=0.05)
+        assert json.loads(body)["answered_by"] in found
+        assert sorted(json.loads(http_get(f"http://127.0.0.1:{port}/agents"))) == sorted(found)
+        server.signal_group(signal.SIGTERM)
+        assert server.wait(20) == 0, server.output()
+    # Each worker stopped its agents on the way out: nothing stays registered.
+    assert [k for k in r.keys("agent:*") if "probe" not in k] == []
+    print(f"gunicorn --preload -w 2: both workers' agents answered after {both_answered:.2f} s")
+
+
+def test_the_readme_example_works(redis_url) -> None:
+    from .test_readme import literal_block_after
+
+    code = literal_block_after("Flask\n~~~~~")
+    assert '"redis://localhost:6379/0"' in code
+    namespace: Dict[str, Any] = {"__name__": "readme_flask_example"}
+    exec(code.replace('"redis://localhost:6379/0"', repr(redis_url)), namespace)
+    app = namespace["create_app"]()
+    try:
+        response = app.test_client().get("/summarize?text=from+the+readme")
+        assert response.get_json() == {"summary": "from the readme"}
+    finally:
+        namespace["mas"].stop(app)
