@@ -90,6 +90,11 @@ class _Counters:
 _running_agents: "weakref.WeakSet[Agent]" = weakref.WeakSet()
 
 
+def running_agents() -> List["Agent"]:
+    """The agents started, and not yet stopped, in this process."""
+    return list(_running_agents)
+
+
 def _forget_agents_after_fork() -> None:
     # Threads do not survive fork(): in the child, an agent that was running in
     # the parent is stopped, and may be started again. Its connections belong

@@ -35,8 +35,7 @@ from typing import Any, Callable, Iterator, List
 import pytest
 import redis
 
-from . import _agent
-from ._agent import Agent
+from ._agent import Agent, running_agents
 from .testing import RedisServer, wait_until
 
 __all__ = ["wait_until"]
@@ -115,8 +114,7 @@ def mas_wait_until() -> Callable[..., Any]:
 
 
 def _stop_leftover_agents(url: str) -> None:
-    running = getattr(_agent, "_running_agents", ())
-    leftover = [agent for agent in list(running) if agent.redis_url == url and agent.is_running]
+    leftover = [a for a in running_agents() if a.redis_url == url and a.is_running]
     if not leftover:
         return
     names = ", ".join(sorted(agent.id for agent in leftover))
