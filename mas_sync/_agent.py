@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import logging
 import os
@@ -18,7 +19,15 @@ import redis
 from pydantic import BaseModel, ValidationError
 
 from . import _wire
-from ._connection import close_client, drop_connections, make_client, ping, publish, redact_url
+from ._connection import (
+    close_client,
+    drop_connections,
+    is_cluster,
+    make_client,
+    ping,
+    publish,
+    redact_url,
+)
 from ._dispatch import OrderedPool
 from ._errors import AgentNotRunningError, MASConnectionError, RequestError, RequestTimeout
 from ._handlers import HandlerSpec, action_of, body_of, collect_handlers
@@ -347,7 +356,7 @@ class Agent:
         _wire.validate_agent_id(target_id, "target id")
         body = _wire.dumps_object(payload)
         message_id, data = runtime.frame(target_id, body)
-        runtime.command(publish, runtime.client, _wire.agent_channel(target_id), data)
+        runtime.command(runtime.publish, _wire.agent_channel(target_id), data)
         return message_id
 
     def send_many(self, messages: Iterable[Tuple[str, Dict[str, Any]]]) -> List[str]:
@@ -418,7 +427,7 @@ class Agent:
         _, data = runtime.frame(target_id, body)
         pending = runtime.requests.add(correlation_id, target_id)
         try:
-            runtime.command(publish, runtime.client, _wire.agent_channel(target_id), data)
+            runtime.command(runtime.publish, _wire.agent_channel(target_id), data)
             if not pending.event.wait(timeout):
                 raise RequestTimeout(
                     f"agent {self.id!r}: no reply from {target_id!r} within {timeout} s"
@@ -551,7 +560,7 @@ class Agent:
         assert message.correlation_id is not None
         body = _wire.dumps_object(_wire.reply_payload(payload, message.correlation_id), "reply")
         message_id, data = runtime.frame(message.sender_id, body)
-        runtime.command(publish, runtime.client, _wire.agent_channel(message.sender_id), data)
+        runtime.command(runtime.publish, _wire.agent_channel(message.sender_id), data)
         message._replied = True
         return message_id
 
@@ -581,6 +590,8 @@ class _Runtime:
         self.stopping = False
         self.closed = False
         self.client: redis.Redis = make_client(self.url, agent._mas_max_workers + 4)
+        # PUBLISH, or SPUBLISH on a cluster: chosen once, not on every send.
+        self.publish = self.client.spublish if is_cluster(self.client) else self.client.publish
         self.registry = AgentRegistry(self.client)
         self.state = StateManager(agent.id, self.client, agent._mas_state_model)
         self.pool = OrderedPool(
@@ -588,6 +599,7 @@ class _Runtime:
         )
         self.requests = PendingRequests()
         self.run_id = uuid.uuid4().hex[:16]
+        self.message_numbers = itertools.count(1)  # next() is atomic in CPython
         self.numbering = Numbering()
         self.gaps = agent._mas_gaps
         self.listener: Optional[ChannelListener] = None
@@ -734,7 +746,7 @@ class _Runtime:
 
     def frame(self, target_id: str, body: str) -> Tuple[str, str]:
         """A new message id, and the message to publish, numbered for ``target_id``."""
-        message_id = _wire.new_message_id()
+        message_id = f"{self.run_id}-{next(self.message_numbers)}"
         data = _wire.frame_message(
             self.agent.id,
             target_id,

@@ -189,6 +189,10 @@ def parse_agent_record(fields: Mapping[str, Optional[str]]) -> Optional[Dict[str
 # --- agent messages ----------------------------------------------------------
 
 
+_STRICT = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+_quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
+
+
 def dumps_object(value: object, what: str = "payload") -> str:
     """Serialize a JSON object strictly.
 
@@ -204,7 +208,7 @@ def dumps_object(value: object, what: str = "payload") -> str:
         if not isinstance(key, str):
             raise TypeError(f"{what} keys must be strings, got {key!r}")
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+        return _STRICT.encode(value)
     except TypeError as exc:
         raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
     except ValueError as exc:
@@ -247,13 +251,13 @@ def frame_message(
     sequence number for this target, and the id of the sender's run); async
     peers ignore them.
     """
-    extra = "" if seq is None else ',"seq":%d,"sender_run":%s' % (seq, json.dumps(sender_run))
+    extra = "" if seq is None else ',"seq":%d,"sender_run":%s' % (seq, _quote(sender_run or ""))
     return '{"sender_id":%s,"target_id":%s,"payload":%s,"timestamp":%r,"message_id":%s%s}' % (
-        json.dumps(sender_id),
-        json.dumps(target_id),
+        _quote(sender_id),
+        _quote(target_id),
         body,
         time.time() if timestamp is None else float(timestamp),
-        json.dumps(message_id or new_message_id()),
+        _quote(message_id or new_message_id()),
         extra,
     )
 
