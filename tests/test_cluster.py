@@ -7,18 +7,19 @@ Recovery times are printed (pytest -s).
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from typing import Any, Iterator, List
+from typing import Iterator, List
 
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from mas_sync import Agent, AgentMessage, MASConnectionError, MASService
+from mas_sync import MASService
 from mas_sync.testing import LocalCluster, RedisServer, redis_version, wait_until
 
-FAST = dict(heartbeat_interval=0.2, heartbeat_ttl=1.0, retry_timeout=1.0)
+from .support import FAST as SUPPORT_FAST, Inbox, flows
+
+FAST = dict(SUPPORT_FAST, retry_timeout=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -34,31 +35,6 @@ def cluster(version_ok) -> Iterator[LocalCluster]:
         yield started
 
 
-class Inbox(Agent):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lock = threading.Lock()
-        self.tokens: List[str] = []
-
-    def on_message(self, message: AgentMessage) -> None:
-        if message.expects_reply:
-            message.reply({"pong": message.payload["token"]})
-        with self.lock:
-            self.tokens.append(message.payload["token"])
-
-
-def flows(sender: Agent, receiver: Inbox, token: str) -> bool:
-    try:
-        sender.send(receiver.id, {"token": token})
-    except MASConnectionError:
-        return False
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:
-        with receiver.lock:
-            if token in receiver.tokens:
-                return True
-        threading.Event().wait(0.02)
-    return False
 
 
 @pytest.fixture

@@ -15,28 +15,14 @@ from typing import Any, Iterator, List
 import pytest
 import redis
 
-from mas_sync import Agent, AgentMessage, MASConnectionError, MASService
+from mas_sync import Agent, MASConnectionError, MASService
 from mas_sync._sequence import GapTracker
 from mas_sync.testing import RedisServer, wait_until
 
 from .proxy import FreezableProxy
+from .support import FAST, Inbox, flows
 
-FAST = dict(heartbeat_interval=0.2, heartbeat_ttl=1.0)
 
-
-class Inbox(Agent):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lock = threading.Lock()
-        self.got: List[AgentMessage] = []
-
-    def on_message(self, message: AgentMessage) -> None:
-        with self.lock:
-            self.got.append(message)
-
-    def payloads(self) -> List[dict]:
-        with self.lock:
-            return [m.payload for m in self.got]
 
 
 @pytest.fixture
@@ -58,19 +44,6 @@ def start(agents: List[Agent], agent: Agent) -> Any:
     agent.start()
     return agent
 
-
-def flows(sender: Agent, receiver: Inbox, token: str) -> bool:
-    """Send ``token`` and report whether it arrives (sending may fail while down)."""
-    try:
-        sender.send(receiver.id, {"token": token})
-    except MASConnectionError:
-        return False
-    deadline = time.monotonic() + 0.5
-    while time.monotonic() < deadline:
-        if {"token": token} in receiver.payloads():
-            return True
-        threading.Event().wait(0.02)
-    return False
 
 
 @pytest.mark.parametrize("keep_data", [False, True], ids=["data-lost", "data-kept"])
