@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type
 
 import redis
+from redis.exceptions import RedisClusterException
 from pydantic import BaseModel, ValidationError
 
 from . import _wire
@@ -31,7 +32,7 @@ from ._connection import (
 from ._dispatch import OrderedPool
 from ._errors import AgentNotRunningError, MASConnectionError, RequestError, RequestTimeout
 from ._handlers import HandlerSpec, action_of, body_of, collect_handlers
-from ._listener import REDIS_ERRORS, ChannelListener
+from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
 from ._message import AgentMessage
 from ._registry import AgentRegistry
 from ._requests import PendingRequests
@@ -654,12 +655,21 @@ class _Runtime:
         self.stop_event.set()
         self.beat_now.set()
         # A fresh connection whose timeout fits the stop's: the pooled ones may
-        # hang on a dead network for a whole command timeout.
-        quick = make_client(self.url, 1, retries=0, timeout=max(0.5, min(timeout, 2.0)))
+        # hang on a dead network for a whole command timeout. (A cluster
+        # client asks a node for the slot map as it is made; with none
+        # answering, the pooled client has to do.)
         try:
-            self.finish(quick, deadline, timeout)
+            quick: Optional[redis.Redis] = make_client(
+                self.url, 1, retries=0, timeout=max(0.5, min(timeout, 2.0))
+            )
+        except (MASConnectionError, redis.RedisError, OSError) as exc:
+            log.warning("Agent %s: stopping without Redis: %s", self.agent.id, exc)
+            quick = None
+        try:
+            self.finish(quick or self.client, deadline, timeout)
         finally:
-            close_client(quick)
+            if quick is not None:
+                close_client(quick)
             self.close_clients()
 
     def finish(self, quick: redis.Redis, deadline: float, timeout: float) -> None:
@@ -685,7 +695,7 @@ class _Runtime:
             self.heartbeat.join(max(0.0, deadline - time.monotonic()))
         try:
             AgentRegistry(quick).deregister(agent.id)
-        except redis.RedisError as exc:
+        except ANY_REDIS_ERROR as exc:
             log.warning("Agent %s: could not deregister: %s", agent.id, exc)
         self.join_threads(max(deadline, time.monotonic() + 1.0))
 
@@ -731,7 +741,7 @@ class _Runtime:
         while True:
             try:
                 return func(*args)
-            except (redis.ConnectionError, ConnectionError) as exc:
+            except (redis.ConnectionError, ConnectionError, RedisClusterException) as exc:
                 if time.monotonic() + delay > deadline or self.closed:
                     raise self.connection_error(exc) from exc
                 threading.Event().wait(delay)
@@ -804,7 +814,7 @@ class _Runtime:
                 return
             try:
                 self.beat()
-            except redis.RedisError as exc:
+            except ANY_REDIS_ERROR as exc:
                 if not failing:
                     log.warning("Agent %s: heartbeat failed: %s", self.agent.id, exc)
                 failing = True

@@ -92,6 +92,7 @@ def make_cluster_client(url: str, **kwargs: Any) -> "RedisCluster":
     Raises:
         ValueError: a malformed URL.
         RuntimeError: the installed redis-py is older than 8.1.0.
+        MASConnectionError: no node answers.
     """
     version = tuple(int(p) for p in re.findall(r"\d+", redis.__version__)[:3])
     if version < CLUSTER_MIN_REDIS_PY:
@@ -99,6 +100,7 @@ def make_cluster_client(url: str, **kwargs: Any) -> "RedisCluster":
             f"cluster mode needs redis-py 8.1.0 or newer (sharded pub/sub), not {redis.__version__}"
         )
     from redis.cluster import ClusterNode, RedisCluster
+    from redis.exceptions import RedisClusterException
 
     netloc = url[len(CLUSTER_SCHEME):].split("/", 1)[0]
     if "@" in netloc:
@@ -116,7 +118,11 @@ def make_cluster_client(url: str, **kwargs: Any) -> "RedisCluster":
     # away refreshes the slot map, then the command is tried again.
     retry = kwargs.pop("retry")
     kwargs["retry"] = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), max(2, retry.get_retries()))
-    return RedisCluster(startup_nodes=nodes, require_full_coverage=False, **kwargs)
+    try:
+        # Asks the nodes for the slot map at once.
+        return RedisCluster(startup_nodes=nodes, require_full_coverage=False, **kwargs)
+    except RedisClusterException as exc:
+        raise MASConnectionError(f"cannot reach Redis Cluster at {redact_url(url)}: {exc}") from exc
 
 
 def is_cluster(client: Any) -> bool:

@@ -10,6 +10,7 @@ import uuid
 from typing import Callable, Optional
 
 import redis
+from redis.exceptions import RedisClusterException
 
 from ._connection import (
     COMMAND_TIMEOUT,
@@ -28,7 +29,11 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 1.0
 #: Longest pause between two attempts to resubscribe after a lost connection.
 MAX_BACKOFF = 5.0
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+#: What a lost or unreachable Redis raises (a cluster client raises its own
+#: RedisClusterException, outside redis-py's RedisError tree).
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, RedisClusterException, OSError)
+#: The same, plus anything else Redis may answer with.
+ANY_REDIS_ERROR = (redis.RedisError, RedisClusterException, OSError)
 
 
 class DeadConnection(redis.ConnectionError):
@@ -134,7 +139,7 @@ class ChannelListener:
         if publisher is not None and self.thread.is_alive():
             try:
                 publish(publisher, self.channel, self._wake)
-            except redis.RedisError:
+            except ANY_REDIS_ERROR:
                 pass  # the thread notices the stop within POLL_INTERVAL anyway
         if self.thread.ident is not None and self.thread is not threading.current_thread():
             self.thread.join(max(0.0, deadline - time.monotonic()))

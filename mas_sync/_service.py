@@ -12,7 +12,7 @@ import redis
 
 from . import _wire
 from ._connection import close_client, drop_connections, is_cluster, make_client, ping, redact_url
-from ._listener import ChannelListener
+from ._listener import ANY_REDIS_ERROR, ChannelListener
 from ._sentinel import follow_master, is_sentinel_url
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ class MASService:
         while not self._stop.wait(self.check_interval):
             try:
                 self._check(client)
-            except redis.RedisError as exc:
+            except ANY_REDIS_ERROR as exc:
                 if not failing:
                     log.warning("MASService: health check failed: %s", exc)
                 failing = True

@@ -14,7 +14,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from mas_sync import MASService
+from mas_sync import MASConnectionError, MASService
 from mas_sync.testing import LocalCluster, RedisServer, redis_version, wait_until
 
 from .support import FAST as SUPPORT_FAST, Inbox, flows
@@ -113,3 +113,16 @@ def test_agents_recover_from_a_cluster_node_restart(cluster, agents, caplog) -> 
     wait_until(lambda: len(sender.discover(["c"])) == 6, 10)
     print(f"\ncluster node restart (down 0.5 s): messages again after"
           f" {time.monotonic() - restarted_at:.2f} s; receiver {receiver.stats}")
+
+
+def test_stop_and_start_with_every_node_gone(cluster) -> None:
+    agent = Inbox("lonely", redis_url=cluster.url, **FAST)
+    agent.start()
+    for node in cluster.nodes:
+        node.kill()
+    started = time.monotonic()
+    agent.stop(timeout=2)
+    assert time.monotonic() - started < 5
+    assert not agent.is_running
+    with pytest.raises(MASConnectionError, match="cannot reach Redis Cluster"):
+        Inbox("late", redis_url=cluster.url, **FAST).start()
