@@ -17,35 +17,40 @@ log = logging.getLogger(__name__)
 # Keys fetched per SCAN call and per batch of reads in discover().
 _SCAN_COUNT = 2000
 
-# discover() on one server: of the registration hashes KEYS, those ACTIVE and
-# having one of the capabilities ARGV (any, when there are none), as the JSON
-# text [[id, capabilities, metadata], ...], so that the client parses one
-# document instead of thousands. Keys that are not hashes, and hashes whose
-# JSON fields do not parse, are skipped.
-_SELECT = """
-local want = {}
-for i = 1, #ARGV do want[ARGV[i]] = true end
+# discover() on one server, one SCAN page per call: ARGV[1] is the cursor,
+# ARGV[2] the COUNT, ARGV[3:] the capabilities wanted (any, when none). Of the
+# registration hashes on the page, those ACTIVE and having one of the
+# capabilities are returned with the next cursor, as
+# {cursor, "[[id, capabilities, metadata], ...]"}: the keys never travel to
+# the client, which parses one JSON document a page. Keys that are not
+# registrations, and hashes whose JSON fields do not parse, are skipped.
+_SELECT_PAGE = """
+local want, any = {}, #ARGV == 2
+for i = 3, #ARGV do want[ARGV[i]] = true end
+local page = redis.call('SCAN', ARGV[1], 'MATCH', 'agent:*', 'COUNT', ARGV[2], 'TYPE', 'hash')
 local out = {}
-for i = 1, #KEYS do
-  local f = redis.pcall('HMGET', KEYS[i], 'id', 'capabilities', 'metadata', 'status')
-  if type(f) == 'table' and not f.err and f[4] == 'ACTIVE' and f[1] then
-    local caps_text, meta_text = f[2] or '[]', f[3] or '{}'
-    local ok_caps, caps = pcall(cjson.decode, caps_text)
-    local ok_meta, meta = pcall(cjson.decode, meta_text)
-    if ok_caps and ok_meta and type(caps) == 'table' and type(meta) == 'table' then
-      local match = #ARGV == 0
-      if not match then
-        for _, cap in ipairs(caps) do
-          if want[cap] then match = true break end
+for _, key in ipairs(page[2]) do
+  if #key > 6 and not string.find(key, ':', 7, true) then
+    local f = redis.call('HMGET', key, 'id', 'capabilities', 'metadata', 'status')
+    if f[4] == 'ACTIVE' and f[1] then
+      local caps_text, meta_text = f[2] or '[]', f[3] or '{}'
+      local ok_caps, caps = pcall(cjson.decode, caps_text)
+      local ok_meta, meta = pcall(cjson.decode, meta_text)
+      if ok_caps and ok_meta and type(caps) == 'table' and type(meta) == 'table' then
+        local match = any
+        if not match then
+          for _, cap in ipairs(caps) do
+            if want[cap] then match = true break end
+          end
         end
-      end
-      if match then
-        out[#out + 1] = '[' .. cjson.encode(f[1]) .. ',' .. caps_text .. ',' .. meta_text .. ']'
+        if match then
+          out[#out + 1] = '[' .. cjson.encode(f[1]) .. ',' .. caps_text .. ',' .. meta_text .. ']'
+        end
       end
     end
   end
 end
-return '[' .. table.concat(out, ',') .. ']'
+return {page[1], '[' .. table.concat(out, ',') .. ']'}
 """
 
 
@@ -64,7 +69,7 @@ class AgentRegistry:
         # A cluster has no transactions across slots: the registration is
         # written without one there.
         self._cluster = is_cluster(redis)
-        self._select = redis.register_script(_SELECT)
+        self._select_page = redis.register_script(_SELECT_PAGE)
 
     def register(
         self,
@@ -151,11 +156,10 @@ class AgentRegistry:
             TypeError: ``capabilities`` is a bare string or holds non-strings.
         """
         wanted = _wire.validate_capabilities(capabilities)
-        keys = self._registration_keys()
         if self._cluster:
-            found = self._discover_pipelined(keys, set(wanted))
+            found = self._discover_pipelined(self._registration_keys(), set(wanted))
         else:
-            found = self._discover_scripted(keys, wanted)
+            found = self._discover_scripted(wanted)
         found.sort(key=lambda r: r["id"])
         return found
 
@@ -166,8 +170,8 @@ class AgentRegistry:
         )
 
     def _registration_keys(self) -> List[str]:
-        # SCAN returns only hashes: the heartbeat strings under the same
-        # prefix stay on the server.
+        # For a cluster. SCAN returns only hashes: the heartbeat strings
+        # under the same prefix stay on the server.
         return [
             key
             for key in self._redis.scan_iter(
@@ -176,21 +180,21 @@ class AgentRegistry:
             if _wire.agent_id_from_key(key) is not None
         ]
 
-    def _discover_scripted(self, keys: List[str], wanted: List[str]) -> List[Dict[str, Any]]:
-        # One script call per batch of keys reads and filters the hashes on
-        # the server: no command per agent to build, send and parse here.
+    def _discover_scripted(self, wanted: List[str]) -> List[Dict[str, Any]]:
+        # The server scans, reads and filters; one round trip a SCAN page.
         found = []
-        pipe = self._redis.pipeline(transaction=False)
-        for first in range(0, len(keys), _SCAN_COUNT):
-            self._select(keys=keys[first:first + _SCAN_COUNT], args=wanted, client=pipe)
-        for text in pipe.execute():
+        cursor = "0"
+        while True:
+            cursor, text = self._select_page(args=[cursor, _SCAN_COUNT, *wanted])
             for agent_id, caps, metadata in json.loads(text):
                 if isinstance(caps, list) and isinstance(metadata, dict):
                     found.append({"id": agent_id, "capabilities": caps, "metadata": metadata})
-        return found
+            if str(cursor) == "0":
+                return found
 
     def _discover_pipelined(self, keys: List[str], wanted: Set[str]) -> List[Dict[str, Any]]:
-        # A cluster spreads the keys over slots, which one script cannot span.
+        # A cluster spreads the keys over slots and nodes, which one script
+        # cannot span: the hashes are read with pipelined HMGETs.
         found = []
         for first in range(0, len(keys), _SCAN_COUNT):
             for record in self._fetch(keys[first:first + _SCAN_COUNT]):

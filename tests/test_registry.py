@@ -34,7 +34,11 @@ def test_discover_skips_inactive_and_malformed_entries(make_agent, r) -> None:
     r.hset("agent:half", mapping={"status": "ACTIVE"})
     r.set("agent:stringkey", "not a hash")
     r.set("agent:other:heartbeat", "1")
+    r.hset("agent:live:extra", mapping={"id": "extra", "capabilities": '["x"]', "status": "ACTIVE"})
+    r.hset("agent:badmeta", mapping={"id": "badmeta", "capabilities": '["x"]', "metadata": "[1",
+                                     "status": "ACTIVE"})
     assert [x["id"] for x in agent.discover()] == ["live"]
+    assert [x["id"] for x in agent.discover(["x"])] == ["live"]
 
 
 def test_discover_refuses_a_bare_string(make_agent) -> None:
