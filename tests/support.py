@@ -44,3 +44,16 @@ def flows(sender: Agent, receiver: Inbox, token: str, within: float = 0.5) -> bo
             return True
         pause.wait(0.02)
     return False
+
+
+class Blocking(Agent):
+    """Each handler sets ``entered`` and waits until ``release`` is set (30 s at most)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def on_message(self, message: AgentMessage) -> None:
+        self.entered.set()
+        self.release.wait(30)

@@ -13,6 +13,7 @@ from mas_sync import Agent, AgentMessage, AgentNotRunningError, MASConnectionErr
 from mas_sync.testing import free_port, wait_until
 
 from .conftest import mas_threads, read_message
+from .support import Blocking
 
 
 class Recorder(Agent):
@@ -303,22 +304,14 @@ def test_heartbeat_is_refreshed_and_restores_a_lost_registration(make_agent, r) 
 
 
 def test_stop_is_bounded_when_a_handler_is_stuck(make_agent, caplog) -> None:
-    release = threading.Event()
-    entered = threading.Event()
-
-    class Stuck(Agent):
-        def on_message(self, message: AgentMessage) -> None:
-            entered.set()
-            release.wait(30)
-
-    agent = make_agent("stuck", cls=Stuck)
+    agent = make_agent("stuck", cls=Blocking)
     make_agent("s").send("stuck", {})
-    assert entered.wait(5)
+    assert agent.entered.wait(5)
     started = time.monotonic()
     agent.stop(timeout=0.5)
     assert time.monotonic() - started < 3
     assert "still running after stop" in caplog.text
-    release.set()  # let the worker go, so that no thread outlives the test
+    agent.release.set()  # let the worker go, so that no thread outlives the test
     wait_until(lambda: not agent_threads("stuck"), 5)
 
 

@@ -13,6 +13,8 @@ import pytest
 from mas_sync import Agent, AgentMessage
 from mas_sync.testing import wait_until
 
+from .support import Blocking
+
 
 class Collector(Agent):
     """Records (sender, n) per message, with an optional per-message delay."""
@@ -93,49 +95,33 @@ def test_one_sender_is_never_handled_by_two_threads_at_once(make_agent) -> None:
 
 
 def test_a_slow_handler_does_not_stop_the_listener_reading(make_agent) -> None:
-    release = threading.Event()
-    entered = threading.Event()
-
-    class Blocked(Agent):
-        def on_message(self, message: AgentMessage) -> None:
-            entered.set()
-            release.wait(10)
-
-    rx = make_agent("rx", cls=Blocked, max_workers=1)
+    rx = make_agent("rx", cls=Blocking, max_workers=1)
     tx = make_agent("tx")
     try:
         for n in range(20):
             tx.send("rx", {"n": n})
-        assert entered.wait(5)
+        assert rx.entered.wait(5)
         # The one worker is blocked, yet the listener reads every message.
         wait_until(lambda: rx.stats.received == 20, 5, message="listener keeps reading")
         assert rx.stats.handled == 0
     finally:
-        release.set()
+        rx.release.set()
     wait_until(lambda: rx.stats.handled == 20, 5)
 
 
 def test_messages_beyond_max_pending_are_dropped_and_counted(make_agent, caplog) -> None:
-    release = threading.Event()
-    entered = threading.Event()
-
-    class Blocked(Agent):
-        def on_message(self, message: AgentMessage) -> None:
-            entered.set()
-            release.wait(10)
-
-    rx = make_agent("rx", cls=Blocked, max_workers=1, max_pending=5)
+    rx = make_agent("rx", cls=Blocking, max_workers=1, max_pending=5)
     tx = make_agent("tx")
     try:
         tx.send("rx", {"n": 0})
-        assert entered.wait(5)  # the worker holds message 0
+        assert rx.entered.wait(5)  # the worker holds message 0
         for n in range(1, 11):
             tx.send("rx", {"n": n})
         wait_until(lambda: rx.stats.received == 11, 5)
         assert rx.stats.dropped_overflow == 5
         assert "max_pending" in caplog.text
     finally:
-        release.set()
+        rx.release.set()
     wait_until(lambda: rx.stats.handled == 6, 5, message="the queued five and the first")
     tx.send("rx", {"n": 99})
     wait_until(lambda: rx.stats.handled == 7, 5, message="room again after the overflow")
