@@ -49,6 +49,17 @@ class Server:
             raise  # pragma: no cover
 
 
+# Python turns SIGINT into KeyboardInterrupt only when it does not start with
+# the signal ignored, and a shell ignores SIGINT for what it runs in the
+# background (``pytest &``). The servers here are stopped with Ctrl-C, so they
+# start through this prelude, which gives SIGINT its default back and then
+# execs the real command line in the same process.
+_SIGINT_PRELUDE = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 @contextlib.contextmanager
 def run_server(
     args: List[str], *, cwd: str = ROOT, env_extra: Optional[Dict[str, str]] = None
@@ -57,7 +68,7 @@ def run_server(
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            [sys.executable, *args],
+            [sys.executable, "-c", _SIGINT_PRELUDE, *args],
             cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
