@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from typing import Callable, List, Tuple, TypeVar
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import redis
 
-from ._server import RedisServer
+from ._server import RedisServer, free_port
 
 Address = Tuple[str, int]
 T = TypeVar("T")
@@ -28,6 +29,43 @@ def _ask(port: int, question: Callable[[redis.Redis], T]) -> T:
     with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=1,
                      decode_responses=True) as client:
         return question(client)
+
+
+# A cluster node also listens on its bus port, its port + 10000, so the port
+# must be at most 55535 and the one 10000 above it free as well.
+_BUS_OFFSET = 10000
+
+
+def _free_on_loopback(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _cluster_port() -> int:
+    """A free port on 127.0.0.1 whose cluster bus port is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + _BUS_OFFSET <= 65535 and _free_on_loopback(port + _BUS_OFFSET):
+            return port
+    raise RuntimeError("found no free pair of ports p and p + 10000 on 127.0.0.1")
+
+
+def _start_cluster_node(args: Sequence[str]) -> RedisServer:
+    """Start one cluster node, on other ports if the chosen ones were taken meanwhile."""
+    error: Optional[RuntimeError] = None
+    for _ in range(3):
+        node = RedisServer(port=_cluster_port(), extra_args=args)
+        try:
+            return node.start()
+        except RuntimeError as exc:
+            node.stop()
+            error = exc
+    assert error is not None
+    raise error
 
 
 class SentinelGroup:
@@ -186,7 +224,7 @@ class LocalCluster:
         ]
         try:
             for _ in range(self.n):
-                self.nodes.append(RedisServer(extra_args=args).start())
+                self.nodes.append(_start_cluster_node(args))
             per_node = self.SLOTS // self.n
             for i, node in enumerate(self.nodes):
                 first = i * per_node
