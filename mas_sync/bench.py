@@ -164,6 +164,25 @@ def _sync_sender(url: str, target: str, n: int, rate: Optional[float], mode: str
     agent.stop()
 
 
+async def _async_start(agent: Any, url: str) -> None:
+    """Start an agent of the async framework and wait for its first heartbeat.
+
+    Its heartbeat task opens a connection of its own as the agent starts. On
+    Python 3.11 a ``cancel()`` that lands while redis-py sets a connection up
+    can be lost, and ``stop()`` then waits out the task's 30 s sleep.
+    """
+    import redis.asyncio
+
+    await agent.start()
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 5.0
+        while not await client.exists(f"agent:{agent.id}:heartbeat") and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+    finally:
+        await client.aclose()
+
+
 def _async_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
     import mas  # type: ignore[import-not-found]
 
@@ -183,7 +202,7 @@ def _async_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> No
                     done.set()
 
         agent = Rx(agent_id, redis_url=url)
-        await agent.start()
+        await _async_start(agent, url)
         ready.set()
         try:
             await asyncio.wait_for(done.wait(), 120)
@@ -200,7 +219,7 @@ def _async_sender(url: str, target: str, n: int, rate: Optional[float], out: Any
 
     async def main() -> None:
         agent = mas.Agent(f"atx-{os.getpid()}", redis_url=url)
-        await agent.start()
+        await _async_start(agent, url)
         start = time.time()
         interval = 1.0 / rate if rate else 0.0
         for i in range(n):
@@ -432,7 +451,7 @@ class Bench:
 
         async def main() -> float:
             agent = mas.Agent("async-discoverer", redis_url=self.url)
-            await agent.start()
+            await _async_start(agent, self.url)
             t0 = time.perf_counter()
             await agent.discover(["even"])
             took = time.perf_counter() - t0

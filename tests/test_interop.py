@@ -9,9 +9,12 @@ without it these tests are skipped.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import queue
+import sys
 import threading
+import traceback
 from typing import Any, Coroutine, Iterator, List
 
 import pytest
@@ -32,7 +35,27 @@ class Loop:
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            pass
+        pytest.fail(f"the async side did not finish in {timeout} s:\n{self.stacks()}")
+
+    def stacks(self) -> str:
+        """Where the loop's thread and each of its tasks are, for a failure message."""
+        lines = ["loop thread:"]
+        frame = sys._current_frames().get(self.thread.ident)
+        lines += traceback.format_stack(frame) if frame else ["  (not running)"]
+        for task in list(asyncio.all_tasks(self.loop)):
+            lines.append(f"{task!r}:")
+            awaiting = task.get_coro()
+            while awaiting is not None:  # down the chain of awaits
+                frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "ag_frame", None)
+                if frame is not None:
+                    lines += traceback.format_stack(frame, limit=1)
+                awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "ag_await", None)
+        return "".join(line if line.endswith("\n") else line + "\n" for line in lines)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -48,14 +71,24 @@ def aloop() -> Iterator[Loop]:
 
 
 @pytest.fixture
-def async_agent(aloop: Loop, redis_url: str):
-    """Start agents of the async framework; all are stopped at teardown."""
+def async_agent(aloop: Loop, redis_url: str, r):
+    """Start agents of the async framework; all are stopped at teardown.
+
+    The factory returns once the agent's first heartbeat is in Redis. Its
+    heartbeat task opens a connection of its own as the agent starts, and a
+    ``cancel()`` that lands while redis-py sets up a connection can be lost
+    on Python 3.11 (``asyncio.wait_for`` drops a cancel that races with its
+    inner call finishing); the task would then sleep out its 30 s and
+    ``stop()`` with it.
+    """
     started: List[Any] = []
 
     def factory(agent_id: str, cls: type = None, **kwargs: Any) -> Any:
         agent = (cls or mas.Agent)(agent_id, redis_url=redis_url, **kwargs)
         aloop.run(agent.start())
         started.append(agent)
+        wait_until(lambda: r.exists(f"agent:{agent_id}:heartbeat"), 5,
+                   message=f"the first heartbeat of {agent_id}")
         return agent
 
     yield factory
