@@ -135,7 +135,7 @@ class RedisServer:
         fixed_port = self.port
         last_error = ""
         for _ in range(1 if fixed_port else 3):  # a free port may be taken meanwhile
-            self.port = fixed_port or free_port()
+            self.port = fixed_port or self._pick_port()
             if self._dir is None:
                 self._dir = tempfile.TemporaryDirectory(prefix="mas-sync-redis-")
             self._log_path = os.path.join(self._dir.name, "redis.log")
@@ -170,6 +170,10 @@ class RedisServer:
             self._end_process(5.0)
         self.port = fixed_port
         raise RuntimeError(f"redis-server did not start: {last_error.strip()}")
+
+    def _pick_port(self) -> int:
+        """A port to try when none was given."""
+        return free_port()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL after ``timeout``) and remove its files."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, List, Tuple, TypeVar
 
 import redis
 
@@ -54,18 +54,11 @@ def _cluster_port() -> int:
     raise RuntimeError("found no free pair of ports p and p + 10000 on 127.0.0.1")
 
 
-def _start_cluster_node(args: Sequence[str]) -> RedisServer:
-    """Start one cluster node, on other ports if the chosen ones were taken meanwhile."""
-    error: Optional[RuntimeError] = None
-    for _ in range(3):
-        node = RedisServer(port=_cluster_port(), extra_args=args)
-        try:
-            return node.start()
-        except RuntimeError as exc:
-            node.stop()
-            error = exc
-    assert error is not None
-    raise error
+class _ClusterNode(RedisServer):
+    """A redis-server in cluster mode, on a port whose bus port is free too."""
+
+    def _pick_port(self) -> int:
+        return _cluster_port()
 
 
 class SentinelGroup:
@@ -224,7 +217,7 @@ class LocalCluster:
         ]
         try:
             for _ in range(self.n):
-                self.nodes.append(_start_cluster_node(args))
+                self.nodes.append(_ClusterNode(extra_args=args).start())
             per_node = self.SLOTS // self.n
             for i, node in enumerate(self.nodes):
                 first = i * per_node
