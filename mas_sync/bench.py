@@ -106,31 +106,46 @@ def _raw_sender(url: str, channel: str, n: int, rate: Optional[float], out: Any)
     client.close()
 
 
+class _Tally:
+    """What a receiver counts: messages, the time of the last, every tenth latency."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.got = 0
+        self.last = 0.0
+        self.latencies: List[float] = []
+
+    def record(self, payload: Dict[str, Any]) -> bool:
+        """Count one message; true once ``n`` have arrived."""
+        now = time.time()
+        self.got += 1
+        self.last = now
+        if self.got % 10 == 0:
+            self.latencies.append(now - payload["t"])
+        return self.got >= self.n
+
+    def result(self) -> Dict[str, Any]:
+        return {"got": self.got, "last": self.last, "latencies": self.latencies}
+
+
 def _sync_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
     from ._agent import Agent
 
     done = threading.Event()
     lock = threading.Lock()
-    state = {"got": 0, "last": 0.0}
-    latencies: List[float] = []
+    tally = _Tally(n)
 
     class Rx(Agent):
         def on_message(self, message: Any) -> None:
-            now = time.time()
             with lock:
-                state["got"] += 1
-                state["last"] = now
-                if state["got"] % 10 == 0:
-                    latencies.append(now - message.payload["t"])
-                if state["got"] >= n:
+                if tally.record(message.payload):
                     done.set()
 
     agent = Rx(agent_id, redis_url=url, max_pending=max(1000, n))
     agent.start()
     ready.set()
     done.wait(120)
-    out.put({"got": state["got"], "last": state["last"], "latencies": latencies,
-             "missed": agent.stats.missed, "dropped": agent.stats.dropped_overflow})
+    out.put(dict(tally.result(), missed=agent.stats.missed, dropped=agent.stats.dropped_overflow))
     agent.stop()
 
 
@@ -188,17 +203,11 @@ def _async_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> No
 
     async def main() -> None:
         done = asyncio.Event()
-        state = {"got": 0, "last": 0.0}
-        latencies: List[float] = []
+        tally = _Tally(n)
 
         class Rx(mas.Agent):  # type: ignore[misc]
             async def on_message(self, message: Any) -> None:
-                now = time.time()
-                state["got"] += 1
-                state["last"] = now
-                if state["got"] % 10 == 0:
-                    latencies.append(now - message.payload["t"])
-                if state["got"] >= n:
+                if tally.record(message.payload):
                     done.set()
 
         agent = Rx(agent_id, redis_url=url)
@@ -208,7 +217,7 @@ def _async_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> No
             await asyncio.wait_for(done.wait(), 120)
         except asyncio.TimeoutError:
             pass
-        out.put({"got": state["got"], "last": state["last"], "latencies": latencies})
+        out.put(tally.result())
         await agent.stop()
 
     asyncio.run(main())
