@@ -3,6 +3,10 @@
 ``freeze()`` makes every connection open at that moment stop forwarding in
 both directions while its sockets stay open, as when the path to a server
 dies silently. New connections are forwarded normally.
+
+``swallow_replies()`` forwards commands to the server but drops its answers:
+the commands run, and the client never hears that they did (a reply lost on
+the way back). ``restore()`` forwards everything again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ class _Link:
         self.client = client
         self.server = server
         self.frozen = False
+        self.swallow = False
 
 
 class FreezableProxy:
@@ -32,6 +37,7 @@ class FreezableProxy:
         self._lock = threading.Lock()
         self._links: List[_Link] = []
         self._threads: List[threading.Thread] = []
+        self._swallow_new = False
         self._spawn(self._accept, "proxy-accept")
 
     @property
@@ -44,6 +50,22 @@ class FreezableProxy:
             for link in self._links:
                 link.frozen = True
             return len(self._links)
+
+    def swallow_replies(self, new_connections: bool = True) -> int:
+        """Drop what the server sends on the connections open now (and, with
+        ``new_connections``, on those opened later); returns how many are open."""
+        with self._lock:
+            self._swallow_new = new_connections
+            for link in self._links:
+                link.swallow = True
+            return len(self._links)
+
+    def restore(self) -> None:
+        """Forward the answers of every connection again, from now on."""
+        with self._lock:
+            self._swallow_new = False
+            for link in self._links:
+                link.swallow = False
 
     def close(self) -> None:
         self._stop.set()
@@ -76,6 +98,7 @@ class FreezableProxy:
             server = socket.create_connection(("127.0.0.1", self.target_port))
             link = _Link(client, server)
             with self._lock:
+                link.swallow = self._swallow_new
                 self._links.append(link)
             self._spawn(self._pump, "proxy-pump", link)
 
@@ -92,8 +115,9 @@ class FreezableProxy:
                             watch.remove(sock)
                             continue
                         return
-                    if not link.frozen:
-                        pairs[sock].sendall(data)
+                    if link.frozen or (link.swallow and sock is link.server):
+                        continue
+                    pairs[sock].sendall(data)
         except OSError:
             return
         finally:
