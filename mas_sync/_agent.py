@@ -21,16 +21,25 @@ from pydantic import BaseModel, ValidationError
 
 from . import _wire
 from ._connection import (
+    NotConnected,
     close_client,
-    drop_connections,
+    deadlines,
     is_cluster,
     make_client,
     ping,
     publish,
     redact_url,
+    retire_connections,
 )
 from ._dispatch import OrderedPool
-from ._errors import AgentNotRunningError, MASConnectionError, RequestError, RequestTimeout
+from ._errors import (
+    AgentNotRunningError,
+    MASConnectionError,
+    MASError,
+    RedisCommandError,
+    RequestError,
+    RequestTimeout,
+)
 from ._handlers import HandlerSpec, action_of, body_of, collect_handlers
 from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
 from ._message import AgentMessage
@@ -68,6 +77,9 @@ class AgentStats:
         disconnects: Times the listener lost its connection (or found it
             dead: no answer to PING).
         reconnects: Times the listener resubscribed after losing Redis.
+        listener_restarts: Times the listener failed for another reason
+            (Redis refused to subscribe, an unexpected error) and was
+            started again.
     """
 
     received: int = 0
@@ -81,6 +93,7 @@ class AgentStats:
     missed: int = 0
     disconnects: int = 0
     reconnects: int = 0
+    listener_restarts: int = 0
 
 
 class _Counters:
@@ -171,9 +184,13 @@ class Agent:
         max_workers: Threads that run :meth:`on_message`.
         max_pending: Messages that may wait for a worker.
         max_message_bytes: Larger messages are dropped unread.
-        retry_timeout: Seconds for which a call that finds Redis unreachable
+        retry_timeout: Seconds for which a call that cannot connect to Redis
             (``send()``, ``request()``, ``update_state()``, ...) keeps
-            retrying before it raises ``MASConnectionError``.
+            trying before it raises ``MASConnectionError``. Only connecting
+            is tried again: a command that was sent is never sent twice.
+        command_timeout: Seconds to wait for Redis to answer one command (and
+            for a connection's handshake); without an answer the call raises
+            ``MASConnectionError``: the command may have run.
         probe_interval: Seconds of silence on the agent's channel after which
             the listener PINGs Redis on its connection; with no answer within
             ``min(2, probe_interval)`` seconds, it reconnects.
@@ -195,6 +212,7 @@ class Agent:
         max_pending: int = 1000,
         max_message_bytes: int = 1024 * 1024,
         retry_timeout: float = 5.0,
+        command_timeout: float = 5.0,
         probe_interval: float = 5.0,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
@@ -206,23 +224,23 @@ class Agent:
             isinstance(state_model, type) and issubclass(state_model, BaseModel)
         ):
             raise TypeError(f"state_model must be a pydantic BaseModel class, not {state_model!r}")
-        _positive("heartbeat_interval", heartbeat_interval)
-        _positive("probe_interval", probe_interval)
-        if not isinstance(retry_timeout, (int, float)) or isinstance(retry_timeout, bool) or retry_timeout < 0:
-            raise ValueError(f"retry_timeout must be a number of seconds >= 0, not {retry_timeout!r}")
-        _positive("heartbeat_ttl", heartbeat_ttl)
+        _seconds("heartbeat_interval", heartbeat_interval)
+        _seconds("probe_interval", probe_interval)
+        _seconds("retry_timeout", retry_timeout, zero=True)
+        _seconds("command_timeout", command_timeout)
+        _seconds("heartbeat_ttl", heartbeat_ttl)
         if heartbeat_ttl <= heartbeat_interval:
             raise ValueError(
                 f"heartbeat_ttl ({heartbeat_ttl}) must be longer than heartbeat_interval"
                 f" ({heartbeat_interval}), or the agent would flicker out of discovery"
             )
-        for name, value in (
-            ("max_workers", max_workers),
-            ("max_pending", max_pending),
-            ("max_message_bytes", max_message_bytes),
+        for name, value, most in (
+            ("max_workers", max_workers, _MAX_WORKERS),
+            ("max_pending", max_pending, _MAX_COUNT),
+            ("max_message_bytes", max_message_bytes, _MAX_MESSAGE_BYTES),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, not {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise ValueError(f"{name} must be an int from 1 to {most}, not {value!r}")
         self._mas_state_model = state_model
         self._mas_heartbeat_interval = float(heartbeat_interval)
         self._mas_heartbeat_ttl = float(heartbeat_ttl)
@@ -230,6 +248,7 @@ class Agent:
         self._mas_max_pending = max_pending
         self._mas_max_message_bytes = max_message_bytes
         self._mas_retry_timeout = float(retry_timeout)
+        self._mas_command_timeout = float(command_timeout)
         self._mas_probe_interval = float(probe_interval)
         self._mas_lock = threading.RLock()
         self._mas_runtime: Optional[_Runtime] = None
@@ -261,26 +280,46 @@ class Agent:
             MASConnectionError: Redis cannot be reached (the URL, password
                 hidden, is in the message). No thread is left behind.
             StateError: the state stored in Redis does not fit ``state_model``.
-            AgentNotRunningError: the agent is already running or stopping.
+            AgentNotRunningError: the agent is already running or stopping,
+                or :meth:`stop` was called before ``start()`` returned (the
+                agent is then stopped).
             Exception: whatever :meth:`on_start` raised, after the agent was
                 stopped again.
         """
         with self._mas_lock:
             if self._mas_runtime is not None:
                 raise AgentNotRunningError(f"agent {self.id!r} is already started")
-            runtime = _Runtime(self)
+            runtime = self._mas_runtime = _Runtime(self)
+        try:
             runtime.start()
-            self._mas_runtime = runtime
-            self._mas_state = runtime.state
-            _running_agents.add(self)
+        except BaseException as exc:
+            with self._mas_lock:
+                self._mas_runtime = None
+                runtime.start_done = True
+            runtime.started.set()
+            runtime.stopped.set()
+            if runtime.stopping and not isinstance(exc, MASError):
+                raise AgentNotRunningError(f"agent {self.id!r} was stopped while starting") from None
+            raise
+        self._mas_state = runtime.state
+        _running_agents.add(self)
+        if not runtime.stopping:
             try:
                 self.on_start()
             except BaseException:
                 log.error("Agent %s: on_start raised; stopping", self.id)
                 self.stop()
                 raise
+        with self._mas_lock:
+            runtime.start_done = True
             if not runtime.stopping:
                 runtime.pool.open()
+            hand_over = runtime.stop_by_starter
+        runtime.started.set()
+        if hand_over:
+            self._mas_finish_stop(runtime, time.monotonic() + runtime.stop_timeout)
+        if runtime.stopping:
+            raise AgentNotRunningError(f"agent {self.id!r} was stopped while starting")
         log.info("Agent %s: started", self.id)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -290,28 +329,65 @@ class Agent:
         (for at most ``timeout`` seconds in all, for this and the joins);
         call :meth:`on_stop`; stop the heartbeat; delete the registration and
         heartbeat keys and publish DEREGISTER (the state is kept); close the
-        connections; join every thread of the agent.
+        connections; join every thread.
 
         Called from :meth:`on_message`, it does not wait for that handler,
-        whose worker thread exits when the handler returns. A second call
-        while a stop is under way waits for it (at most ``timeout``), unless it
-        comes from one of the agent's own threads.
+        whose worker thread exits when the handler returns; called from
+        :meth:`on_stop` (or from any thread of the agent) while a stop is
+        under way, it returns at once. Another thread's second call waits
+        for the first stop, at most ``timeout``. Called while :meth:`start`
+        runs in another thread, it waits for ``start()`` at most ``timeout``
+        (``start()`` then raises :class:`AgentNotRunningError`); if
+        ``start()`` is still busy by then (a slow :meth:`on_start`), it
+        returns, and ``start()`` stops the agent as soon as it can.
+
+        Raises:
+            ValueError: ``timeout`` is not a number of seconds.
         """
+        _seconds("timeout", timeout, zero=True)
+        deadline = time.monotonic() + timeout
+        current = threading.current_thread()
         with self._mas_lock:
             runtime = self._mas_runtime
             if runtime is None:
                 return
-            first = not runtime.stopping
-            runtime.stopping = True
-        if not first:
-            if not runtime.owns_current_thread():
+            second = runtime.stopping
+            if second:
+                nested = (
+                    runtime.stopper is current
+                    or runtime.starter is current
+                    or runtime.owns_current_thread()
+                )
+            else:
+                runtime.stopping = True
+                runtime.stopper = current
+                runtime.stop_timeout = float(timeout)
+                wait_for_start = not runtime.start_done and runtime.starter is not current
+        if second:
+            if not nested:
                 runtime.stopped.wait(timeout)
             return
+        if wait_for_start:
+            runtime.started.wait(timeout)
+            with self._mas_lock:
+                if not runtime.start_done:
+                    runtime.stop_by_starter = True
+                    log.warning(
+                        "Agent %s: start() still busy after %.1f s; it stops the agent when done",
+                        self.id, timeout,
+                    )
+                    return
+        self._mas_finish_stop(runtime, deadline)
+
+    def _mas_finish_stop(self, runtime: "_Runtime", deadline: float) -> None:
+        if runtime.stopped.is_set():
+            return  # start() failed, and cleaned up after itself
         try:
-            runtime.stop(timeout)
+            runtime.stop(deadline)
         finally:
             with self._mas_lock:
-                self._mas_runtime = None
+                if self._mas_runtime is runtime:
+                    self._mas_runtime = None
                 _running_agents.discard(self)
             runtime.stopped.set()
         log.info("Agent %s: stopped", self.id)
@@ -419,8 +495,8 @@ class Agent:
         """
         runtime = self._mas_require_runtime()
         _wire.validate_agent_id(target_id, "target id")
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        _seconds("timeout", timeout)
+        deadline = time.monotonic() + timeout
         if not isinstance(payload, dict):
             raise TypeError(f"payload must be a dict (a JSON object), not {type(payload).__name__}")
         correlation_id = str(uuid.uuid4())
@@ -428,8 +504,10 @@ class Agent:
         _, data = runtime.frame(target_id, body)
         pending = runtime.requests.add(correlation_id, target_id)
         try:
-            runtime.command(runtime.publish, _wire.agent_channel(target_id), data)
-            if not pending.event.wait(timeout):
+            runtime.command(
+                runtime.publish, _wire.agent_channel(target_id), data, deadline=deadline
+            )
+            if not pending.event.wait(max(0.0, deadline - time.monotonic())):
                 raise RequestTimeout(
                     f"agent {self.id!r}: no reply from {target_id!r} within {timeout} s"
                     f" (request {correlation_id})"
@@ -567,14 +645,30 @@ class Agent:
 
     def _mas_require_runtime(self) -> "_Runtime":
         runtime = self._mas_runtime
-        if runtime is None or runtime.closed:
+        if runtime is None or runtime.closed or not runtime.ready:
             raise AgentNotRunningError(f"agent {self.id!r} is not started")
         return runtime
 
 
-def _positive(name: str, value: object) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+#: Bounds of the constructor's counts: beyond them, a typo rather than a plan.
+_MAX_WORKERS = 10_000
+_MAX_COUNT = 100_000_000
+_MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # Redis's own limit for one string
+
+
+def _seconds(name: str, value: object, zero: bool = False) -> None:
+    """Refuse what is not a duration that threads can wait for."""
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not (value >= 0 if zero else value > 0)
+        or not value <= threading.TIMEOUT_MAX
+    ):
+        least = "0 or more" if zero else "more than 0"
+        raise ValueError(
+            f"{name} must be a number of seconds, {least} and at most"
+            f" {threading.TIMEOUT_MAX:.0f}, not {value!r}"
+        )
 
 
 class _Runtime:
@@ -587,14 +681,21 @@ class _Runtime:
         self.counters = agent._mas_counters
         self.stop_event = threading.Event()
         self.beat_now = threading.Event()
-        self.stopped = threading.Event()
+        # Lifecycle, guarded by the agent's lock: who starts, who stops.
+        self.starter = threading.current_thread()
+        self.started = threading.Event()  # start() is done, one way or the other
+        self.start_done = False
+        self.ready = False  # connected: calls may use the clients
         self.stopping = False
+        self.stopper: Optional[threading.Thread] = None
+        self.stop_timeout = 10.0
+        self.stop_by_starter = False
+        self.stopped = threading.Event()
+        # Calls in flight, so that stop() closes no connection under them.
+        self.calls = threading.Condition(threading.Lock())
+        self.in_flight = 0
         self.closed = False
-        self.client: redis.Redis = make_client(self.url, agent._mas_max_workers + 4)
-        # PUBLISH, or SPUBLISH on a cluster: chosen once, not on every send.
-        self.publish = self.client.spublish if is_cluster(self.client) else self.client.publish
-        self.registry = AgentRegistry(self.client)
-        self.state = StateManager(agent.id, self.client, agent._mas_state_model)
+        self.closing = threading.Event()
         self.pool = OrderedPool(
             self.name, self.handle, agent._mas_max_workers, agent._mas_max_pending
         )
@@ -611,13 +712,27 @@ class _Runtime:
     # -- start and stop --------------------------------------------------------
 
     def start(self) -> None:
+        """Connect and subscribe; undone, and raised, on any failure or a stop() meanwhile."""
         agent = self.agent
+        self.client: redis.Redis = make_client(
+            self.url,
+            agent._mas_max_workers + 4,
+            timeout=agent._mas_command_timeout,
+            client_name=_client_name(agent.id),
+        )
+        # PUBLISH, or SPUBLISH on a cluster: chosen once, not on every send.
+        self.publish = self.client.spublish if is_cluster(self.client) else self.client.publish
+        self.registry = AgentRegistry(self.client)
+        self.state = StateManager(agent.id, self.client, agent._mas_state_model)
         try:
             ping(self.client, self.url)
             metadata = agent.get_metadata()
             _wire.dumps_object(metadata, "get_metadata() result")
             self.metadata = metadata
+            self.ready = True
+            self.abort_if_stopping()
             self.command(self.state.load)
+            self.abort_if_stopping()
             self.listener = ChannelListener(
                 self.url,
                 _wire.agent_channel(agent.id),
@@ -626,12 +741,16 @@ class _Runtime:
                 owner=f"Agent {agent.id}",
                 on_disconnect=self.disconnected,
                 on_reconnect=self.reconnected,
+                on_restart=self.listener_restarted,
+                on_fatal=self.listener_failed,
                 probe_interval=agent._mas_probe_interval,
                 probe_timeout=min(2.0, agent._mas_probe_interval),
+                client_name=_client_name(agent.id),
             )
             self.listener.start()
             if is_sentinel_url(self.url):
                 self.unfollow = follow_master(self.url, self.master_moved)
+            self.abort_if_stopping()
             self.command(self.register)
             self.heartbeat = threading.Thread(
                 target=self.beat_loop, name=f"{self.name}-heartbeat", daemon=True
@@ -646,11 +765,14 @@ class _Runtime:
             if self.listener is not None:
                 self.listener.stop(self.client, deadline)
             self.join_threads(deadline)
-            self.close_clients()
+            self.close(deadline)
             raise
 
-    def stop(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def abort_if_stopping(self) -> None:
+        if self.stopping:
+            raise AgentNotRunningError(f"agent {self.agent.id!r} was stopped while starting")
+
+    def stop(self, deadline: float) -> None:
         self.unfollow()
         self.stop_event.set()
         self.beat_now.set()
@@ -658,21 +780,22 @@ class _Runtime:
         # hang on a dead network for a whole command timeout. (A cluster
         # client asks a node for the slot map as it is made; with none
         # answering, the pooled client has to do.)
+        left = deadline - time.monotonic()
         try:
             quick: Optional[redis.Redis] = make_client(
-                self.url, 1, retries=0, timeout=max(0.5, min(timeout, 2.0))
+                self.url, 1, timeout=max(0.5, min(left, 2.0))
             )
         except (MASConnectionError, redis.RedisError, OSError) as exc:
             log.warning("Agent %s: stopping without Redis: %s", self.agent.id, exc)
             quick = None
         try:
-            self.finish(quick or self.client, deadline, timeout)
+            self.finish(quick or self.client, deadline)
         finally:
             if quick is not None:
                 close_client(quick)
-            self.close_clients()
+            self.close(max(deadline, time.monotonic() + 0.5))
 
-    def finish(self, quick: redis.Redis, deadline: float, timeout: float) -> None:
+    def finish(self, quick: redis.Redis, deadline: float) -> None:
         agent = self.agent
         if self.listener is not None:
             self.listener.stop(quick, deadline)
@@ -681,8 +804,8 @@ class _Runtime:
         self.requests.close(f"agent {agent.id!r} stopped")
         if not self.pool.drain(max(0.0, deadline - time.monotonic())):
             log.warning(
-                "Agent %s: handlers still busy after %.1f s; dropping %d queued messages",
-                agent.id, timeout, self.pool.pending,
+                "Agent %s: handlers still busy at the stop's deadline; dropping %d queued messages",
+                agent.id, self.pool.pending,
             )
         dropped = self.pool.close()
         if dropped:
@@ -698,6 +821,28 @@ class _Runtime:
         except ANY_REDIS_ERROR as exc:
             log.warning("Agent %s: could not deregister: %s", agent.id, exc)
         self.join_threads(max(deadline, time.monotonic() + 1.0))
+
+    def close(self, deadline: float) -> None:
+        """Refuse new calls, let those in flight end (until ``deadline``), close every connection."""
+        with self.calls:
+            self.closed = True
+            self.closing.set()
+            while self.in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning(
+                        "Agent %s: closing the connections under %d call(s) still running",
+                        self.agent.id, self.in_flight,
+                    )
+                    break
+                self.calls.wait(left)
+        client = getattr(self, "client", None)
+        if client is None:
+            return
+        try:
+            close_client(client)
+        except Exception:  # pragma: no cover - closing is best effort
+            log.debug("Agent %s: error closing the client", self.agent.id, exc_info=True)
 
     def join_threads(self, deadline: float) -> None:
         current = threading.current_thread()
@@ -715,13 +860,6 @@ class _Runtime:
                 self.agent.id, ", ".join(t.name for t in alive),
             )
 
-    def close_clients(self) -> None:
-        self.closed = True
-        try:
-            close_client(self.client)
-        except Exception:  # pragma: no cover - closing is best effort
-            log.debug("Agent %s: error closing the client", self.agent.id, exc_info=True)
-
     def owns_current_thread(self) -> bool:
         current = threading.current_thread()
         listener = self.listener.thread if self.listener is not None else None
@@ -729,30 +867,73 @@ class _Runtime:
 
     # -- Redis -----------------------------------------------------------------
 
-    def command(self, func: Any, *args: Any) -> Any:
-        """Run a Redis operation, retrying while Redis is unreachable.
+    def command(self, func: Any, *args: Any, deadline: Optional[float] = None) -> Any:
+        """Run a Redis operation for a public call; every failure comes out as a MASError.
 
-        Connection errors are retried with capped exponential backoff for
-        ``retry_timeout`` seconds, then raised as MASConnectionError. Timeouts
-        (the command may have run) are not retried.
+        Only a connection that could not be made (nothing was sent) is tried
+        again, with capped exponential backoff, for ``retry_timeout`` seconds
+        (or until ``deadline``); a command that may have run is never sent
+        twice. The answer is waited for at most the command timeout (or
+        until ``deadline``).
+
+        Raises:
+            AgentNotRunningError: the agent stopped (before or during the call).
+            MASConnectionError: no connection in the retry window; or the
+                connection failed or timed out once the command was sent (it
+                may have run).
+            RedisCommandError: Redis refused the command.
         """
-        deadline = time.monotonic() + self.agent._mas_retry_timeout
-        delay = 0.05
-        while True:
-            try:
-                return func(*args)
-            except (redis.ConnectionError, ConnectionError, RedisClusterException) as exc:
-                if time.monotonic() + delay > deadline or self.closed:
-                    raise self.connection_error(exc) from exc
-                threading.Event().wait(delay)
-                delay = min(delay * 2, 1.0)
-            except REDIS_ERRORS as exc:
-                raise self.connection_error(exc) from exc
+        with self.calls:
+            if self.closed:
+                raise self.not_running()
+            self.in_flight += 1
+        try:
+            connect_by = time.monotonic() + self.agent._mas_retry_timeout
+            if deadline is not None:
+                connect_by = min(connect_by, deadline)
+            delay = 0.05
+            while True:
+                try:
+                    with deadlines(connect_by, deadline):
+                        return func(*args)
+                except NotConnected as exc:
+                    if self.closed:
+                        raise self.not_running() from exc
+                    left = connect_by - time.monotonic()
+                    if left <= 0:
+                        raise MASConnectionError(
+                            f"agent {self.agent.id!r}: cannot reach Redis at"
+                            f" {redact_url(self.url)}: {exc}"
+                        ) from exc
+                    self.closing.wait(min(delay, left))
+                    delay = min(delay * 2, 1.0)
+                except MASError:
+                    raise
+                except REDIS_ERRORS as exc:
+                    if self.closed:
+                        raise self.not_running() from exc
+                    raise MASConnectionError(
+                        f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} failed"
+                        f" after the command was sent (it may have run, and is not sent"
+                        f" again): {exc}"
+                    ) from exc
+                except ANY_REDIS_ERROR as exc:
+                    raise RedisCommandError(
+                        f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} refused"
+                        f" the command: {exc}"
+                    ) from exc
+                except Exception as exc:
+                    if self.closed:  # a connection closed under the call by stop()
+                        raise self.not_running() from exc
+                    raise
+        finally:
+            with self.calls:
+                self.in_flight -= 1
+                if not self.in_flight:
+                    self.calls.notify_all()
 
-    def connection_error(self, exc: BaseException) -> MASConnectionError:
-        return MASConnectionError(
-            f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} failed: {exc}"
-        )
+    def not_running(self) -> AgentNotRunningError:
+        return AgentNotRunningError(f"agent {self.agent.id!r} is not started")
 
     def frame(self, target_id: str, body: str) -> Tuple[str, str]:
         """A new message id, and the message to publish, numbered for ``target_id``."""
@@ -786,19 +967,35 @@ class _Runtime:
 
     def master_moved(self, address: Tuple[str, int]) -> None:
         """Sentinel watcher thread: a failover happened; move every connection."""
-        drop_connections(self.client)
+        retire_connections(self.client)
         if self.listener is not None:
             self.listener.reset()
 
     def disconnected(self) -> None:
         """Listener thread: the subscription was lost or found dead.
 
-        The command connections were most likely lost too: drop them all now,
-        so that no thread waits on a dead socket until its timeout (a call in
-        flight fails and is retried on a fresh connection).
+        The command connections were most likely lost too: new calls get new
+        connections; those in use are closed when their call ends.
         """
         self.counters.add("disconnects")
-        drop_connections(self.client)
+        retire_connections(self.client)
+
+    def listener_restarted(self, error: BaseException) -> None:
+        """Listener thread: it failed (not a lost connection) and starts again."""
+        self.counters.add("listener_restarts")
+
+    def listener_failed(self, error: BaseException) -> None:
+        """Listener thread: it cannot receive any more; the agent stops."""
+        agent = self.agent
+        log.error(
+            "Agent %s: cannot receive messages any more (%s); stopping the agent",
+            agent.id, error,
+        )
+        try:
+            agent.on_error(None, error)
+        except Exception:
+            log.exception("Agent %s: on_error raised", agent.id)
+        agent.stop(timeout=5.0)
 
     def reconnected(self) -> None:
         """Listener thread: resubscribed after an outage; beat (and re-register) now."""
@@ -812,6 +1009,9 @@ class _Runtime:
             self.beat_now.clear()
             if self.stop_event.is_set():
                 return
+            listener = self.listener
+            if listener is None or not listener.receiving:
+                continue  # never claim to be alive while deaf
             try:
                 self.beat()
             except ANY_REDIS_ERROR as exc:
@@ -963,6 +1163,12 @@ class _Runtime:
                 "Agent %s: could not send the error reply to %s: %s",
                 self.agent.id, message.sender_id, exc,
             )
+
+
+def _client_name(agent_id: str) -> str:
+    """What ``CLIENT LIST`` shows for the agent's connections."""
+    # Redis takes names of printable ASCII without spaces.
+    return "mas-agent:" + "".join(c if "!" <= c <= "~" else "?" for c in agent_id)
 
 
 def _first_error(exc: Exception) -> str:

@@ -76,6 +76,8 @@ class OrderedPool:
                 self._scheduled.add(key)
                 self._ready.append(key)
                 self._wake_locked()
+            elif not self._threads:
+                self._wake_locked()  # no worker could be started so far: try again
             return True
 
     def open(self) -> None:
@@ -167,9 +169,19 @@ class OrderedPool:
                 name=f"{self._name}-worker-{len(self._threads) + 1}",
                 daemon=True,
             )
-            self._threads.append(thread)
             self._idle += 1  # counted idle until it takes its first item
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError as exc:  # "can't start new thread": out of threads
+                self._idle -= 1
+                log.error(
+                    "%s: cannot start a worker (%s); %d items wait for one",
+                    self._name, exc, self._pending,
+                )
+                if self._threads:
+                    self._work.notify()  # a running worker takes the work
+                return
+            self._threads.append(thread)
 
     def _run(self) -> None:
         self._worker_idents.add(threading.get_ident())

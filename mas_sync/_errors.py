@@ -21,6 +21,14 @@ class MASConnectionError(MASError, ConnectionError):
     """Redis could not be reached or the connection was lost."""
 
 
+class RedisCommandError(MASError, RuntimeError):
+    """Redis refused a command: out of memory (``maxmemory``), no permission (ACL), ....
+
+    The redis-py error is the ``__cause__``. Nothing was changed by the
+    refused command.
+    """
+
+
 class StateError(MASError, ValueError):
     """State in Redis does not fit the agent's state model, or an update is invalid."""
 

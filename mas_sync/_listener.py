@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 1.0
 #: Longest pause between two attempts to resubscribe after a lost connection.
 MAX_BACKOFF = 5.0
+#: Failures in a row, other than a lost connection (Redis refusing to
+#: subscribe, an unexpected error), after which the listener gives up.
+MAX_FAILURES = 5
 #: What a lost or unreachable Redis raises (a cluster client raises its own
 #: RedisClusterException, outside redis-py's RedisError tree).
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, RedisClusterException, OSError)
@@ -55,6 +58,13 @@ class ChannelListener:
     once resubscribed. redis-py's own silent retries are off for this
     connection, so that no outage goes unnoticed.
 
+    Supervision: any other failure (Redis refusing the subscription, say for
+    want of permission, or an unexpected error, ``on_data`` raising included)
+    is logged and the thread starts over with the same backoff; after
+    ``MAX_FAILURES`` of them in a row, with no subscription in between, it
+    gives up and calls ``on_fatal``. A lost connection never makes it give
+    up: Redis may come back.
+
     Args:
         url: The Redis URL.
         channel: The channel to read.
@@ -64,8 +74,13 @@ class ChannelListener:
         owner: Who owns the listener, for log lines.
         on_disconnect: Called in the listener thread when the connection is lost.
         on_reconnect: Called in the listener thread after each resubscription.
+        on_restart: Called in the listener thread with the error, before it
+            starts over after a failure that is not a lost connection.
+        on_fatal: Called in the listener thread with the last error when it
+            gives up; the thread ends after it returns.
         probe_interval: Seconds of silence before a PING.
         probe_timeout: Seconds to wait for the answer to a PING.
+        client_name: The connection's name in ``CLIENT LIST``.
     """
 
     def __init__(
@@ -77,8 +92,11 @@ class ChannelListener:
         owner: str,
         on_disconnect: Optional[Callable[[], None]] = None,
         on_reconnect: Optional[Callable[[], None]] = None,
+        on_restart: Optional[Callable[[BaseException], None]] = None,
+        on_fatal: Optional[Callable[[BaseException], None]] = None,
         probe_interval: float = 5.0,
         probe_timeout: float = 2.0,
+        client_name: Optional[str] = None,
     ) -> None:
         self.url = url
         self.channel = channel
@@ -86,9 +104,13 @@ class ChannelListener:
         self._owner = owner
         self._on_disconnect = on_disconnect
         self._on_reconnect = on_reconnect
+        self._on_restart = on_restart
+        self._on_fatal = on_fatal
+        self._failures = 0  # failures in a row, lost connections aside
+        self._receiving = False
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
-        self._client = make_client(url, 1, decode=False, retries=0)
+        self._client = make_client(url, 1, decode=False, client_name=client_name)
         # Redis Cluster: sharded pub/sub (SSUBSCRIBE), on the node that owns
         # the channel's slot.
         self._sharded = is_cluster(self._client)
@@ -119,6 +141,11 @@ class ChannelListener:
                 f"{self._owner}: could not subscribe to {self.channel!r} at"
                 f" {redact_url(self.url)}: {self.error or 'timed out'}"
             ) from self.error
+
+    @property
+    def receiving(self) -> bool:
+        """True while the subscription is confirmed and not known to be lost."""
+        return self._receiving and not self._stop.is_set()
 
     def reset(self) -> None:
         """Ask the thread to drop its connection and subscribe again (any thread).
@@ -164,6 +191,7 @@ class ChannelListener:
                     pubsub.subscribe(self.channel)
                 self._read(pubsub)
             except REDIS_ERRORS as exc:
+                self._receiving = False
                 if self._stop.is_set():
                     break
                 if not self._subscribed:
@@ -178,22 +206,48 @@ class ChannelListener:
                     )
                     if self._on_disconnect is not None:
                         self._on_disconnect()
-                if self._kick.wait(self._backoff * (0.5 + random.random())):
-                    self._kick.clear()
-                    self._reset = False
-                    self._backoff = 0.1
-                else:
-                    self._backoff = min(self._backoff * 2, MAX_BACKOFF)
-            except BaseException as exc:
+                self._pause()
+            except Exception as exc:
+                self._receiving = False
+                if self._stop.is_set():
+                    break
+                if not self._subscribed:
+                    self.error = exc
+                    self._ready.set()
+                    break
+                self._failures += 1
+                if self._failures >= MAX_FAILURES:
+                    log.error(
+                        "%s: listener failed %d times in a row, last with %r; giving up",
+                        self._owner, self._failures, exc,
+                    )
+                    self.error = exc
+                    if self._on_fatal is not None:
+                        self._on_fatal(exc)
+                    break
+                log.exception("%s: listener failed; starting it again", self._owner)
+                if self._on_restart is not None:
+                    self._on_restart(exc)
+                self._pause()
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt in this thread
+                self._receiving = False
                 self.error = exc
                 self._ready.set()
-                log.exception("%s: listener failed; no more messages", self._owner)
-                break
+                raise
             finally:
                 try:
                     pubsub.close()
                 except Exception:  # pragma: no cover - the connection is gone anyway
                     pass
+
+    def _pause(self) -> None:
+        """Wait before the next attempt: backoff with jitter, cut short by stop() or reset()."""
+        if self._kick.wait(self._backoff * (0.5 + random.random())):
+            self._kick.clear()
+            self._reset = False
+            self._backoff = 0.1
+        else:
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF)
 
     def _read(self, pubsub: redis.client.PubSub) -> None:
         """Read until stopped; raise a Redis error when the connection is lost."""
@@ -231,6 +285,8 @@ class ChannelListener:
                     self._on_data(data)
             elif kind == "subscribe" or kind == "ssubscribe":
                 self._subscribed = True
+                self._receiving = True
+                self._failures = 0
                 self._ready.set()
                 self._backoff = 0.1
                 if self._lost:

@@ -73,7 +73,9 @@ def is_sentinel_url(url: str) -> bool:
     return url.startswith(SCHEME)
 
 
-def make_sentinel_client(url: str, max_connections: int, **connection_kwargs: Any) -> redis.Redis:
+def make_sentinel_client(
+    url: str, max_connections: int, pool_class: Optional[type] = None, **connection_kwargs: Any
+) -> redis.Redis:
     """A client whose connections go to the master that Sentinel names now.
 
     Its pool is redis-py's Sentinel pool: it does not block when exhausted, so
@@ -85,6 +87,8 @@ def make_sentinel_client(url: str, max_connections: int, **connection_kwargs: An
         parsed.sentinels,
         sentinel_kwargs={"socket_timeout": min(timeout, 1.0), "socket_connect_timeout": 1.0},
     )
+    if pool_class is not None:
+        connection_kwargs["connection_pool_class"] = pool_class
     return sentinel.master_for(
         parsed.service,
         redis_class=redis.Redis,

@@ -11,7 +11,7 @@ from typing import Any, Callable, List, Optional
 import redis
 
 from . import _wire
-from ._connection import close_client, drop_connections, is_cluster, make_client, ping, redact_url
+from ._connection import close_client, is_cluster, make_client, ping, redact_url, retire_connections
 from ._listener import ANY_REDIS_ERROR, ChannelListener
 from ._sentinel import follow_master, is_sentinel_url
 
@@ -207,7 +207,7 @@ class MASService:
     def _master_moved(self, address: Any) -> None:
         client, listener = self._client, self._listener
         if client is not None:
-            drop_connections(client)
+            retire_connections(client)
         if listener is not None:
             listener.reset()
 
