@@ -303,19 +303,20 @@ class Agent:
             raise
         self._mas_state = runtime.state
         _running_agents.add(self)
-        if not runtime.stopping:
-            try:
-                self.on_start()
-            except BaseException:
-                log.error("Agent %s: on_start raised; stopping", self.id)
-                self.stop()
-                raise
-        with self._mas_lock:
-            runtime.start_done = True
+        try:
             if not runtime.stopping:
-                runtime.pool.open()
-            hand_over = runtime.stop_by_starter
-        runtime.started.set()
+                self.on_start()
+        except BaseException:
+            log.error("Agent %s: on_start raised; stopping", self.id)
+            self.stop()
+            raise
+        finally:
+            with self._mas_lock:
+                runtime.start_done = True
+                if not runtime.stopping:
+                    runtime.pool.open()
+                hand_over = runtime.stop_by_starter
+            runtime.started.set()
         if hand_over:
             self._mas_finish_stop(runtime, time.monotonic() + runtime.stop_timeout)
         if runtime.stopping:

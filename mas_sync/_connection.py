@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Tuple, Type
 from urllib.parse import unquote
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ._errors import MASConnectionError
@@ -337,7 +337,8 @@ def make_cluster_client(url: str, **kwargs: Any) -> "RedisCluster":
         raise RuntimeError(
             f"cluster mode needs redis-py 8.1.0 or newer (sharded pub/sub), not {redis.__version__}"
         )
-    from redis.cluster import ClusterNode, RedisCluster
+    from redis.backoff import ExponentialWithJitterBackoff
+    from redis.cluster import ClusterNode
     from redis.exceptions import RedisClusterException
 
     netloc = url[len(CLUSTER_SCHEME):].split("/", 1)[0]
