@@ -33,7 +33,7 @@ from ._dispatch import OrderedPool
 from ._errors import AgentNotRunningError, MASConnectionError, RequestError, RequestTimeout
 from ._handlers import HandlerSpec, action_of, body_of, collect_handlers
 from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
-from ._message import AgentMessage
+from ._message import AgentMessage, weak_reply_sender
 from ._registry import AgentRegistry
 from ._requests import PendingRequests
 from ._sentinel import follow_master, is_sentinel_url
@@ -868,7 +868,7 @@ class _Runtime:
                 agent.id, data, _first_error(exc),
             )
             return
-        message._agent = agent
+        message._reply = weak_reply_sender(agent._mas_reply)
         if message.seq is not None and message.sender_run is not None:
             self.gaps.observe(message.sender_id, message.sender_run, message.seq)
         if message.is_reply:
