@@ -98,6 +98,7 @@ class _Counters:
 
 
 _running_agents: "weakref.WeakSet[Agent]" = weakref.WeakSet()
+_agents: "weakref.WeakSet[Agent]" = weakref.WeakSet()  # every agent, for fork()
 
 
 def running_agents() -> List["Agent"]:
@@ -107,13 +108,19 @@ def running_agents() -> List["Agent"]:
 
 def _forget_agents_after_fork() -> None:
     # Threads do not survive fork(): in the child, an agent that was running in
-    # the parent is stopped, and may be started again. Its connections belong
-    # to the parent and are left alone; its locks may have been held by a
-    # parent thread, so they are made anew.
-    for agent in list(_running_agents):
-        agent._mas_runtime = None
+    # the parent is stopped, and may be started again, with counters from
+    # zero. Its connections belong to the parent and are left alone. Any
+    # agent's locks may have been held by a parent thread, so they are made
+    # anew. (The GapTracker renews its own lock; Sentinel watchers are
+    # forgotten by their module.)
+    for agent in list(_agents):
         agent._mas_lock = threading.RLock()
-        agent._mas_counters = _Counters()
+        if agent._mas_runtime is not None:
+            agent._mas_runtime = None
+            agent._mas_counters = _Counters()
+            agent._mas_gaps = GapTracker()
+        else:
+            agent._mas_counters._lock = threading.Lock()
     _running_agents.clear()
 
 
@@ -236,6 +243,7 @@ class Agent:
         self._mas_state: Optional[StateManager] = None
         self._mas_counters = _Counters()
         self._mas_gaps = GapTracker()
+        _agents.add(self)
 
     _mas_handlers: Dict[str, HandlerSpec] = {}
 

@@ -5,12 +5,14 @@ leaves existing connections where they are: a subscriber stays on a demoted
 master, and a demoted master keeps accepting PUBLISH for a while with no one
 listening. So each process runs one watcher per monitored service that polls
 Sentinel for the master's address and, when it changes, tells every agent and
-service using it to drop its connections and subscribe again.
+service using it to drop its connections and subscribe again. A child made by
+``fork()`` forgets its parent's watchers and starts its own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
@@ -176,6 +178,20 @@ def follow_master(url: str, on_change: Callable[[Address], None]) -> Callable[[]
             watcher.close()
 
     return unfollow
+
+
+def _forget_watchers_after_fork() -> None:
+    # Runs in the child: the parent's watcher threads do not exist here and
+    # their lock may be held for ever. The child starts watchers of its own
+    # when its agents follow a master; the parent's watchers, and their
+    # connections, are left alone (never used, never closed from here).
+    global _lock, _watchers
+    _lock = threading.Lock()
+    _watchers = {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_watchers_after_fork)
 
 
 def _fmt(address: Optional[Address]) -> str:
