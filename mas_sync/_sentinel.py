@@ -75,11 +75,39 @@ def is_sentinel_url(url: str) -> bool:
     return url.startswith(SCHEME)
 
 
+class SentinelMasterClient(redis.Redis):
+    """A client of the master that Sentinel names; ``close()`` closes all its connections.
+
+    redis-py's ``close()`` leaves the connections to the sentinels open
+    (until the garbage collector finds them); this one closes them too.
+    """
+
+    def close(self) -> None:
+        """Close the client, its pool, and its connections to the sentinels."""
+        try:
+            super().close()
+        finally:
+            manager = getattr(getattr(self, "connection_pool", None), "sentinel_manager", None)
+            if manager is not None:
+                close_sentinel(manager)
+
+
+def close_sentinel(sentinel: Sentinel) -> None:
+    """Close every connection ``sentinel`` holds to the sentinels (not those to the master)."""
+    for client in sentinel.sentinels:
+        try:
+            client.close()
+            client.connection_pool.disconnect()
+        except Exception:  # pragma: no cover - closing is best effort
+            log.debug("Sentinel: error closing a sentinel connection", exc_info=True)
+
+
 def make_sentinel_client(url: str, max_connections: int, **connection_kwargs: Any) -> redis.Redis:
     """A client whose connections go to the master that Sentinel names now.
 
     Its pool is redis-py's Sentinel pool: it does not block when exhausted, so
     it is sized generously (``max_connections``) and grows only with use.
+    Closing the client closes its connections to the sentinels too.
     """
     parsed = SentinelURL(url)
     timeout = connection_kwargs.get("socket_timeout") or 1.0
@@ -89,7 +117,7 @@ def make_sentinel_client(url: str, max_connections: int, **connection_kwargs: An
     )
     return sentinel.master_for(
         parsed.service,
-        redis_class=redis.Redis,
+        redis_class=SentinelMasterClient,
         db=parsed.db,
         username=parsed.username,
         password=parsed.password,
@@ -144,8 +172,7 @@ class _Watcher:
         self.stop.set()
         if self.thread is not threading.current_thread():
             self.thread.join(2 * POLL_INTERVAL + 2.0)
-        for pool in self.sentinel.sentinels:
-            pool.close()
+        close_sentinel(self.sentinel)
 
 
 _lock = threading.Lock()

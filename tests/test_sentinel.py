@@ -144,3 +144,35 @@ def test_a_forked_child_follows_a_failover_with_a_watcher_of_its_own(group, pair
         for fd in (ready_r, ready_w, done_r, done_w):
             os.close(fd)
     assert code == 0
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_start_stop_cycles_leak_no_file_descriptors(group) -> None:
+    import gc
+
+    from mas_sync import Agent
+
+    def cycle() -> None:
+        agent = Agent("cycler", redis_url=group.url, **FAST)
+        agent.start()
+        agent.stop(timeout=3)
+        with MASService(group.url, check_interval=0.5):
+            pass
+
+    cycle()  # imports, and whatever else is made once per process
+    gc.collect()
+    gc.disable()  # what is not closed explicitly would stay open
+    try:
+        before = open_fds()
+        counts = []
+        for _ in range(20):
+            cycle()
+            counts.append(open_fds())
+    finally:
+        gc.enable()
+    print(f"\nopen file descriptors: {before} before, then {counts}")
+    assert max(counts) <= before, f"{before} before, then {counts}"
