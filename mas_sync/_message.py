@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import weakref
 from typing import Any, Callable, Dict, Optional
@@ -26,9 +27,9 @@ class AgentMessage(BaseModel):
     the same request markers (``expects_reply``, ``correlation_id``); a copy
     compares equal to its original. What a copy does not get is the means to
     reply: only the message an agent received (and handed to its handler) can
-    :meth:`reply`, so that a request is answered once, by the process that
-    received it. That message holds a weak reference to its agent, not the
-    agent.
+    :meth:`reply`, and only in the process that received it (not in a child
+    forked after), so that a request is answered once. That message holds a
+    weak reference to its agent, not the agent.
 
     Attributes:
         sender_id: Id of the agent that sent the message.
@@ -122,8 +123,9 @@ class AgentMessage(BaseModel):
 
         Raises:
             CannotReplyError: this message is not a request, or it was not
-                received by an agent: made by hand, copied or unpickled (also
-                a ``RuntimeError``).
+                received by an agent (made by hand, copied or unpickled), or
+                it was received by another process (before a ``fork()``).
+                Also a ``RuntimeError``.
             AgentNotRunningError: the agent that received it has stopped.
             TypeError, ValueError: ``payload`` is not a JSON object.
         """
@@ -145,12 +147,22 @@ class AgentMessage(BaseModel):
 def weak_reply_sender(send: ReplySender) -> ReplySender:
     """A reply sender that calls the bound method ``send`` without keeping its object alive.
 
+    It works only in the process that made it: a child made by ``fork()``
+    has a copy of the message, not the message its agent received.
+
     Raises (when called):
         AgentNotRunningError: the agent that ``send`` belongs to is gone.
+        CannotReplyError: called in another process.
     """
     ref = weakref.WeakMethod(send)
+    pid = os.getpid()
 
     def reply(message: AgentMessage, payload: Dict[str, Any]) -> str:
+        if os.getpid() != pid:
+            raise CannotReplyError(
+                f"message {message.message_id} from {message.sender_id!r} was received by"
+                f" process {pid}; only that process can reply to it"
+            )
         bound = ref()
         if bound is None:
             raise AgentNotRunningError("the agent that received this message is gone")

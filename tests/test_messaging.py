@@ -291,3 +291,31 @@ def test_a_received_message_does_not_keep_its_agent_alive(redis_url, make_agent)
     with pytest.raises(AgentNotRunningError):
         message.reply({"too": "late"})  # the agent is gone
     thread.join(5)
+
+
+def test_a_message_replies_only_in_the_process_that_received_it(make_agent) -> None:
+    from mas_sync import CannotReplyError
+
+    from .support import Forked
+
+    keeper = make_agent("keeper", cls=Keeper)
+    asker = make_agent("asker")
+    thread, outcome = ask_in_background(asker, "keeper", timeout=10)
+    assert keeper.got.wait(5)
+    message = keeper.kept[0]
+
+    def child() -> int:
+        keeper.start()  # the same agent, running again in the child
+        try:
+            message.reply({"from": "child"})
+        except CannotReplyError:
+            return 0
+        finally:
+            keeper.stop(timeout=2)
+        return 2
+
+    assert Forked(child).wait(15) == 0, "the forked child replied (or hung)"
+    message.reply({"from": "parent"})
+    thread.join(10)
+    assert outcome and isinstance(outcome[0], AgentMessage), outcome
+    assert outcome[0].payload == {"from": "parent"}
