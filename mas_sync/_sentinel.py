@@ -210,8 +210,10 @@ def follow_master(url: str, on_change: Callable[[Address], None]) -> Callable[[]
 def _forget_watchers_after_fork() -> None:
     # Runs in the child: the parent's watcher threads do not exist here and
     # their lock may be held for ever. The child starts watchers of its own
-    # when its agents follow a master; the parent's watchers, and their
-    # connections, are left alone (never used, never closed from here).
+    # when its agents follow a master. The parent's watchers are forgotten,
+    # their connections never used: the garbage collector closes the child's
+    # copies of their sockets, which redis-py does not shut down in a process
+    # other than the one that opened them, so the parent's stay up.
     global _lock, _watchers
     _lock = threading.Lock()
     _watchers = {}

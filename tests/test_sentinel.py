@@ -144,6 +144,8 @@ def test_a_forked_child_follows_a_failover_with_a_watcher_of_its_own(group, pair
         for fd in (ready_r, ready_w, done_r, done_w):
             os.close(fd)
     assert code == 0
+    a, b = pair
+    wait_until(both_ways(a, b), 10, interval=0.05, message="the parent's agents still talk")
 
 
 def open_fds() -> int:
