@@ -10,6 +10,7 @@ import logging
 from ._agent import Agent, AgentStats
 from ._errors import (
     AgentNotRunningError,
+    CannotReplyError,
     MASConnectionError,
     MASError,
     RedisCommandError,
@@ -31,6 +32,7 @@ __all__ = [
     "AgentNotRunningError",
     "AgentRegistry",
     "AgentStats",
+    "CannotReplyError",
     "MASConnectionError",
     "MASError",
     "MASService",

@@ -42,7 +42,7 @@ from ._errors import (
 )
 from ._handlers import HandlerSpec, action_of, body_of, collect_handlers
 from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
-from ._message import AgentMessage
+from ._message import AgentMessage, weak_reply_sender
 from ._registry import AgentRegistry
 from ._requests import PendingRequests
 from ._sentinel import follow_master, is_sentinel_url
@@ -111,6 +111,7 @@ class _Counters:
 
 
 _running_agents: "weakref.WeakSet[Agent]" = weakref.WeakSet()
+_agents: "weakref.WeakSet[Agent]" = weakref.WeakSet()  # every agent, for fork()
 
 
 def running_agents() -> List["Agent"]:
@@ -120,13 +121,19 @@ def running_agents() -> List["Agent"]:
 
 def _forget_agents_after_fork() -> None:
     # Threads do not survive fork(): in the child, an agent that was running in
-    # the parent is stopped, and may be started again. Its connections belong
-    # to the parent and are left alone; its locks may have been held by a
-    # parent thread, so they are made anew.
-    for agent in list(_running_agents):
-        agent._mas_runtime = None
+    # the parent is stopped, and may be started again, with counters from
+    # zero. Its connections belong to the parent and are left alone. Any
+    # agent's locks may have been held by a parent thread, so they are made
+    # anew. (The GapTracker renews its own lock; Sentinel watchers are
+    # forgotten by their module.)
+    for agent in list(_agents):
         agent._mas_lock = threading.RLock()
-        agent._mas_counters = _Counters()
+        if agent._mas_runtime is not None:
+            agent._mas_runtime = None
+            agent._mas_counters = _Counters()
+            agent._mas_gaps = GapTracker()
+        else:
+            agent._mas_counters._lock = threading.Lock()
     _running_agents.clear()
 
 
@@ -255,6 +262,7 @@ class Agent:
         self._mas_state: Optional[StateManager] = None
         self._mas_counters = _Counters()
         self._mas_gaps = GapTracker()
+        _agents.add(self)
 
     _mas_handlers: Dict[str, HandlerSpec] = {}
 
@@ -1069,7 +1077,7 @@ class _Runtime:
                 agent.id, data, _first_error(exc),
             )
             return
-        message._agent = agent
+        message._reply = weak_reply_sender(agent._mas_reply)
         if message.seq is not None and message.sender_run is not None:
             self.gaps.observe(message.sender_id, message.sender_run, message.seq)
         if message.is_reply:

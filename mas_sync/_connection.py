@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 import threading
 import time
@@ -165,6 +166,15 @@ class _RetirablePool:
         )
         self._mas_args = (args, dict(kwargs))
         self._mas_retire_lock = threading.Lock()
+
+
+def _renew_lock_after_fork() -> None:
+    global _retire_lock
+    _retire_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_lock_after_fork)
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
 
     @property  # type: ignore[override]
@@ -254,6 +264,15 @@ def retire_connections(client: Any) -> None:
 
 
 _retire_lock = threading.Lock()
+
+
+def _renew_lock_after_fork() -> None:
+    global _retire_lock
+    _retire_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_lock_after_fork)
 
 
 def redact_url(url: str) -> str:

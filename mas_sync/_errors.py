@@ -17,6 +17,10 @@ class AgentNotRunningError(MASError, RuntimeError):
     """The agent is not started (or already stopped) and cannot do this."""
 
 
+class CannotReplyError(MASError, RuntimeError):
+    """This message cannot be replied to: it is no request, or no agent received this copy."""
+
+
 class MASConnectionError(MASError, ConnectionError):
     """Redis could not be reached or the connection was lost."""
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import time
-from typing import TYPE_CHECKING, Any, Dict, Optional
+import weakref
+from typing import Any, Callable, Dict, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from . import _wire
+from ._errors import AgentNotRunningError, CannotReplyError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ._agent import Agent
+#: What a received message replies through: ``send(message, payload)``.
+ReplySender = Callable[["AgentMessage", Dict[str, Any]], str]
 
 
 class AgentMessage(BaseModel):
@@ -18,6 +21,15 @@ class AgentMessage(BaseModel):
 
     The fields are exactly those of the async framework's ``AgentMessage``;
     unknown fields sent by newer peers are ignored.
+
+    A message is a value: it pickles, and ``copy.copy()``, ``copy.deepcopy()``
+    and ``model_copy()`` copy it, with the same fields (``model_dump()``) and
+    the same request markers (``expects_reply``, ``correlation_id``); a copy
+    compares equal to its original. What a copy does not get is the means to
+    reply: only the message an agent received (and handed to its handler) can
+    :meth:`reply`, and only in the process that received it (not in a child
+    forked after), so that a request is answered once. That message holds a
+    weak reference to its agent, not the agent.
 
     Attributes:
         sender_id: Id of the agent that sent the message.
@@ -40,11 +52,44 @@ class AgentMessage(BaseModel):
     seq: Optional[int] = None
     sender_run: Optional[str] = None
 
-    _agent: Optional["Agent"] = PrivateAttr(default=None)
+    # Set by the agent that received the message; never pickled or copied.
+    _reply: Optional[ReplySender] = PrivateAttr(default=None)
     _correlation_id: Optional[str] = PrivateAttr(default=None)
     _expects_reply: bool = PrivateAttr(default=False)
     _is_reply: bool = PrivateAttr(default=False)
     _replied: bool = PrivateAttr(default=False)
+
+    def __eq__(self, other: object) -> bool:
+        # Equal fields and request markers; the means to reply is not compared,
+        # so a message equals its copies.
+        if not isinstance(other, BaseModel):
+            return NotImplemented
+        return (
+            type(self) is type(other)
+            and self.__dict__ == other.__dict__
+            and self._markers() == other._markers()  # type: ignore[attr-defined]
+        )
+
+    def _markers(self) -> Any:
+        return self._correlation_id, self._expects_reply, self._is_reply
+
+    def __getstate__(self) -> Dict[Any, Any]:
+        state = super().__getstate__()
+        private = state.get("__pydantic_private__")
+        if private:
+            state["__pydantic_private__"] = dict(private, _reply=None)
+        return state
+
+    def __copy__(self) -> "AgentMessage":
+        copied = super().__copy__()
+        copied._reply = None
+        return copied
+
+    def __deepcopy__(self, memo: Optional[Dict[int, Any]] = None) -> "AgentMessage":
+        memo = {} if memo is None else memo
+        if self._reply is not None:
+            memo[id(self._reply)] = None  # deep-copied as None: copies do not reply
+        return super().__deepcopy__(memo)
 
     def _take_markers(self) -> None:
         """Move the request/reply markers out of the payload (raises ValueError)."""
@@ -70,21 +115,57 @@ class AgentMessage(BaseModel):
     def reply(self, payload: Dict[str, Any]) -> str:
         """Send ``payload`` back to the sender as the reply to this request.
 
-        Safe to call from any thread while the receiving agent runs.
+        Safe to call from any thread while the receiving agent runs. Only the
+        message the agent received can reply, not a copy or an unpickled one.
 
         Returns:
             The message id of the reply.
 
         Raises:
-            RuntimeError: this message is not a request, or was not received
-                by a running agent.
+            CannotReplyError: this message is not a request, or it was not
+                received by an agent (made by hand, copied or unpickled), or
+                it was received by another process (before a ``fork()``).
+                Also a ``RuntimeError``.
+            AgentNotRunningError: the agent that received it has stopped.
             TypeError, ValueError: ``payload`` is not a JSON object.
         """
-        if self._agent is None:
-            raise RuntimeError("only a message received by an agent can be replied to")
         if not self.expects_reply or not self.correlation_id:
-            raise RuntimeError(
+            raise CannotReplyError(
                 f"message {self.message_id} from {self.sender_id!r} is not a request;"
                 " use agent.send() to answer it"
             )
-        return self._agent._mas_reply(self, payload)
+        send = self._reply
+        if send is None:
+            raise CannotReplyError(
+                f"message {self.message_id} from {self.sender_id!r} was not received by an"
+                " agent (a copy or an unpickled message cannot reply); reply to the"
+                " message the handler was given"
+            )
+        return send(self, payload)
+
+
+def weak_reply_sender(send: ReplySender) -> ReplySender:
+    """A reply sender that calls the bound method ``send`` without keeping its object alive.
+
+    It works only in the process that made it: a child made by ``fork()``
+    has a copy of the message, not the message its agent received.
+
+    Raises (when called):
+        AgentNotRunningError: the agent that ``send`` belongs to is gone.
+        CannotReplyError: called in another process.
+    """
+    ref = weakref.WeakMethod(send)
+    pid = os.getpid()
+
+    def reply(message: AgentMessage, payload: Dict[str, Any]) -> str:
+        if os.getpid() != pid:
+            raise CannotReplyError(
+                f"message {message.message_id} from {message.sender_id!r} was received by"
+                f" process {pid}; only that process can reply to it"
+            )
+        bound = ref()
+        if bound is None:
+            raise AgentNotRunningError("the agent that received this message is gone")
+        return bound(message, payload)
+
+    return reply

@@ -5,12 +5,14 @@ leaves existing connections where they are: a subscriber stays on a demoted
 master, and a demoted master keeps accepting PUBLISH for a while with no one
 listening. So each process runs one watcher per monitored service that polls
 Sentinel for the master's address and, when it changes, tells every agent and
-service using it to drop its connections and subscribe again.
+service using it to drop its connections and subscribe again. A child made by
+``fork()`` forgets its parent's watchers and starts its own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
@@ -73,6 +75,33 @@ def is_sentinel_url(url: str) -> bool:
     return url.startswith(SCHEME)
 
 
+class SentinelMasterClient(redis.Redis):
+    """A client of the master that Sentinel names; ``close()`` closes all its connections.
+
+    redis-py's ``close()`` leaves the connections to the sentinels open
+    (until the garbage collector finds them); this one closes them too.
+    """
+
+    def close(self) -> None:
+        """Close the client, its pool, and its connections to the sentinels."""
+        try:
+            super().close()
+        finally:
+            manager = getattr(getattr(self, "connection_pool", None), "sentinel_manager", None)
+            if manager is not None:
+                close_sentinel(manager)
+
+
+def close_sentinel(sentinel: Sentinel) -> None:
+    """Close every connection ``sentinel`` holds to the sentinels (not those to the master)."""
+    for client in sentinel.sentinels:
+        try:
+            client.close()
+            client.connection_pool.disconnect()
+        except Exception:  # pragma: no cover - closing is best effort
+            log.debug("Sentinel: error closing a sentinel connection", exc_info=True)
+
+
 def make_sentinel_client(
     url: str, max_connections: int, pool_class: Optional[type] = None, **connection_kwargs: Any
 ) -> redis.Redis:
@@ -80,6 +109,7 @@ def make_sentinel_client(
 
     Its pool is redis-py's Sentinel pool: it does not block when exhausted, so
     it is sized generously (``max_connections``) and grows only with use.
+    Closing the client closes its connections to the sentinels too.
     """
     parsed = SentinelURL(url)
     timeout = connection_kwargs.get("socket_timeout") or 1.0
@@ -91,7 +121,7 @@ def make_sentinel_client(
         connection_kwargs["connection_pool_class"] = pool_class
     return sentinel.master_for(
         parsed.service,
-        redis_class=redis.Redis,
+        redis_class=SentinelMasterClient,
         db=parsed.db,
         username=parsed.username,
         password=parsed.password,
@@ -146,8 +176,7 @@ class _Watcher:
         self.stop.set()
         if self.thread is not threading.current_thread():
             self.thread.join(2 * POLL_INTERVAL + 2.0)
-        for pool in self.sentinel.sentinels:
-            pool.close()
+        close_sentinel(self.sentinel)
 
 
 _lock = threading.Lock()
@@ -180,6 +209,22 @@ def follow_master(url: str, on_change: Callable[[Address], None]) -> Callable[[]
             watcher.close()
 
     return unfollow
+
+
+def _forget_watchers_after_fork() -> None:
+    # Runs in the child: the parent's watcher threads do not exist here and
+    # their lock may be held for ever. The child starts watchers of its own
+    # when its agents follow a master. The parent's watchers are forgotten,
+    # their connections never used: the garbage collector closes the child's
+    # copies of their sockets, which redis-py does not shut down in a process
+    # other than the one that opened them, so the parent's stay up.
+    global _lock, _watchers
+    _lock = threading.Lock()
+    _watchers = {}
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_watchers_after_fork)
 
 
 def _fmt(address: Optional[Address]) -> str:

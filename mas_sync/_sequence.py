@@ -9,9 +9,11 @@ jump knows how many messages it missed.
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections import OrderedDict
-from typing import Dict, Set, Tuple
+from typing import Dict, Set, Tuple, Union
 
 #: Senders (runs) remembered per receiver; the oldest are forgotten first.
 MAX_STREAMS = 10_000
@@ -21,11 +23,12 @@ MAX_MISSING = 1024
 
 
 class Numbering:
-    """Hands out the next sequence number per target. Thread-safe."""
+    """Hands out the next sequence number per target. Thread-safe, and fork-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._next: Dict[str, int] = {}
+        _locked.add(self)
 
     def next(self, target_id: str) -> int:
         with self._lock:
@@ -38,13 +41,15 @@ class GapTracker:
     """Counts the messages a receiver never got, from the senders' numbers.
 
     Numbers that arrive out of order (overtaken, not lost) are taken back off
-    the count when they arrive. Thread-safe.
+    the count when they arrive. Thread-safe, and fork-safe: in a child
+    process the lock is new, even if a thread of the parent held it.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._streams: "OrderedDict[Tuple[str, str], Tuple[int, Set[int]]]" = OrderedDict()
         self._given_up = 0  # missing numbers no longer remembered
+        _locked.add(self)
 
     def observe(self, sender_id: str, sender_run: str, seq: int) -> None:
         """Record that message ``seq`` of ``sender_run`` of ``sender_id`` arrived."""
@@ -79,3 +84,19 @@ class GapTracker:
         """Messages missed so far (late arrivals not counted)."""
         with self._lock:
             return self._given_up + sum(len(m) for _, m in self._streams.values())
+
+
+#: Every Numbering and GapTracker of the process, for the after-fork handler.
+_locked: "weakref.WeakSet[Union[Numbering, GapTracker]]" = weakref.WeakSet()
+
+
+def _renew_locks_after_fork() -> None:
+    # Runs in the child, which has only the thread that called fork(): a lock
+    # that another thread of the parent held (the listener counting a message)
+    # would stay held for ever. The numbers themselves are kept.
+    for instance in list(_locked):
+        instance._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_locks_after_fork)

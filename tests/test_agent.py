@@ -385,3 +385,44 @@ def test_a_forked_child_sees_the_agent_stopped_and_can_start_it_again(make_agent
     make_agent("poke").send("forked", {"after": "fork"})
     assert agent.got.wait(5)
     assert r.hget("agent.state:forked", "child") not in (None, str(os.getpid()))
+
+
+def test_a_child_forked_while_the_agent_locks_are_held_does_not_hang(make_agent) -> None:
+    # Threads do not survive fork(), but the locks they held stay held in the
+    # child: each must be made anew there, for running and stopped agents alike.
+    from .support import Forked, HeldLocks
+
+    rx = make_agent("held", cls=Recorder)
+    tx = make_agent("holder-tx")
+    idle = make_agent("held-idle", start=False)
+    tx.send("held", {"n": 1})
+    assert rx.got.wait(5)
+    wait_until(lambda: rx.stats.handled == 1, 5)
+    runtime = tx._mas_runtime
+    assert runtime is not None
+    holder = HeldLocks(
+        rx._mas_gaps._lock,  # the listener holds it while it counts a message
+        rx._mas_counters._lock,
+        rx._mas_lock,
+        runtime.numbering._lock,
+        idle._mas_gaps._lock,
+        idle._mas_counters._lock,
+        idle._mas_lock,
+    )
+
+    def child() -> int:
+        stats = (rx.stats, idle.stats, tx.stats)
+        assert all(s.missed == 0 for s in stats)
+        idle.start()  # fresh threads and connections in the child
+        idle.stop(timeout=2)
+        return 0
+
+    try:
+        forked = Forked(child)
+    finally:
+        holder.release()
+    assert forked.wait(15) == 0, "the forked child hung (or failed)"
+    # The parent's agents are untouched.
+    assert rx.stats.handled == 1
+    tx.send("held", {"n": 2})
+    wait_until(lambda: rx.stats.handled == 2, 5)

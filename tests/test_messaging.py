@@ -196,3 +196,126 @@ def test_an_agent_can_message_itself(make_agent) -> None:
     me.send("me", {"n": 7})
     wait_until(lambda: me.count() == 1, 5)
     assert me.by_sender["me"] == [7]
+
+
+class Keeper(Agent):
+    """Keeps each message without answering it; `got` is set on each."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kept: List[AgentMessage] = []
+        self.got = threading.Event()
+
+    def on_message(self, message: AgentMessage) -> None:
+        self.kept.append(message)
+        self.got.set()
+
+
+def ask_in_background(asker: Agent, target_id: str, timeout: float) -> Any:
+    """Start ``asker.request()`` in a thread; return (thread, list that gets the outcome)."""
+    outcome: List[Any] = []
+
+    def ask() -> None:
+        try:
+            outcome.append(asker.request(target_id, {"q": 1}, timeout=timeout))
+        except Exception as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=ask, name="test-asker", daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_received_message_is_a_value_it_pickles_and_copies(make_agent) -> None:
+    import copy
+    import pickle
+
+    from mas_sync import MASError
+    from mas_sync._errors import CannotReplyError
+
+    keeper = make_agent("keeper", cls=Keeper)
+    asker = make_agent("asker")
+    thread, outcome = ask_in_background(asker, "keeper", timeout=10)
+    assert keeper.got.wait(5)
+    message = keeper.kept[0]
+    dump = message.model_dump()
+    assert set(dump) == {
+        "sender_id", "target_id", "payload", "timestamp", "message_id", "seq", "sender_run"
+    }
+    copies = {
+        "pickle": pickle.loads(pickle.dumps(message)),
+        "deepcopy": copy.deepcopy(message),
+        "copy": copy.copy(message),
+        "model_copy": message.model_copy(),
+        "model_copy deep": message.model_copy(deep=True),
+    }
+    assert message.model_dump() == dump
+    for how, twin in copies.items():
+        assert twin.model_dump() == dump, how
+        assert twin == message, how
+        assert twin.expects_reply and twin.correlation_id == message.correlation_id, how
+        assert not twin.is_reply, how
+        with pytest.raises(CannotReplyError, match="cop") as caught:
+            twin.reply({"from": how})
+        assert isinstance(caught.value, MASError) and isinstance(caught.value, RuntimeError)
+    deep = copies["deepcopy"]
+    deep.payload["changed"] = True
+    assert "changed" not in message.payload
+    # The message itself still replies, once its copies are made.
+    message.reply({"answer": 42})
+    thread.join(10)
+    assert outcome and isinstance(outcome[0], AgentMessage), outcome
+    assert outcome[0].payload == {"answer": 42}
+
+
+def test_a_received_message_does_not_keep_its_agent_alive(redis_url, make_agent) -> None:
+    import gc
+    import weakref
+
+    from mas_sync import AgentNotRunningError
+
+    keeper = Keeper("lonely", redis_url=redis_url, heartbeat_interval=0.2, heartbeat_ttl=1.0)
+    keeper.start()
+    try:
+        thread, _ = ask_in_background(make_agent("asker"), "lonely", timeout=1)
+        assert keeper.got.wait(5)
+        message = keeper.kept[0]
+    finally:
+        keeper.stop(timeout=5)
+    with pytest.raises(AgentNotRunningError):
+        message.reply({"too": "late"})  # the agent stopped
+    gone = weakref.ref(keeper)
+    del keeper
+    gc.collect()
+    assert gone() is None, "the message keeps its agent alive"
+    with pytest.raises(AgentNotRunningError):
+        message.reply({"too": "late"})  # the agent is gone
+    thread.join(5)
+
+
+def test_a_message_replies_only_in_the_process_that_received_it(make_agent) -> None:
+    from mas_sync import CannotReplyError
+
+    from .support import Forked
+
+    keeper = make_agent("keeper", cls=Keeper)
+    asker = make_agent("asker")
+    thread, outcome = ask_in_background(asker, "keeper", timeout=10)
+    assert keeper.got.wait(5)
+    message = keeper.kept[0]
+
+    def child() -> int:
+        keeper.start()  # the same agent, running again in the child
+        try:
+            message.reply({"from": "child"})
+        except CannotReplyError:
+            return 0
+        finally:
+            keeper.stop(timeout=2)
+        return 2
+
+    assert Forked(child).wait(15) == 0, "the forked child replied (or hung)"
+    message.reply({"from": "parent"})
+    thread.join(10)
+    assert outcome and isinstance(outcome[0], AgentMessage), outcome
+    assert outcome[0].payload == {"from": "parent"}

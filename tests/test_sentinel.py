@@ -6,6 +6,9 @@ Recovery times are printed (pytest -s).
 
 from __future__ import annotations
 
+import os
+import select
+import threading
 import time
 from typing import Any, Iterator, List
 
@@ -13,10 +16,11 @@ import pytest
 import redis
 
 from mas_sync import MASService
+from mas_sync import _sentinel
 from mas_sync._sentinel import SentinelURL
 from mas_sync.testing import SentinelGroup, wait_until
 
-from .support import FAST as SUPPORT_FAST, Inbox, flows
+from .support import FAST as SUPPORT_FAST, Forked, HeldLocks, Inbox, flows
 
 FAST = dict(SUPPORT_FAST, retry_timeout=1.0)
 
@@ -94,3 +98,83 @@ def test_agents_follow_a_graceful_failover(group, pair) -> None:
     with redis.Redis(host=new[0], port=new[1]) as client:
         assert client.exists("agent:a") and client.exists("agent:b")
     print(f"\nsentinel, graceful failover: subscribers on the new master after {moved:.2f} s")
+
+
+def read_byte(fd: int, timeout: float) -> bytes:
+    """One byte from the pipe ``fd``; b"" when none comes within ``timeout`` seconds."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    return os.read(fd, 1) if ready else b""
+
+
+def test_a_forked_child_follows_a_failover_with_a_watcher_of_its_own(group, pair) -> None:
+    # The parent follows the master (its watcher thread runs) and holds the
+    # watchers' lock while it forks: the child must start a watcher of its own.
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    holder = HeldLocks(_sentinel._lock)
+
+    def child() -> int:
+        agent = Inbox("forked-child", ["s"], group.url, **FAST)
+        agent.start()
+        watching = any(
+            t.name.startswith("mas-sentinel[") and t.is_alive() for t in threading.enumerate()
+        )
+        os.write(ready_w, b"1" if watching else b"0")
+        read_byte(done_r, 60)
+        agent.stop(timeout=3)
+        return 0
+
+    try:
+        forked = Forked(child)
+    finally:
+        holder.release()
+    try:
+        assert read_byte(ready_r, 20) == b"1", "the child hung, or runs no watcher thread"
+        old = group.failover()
+        wait_until(lambda: group.master_address() != old, 20, message="failover done")
+        new = group.master_address()
+        wait_until(lambda: numsub(new, "agent.forked-child") == 1, 10,
+                   message="the child's subscriber on the new master")
+        assert numsub(old, "agent.forked-child") == 0
+        # The parent's agents followed too: the child did not take their watcher.
+        wait_until(lambda: numsub(new, "agent.a") == 1 and numsub(new, "agent.b") == 1, 10)
+    finally:
+        os.write(done_w, b"1")
+        code = forked.wait(15)
+        for fd in (ready_r, ready_w, done_r, done_w):
+            os.close(fd)
+    assert code == 0
+    a, b = pair
+    wait_until(both_ways(a, b), 10, interval=0.05, message="the parent's agents still talk")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
+def test_start_stop_cycles_leak_no_file_descriptors(group) -> None:
+    import gc
+
+    from mas_sync import Agent
+
+    def cycle() -> None:
+        agent = Agent("cycler", redis_url=group.url, **FAST)
+        agent.start()
+        agent.stop(timeout=3)
+        with MASService(group.url, check_interval=0.5):
+            pass
+
+    cycle()  # imports, and whatever else is made once per process
+    gc.collect()
+    gc.disable()  # what is not closed explicitly would stay open
+    try:
+        before = open_fds()
+        counts = []
+        for _ in range(20):
+            cycle()
+            counts.append(open_fds())
+    finally:
+        gc.enable()
+    print(f"\nopen file descriptors: {before} before, then {counts}")
+    assert max(counts) <= before, f"{before} before, then {counts}"
