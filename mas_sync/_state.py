@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import copy
+import enum
+import functools
 import json
+import math
+import operator
 import threading
+import types
+import typing
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Type
 
 import redis
@@ -17,6 +23,8 @@ from ._errors import AgentNotRunningError, StateError
 _PLAIN_TYPES = (str, int, float, bool, type(None), dict, list, tuple)
 _IMMUTABLE = (str, int, float, bool, type(None), bytes, frozenset, tuple)
 _NONE = "None"
+# X | Y annotations (Python 3.10+).
+_UnionType = getattr(types, "UnionType", None)
 
 
 class _ModelCodec:
@@ -33,6 +41,14 @@ class _ModelCodec:
             except ValidationError:
                 allows_none = False
             self.fields[name] = (info.alias or name, adapter, allows_none)
+        # For each enum field: its class, and each member by its stored form.
+        self.enums: Dict[str, Tuple[Type[enum.Enum], Dict[str, enum.Enum]]] = {}
+        for name, info in model.model_fields.items():
+            cls = _enum_class(info.annotation)
+            if cls is not None:
+                dump = TypeAdapter(cls).dump_python
+                codes = {_encode_enum(m, dump(m, mode="json")): m for m in cls}
+                self.enums[name] = (cls, codes)
 
     def encode(self, value: BaseModel) -> Dict[str, str]:
         as_json = value.model_dump(mode="json")
@@ -42,6 +58,8 @@ class _ModelCodec:
             js = as_json[name]
             if py is None:
                 out[name] = _NONE
+            elif isinstance(py, enum.Enum):
+                out[name] = _encode_enum(py, js)
             elif isinstance(js, (dict, list)):
                 out[name] = json.dumps(js)
             elif isinstance(py, (bool, int, float)) and not isinstance(js, str):
@@ -54,6 +72,9 @@ class _ModelCodec:
         _, adapter, allows_none = self.fields[name]
         if raw == _NONE and allows_none:
             return None
+        enum_cls, codes = self.enums.get(name, (None, {}))
+        if raw in codes:
+            return codes[raw]
         try:
             return adapter.validate_python(raw)
         except ValidationError:
@@ -61,6 +82,9 @@ class _ModelCodec:
         try:
             return adapter.validate_json(raw)
         except ValidationError as exc:
+            member = _enum_by_name(enum_cls, raw)
+            if member is not None:
+                return member
             shown = raw if len(raw) <= 80 else raw[:77] + "..."
             raise StateError(
                 f"state field {name!r} holds {shown!r}, which does not fit"
@@ -73,6 +97,52 @@ class _ModelCodec:
             return self.model.model_validate(by_alias)
         except ValidationError as exc:
             raise StateError(f"invalid state for {self.model.__name__}: {exc}") from None
+
+
+def _encode_enum(member: enum.Enum, js: Any) -> str:
+    """How an enum member is stored: by its value, never by ``str(member)``.
+
+    ``str()`` gives ``'Priority.HIGH'`` for int and float mixins (and for
+    IntEnum and IntFlag before Python 3.11), which does not read back.
+    """
+    value = member.value
+    if isinstance(js, str):
+        return js
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no inf or nan
+    return json.dumps(js)
+
+
+def _enum_class(annotation: Any) -> Optional[Type[enum.Enum]]:
+    """The enum class of a field annotated ``E``, ``Optional[E]`` or ``Annotated[E, ...]``."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _enum_class(typing.get_args(annotation)[0])
+    if origin is typing.Union or (_UnionType is not None and origin is _UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _enum_class(args[0]) if len(args) == 1 else None
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return annotation
+    return None
+
+
+def _enum_by_name(cls: Optional[Type[enum.Enum]], raw: str) -> Optional[enum.Enum]:
+    """The member of ``cls`` that ``raw`` names as ``str(member)`` once did.
+
+    Reads ``'Priority.HIGH'``, and ``'Perm.W|R'`` for a combination of flags
+    (Python < 3.11), as earlier releases and the async framework stored them.
+    """
+    if cls is None or not raw.startswith(cls.__name__ + "."):
+        return None
+    names = raw[len(cls.__name__) + 1:].split("|")
+    if not all(n in cls.__members__ for n in names):
+        return None
+    members = [cls.__members__[n] for n in names]
+    if len(members) == 1:
+        return members[0]
+    if issubclass(cls, enum.Flag):
+        return functools.reduce(operator.or_, members)
+    return None
 
 
 class StateManager:
