@@ -487,7 +487,9 @@ class Agent:
         """Apply ``updates`` to the state and persist them, atomically.
 
         Safe to call from many threads at once: every update lands, in memory
-        and in Redis, and a failed update changes neither.
+        and in Redis. An invalid update changes nothing; after a failed write
+        (whose reply may have been lost after it ran), the fields it touched
+        are read back from Redis, so that memory and Redis agree.
 
         Raises:
             AgentNotRunningError: the agent is not started.
@@ -501,10 +503,15 @@ class Agent:
         runtime.command(runtime.state.update, updates)
 
     def reset_state(self) -> None:
-        """Delete the persisted state and go back to the defaults.
+        """Replace the persisted state by the defaults, atomically.
+
+        Untyped state is deleted; typed state becomes the model's defaults,
+        built before anything is written.
 
         Raises:
             AgentNotRunningError: the agent is not started.
+            StateError: ``state_model`` has a field without a default; nothing
+                is changed.
             MASConnectionError: Redis could not be reached.
         """
         runtime = self._mas_require_runtime()

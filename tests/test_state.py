@@ -219,12 +219,17 @@ def test_state_written_by_the_async_framework_loads_typed(make_agent, r) -> None
     assert agent.state.maybe is None
 
 
-def test_reset_state_deletes_it(make_agent, r) -> None:
-    agent = make_agent("rs", state_model=Rich)
-    agent.update_state({"counter": 9})
-    agent.reset_state()
-    assert agent.state.counter == 0
+def test_reset_state_deletes_untyped_state_and_writes_typed_defaults(make_agent, r) -> None:
+    plain = make_agent("rs")
+    plain.update_state({"counter": 9})
+    plain.reset_state()
+    assert dict(plain.state) == {}
     assert not r.exists("agent.state:rs")
+    typed = make_agent("rs2", state_model=Rich)
+    typed.update_state({"counter": 9})
+    typed.reset_state()
+    assert typed.state.counter == 0
+    assert r.hget("agent.state:rs2", "counter") == "0"
 
 
 def test_state_view_is_read_only_and_hands_out_copies(make_agent) -> None:
@@ -403,3 +408,149 @@ def test_str_of_enums_differs_as_on_old_pythons() -> None:
     assert str(OldLevel.HIGH) == "OldLevel.HIGH"
     assert str(OldPerm.R | OldPerm.W) in ("OldPerm.R|W", "OldPerm.W|R")
     assert str(Priority.HIGH) == "Priority.HIGH" and str(Share.HALF) == "Share.HALF"
+
+
+# -- a write whose reply is lost (issue 9, item 11) ---------------------------
+
+
+class Counter(BaseModel):
+    counter: int = 0
+    label: str = ""
+
+
+@pytest.fixture
+def proxy(redis_server):
+    from .proxy import FreezableProxy
+
+    proxy = FreezableProxy(redis_server.port)
+    yield proxy
+    proxy.restore()
+    proxy.close()
+
+
+@pytest.fixture
+def state_client(proxy):
+    """A client through the proxy that neither retries nor waits long for a reply."""
+    from mas_sync._connection import close_client, make_client
+
+    client = make_client(proxy.url, 4, retries=0, timeout=0.3)
+    yield client
+    close_client(client)
+
+
+@pytest.mark.parametrize("model", [None, Counter], ids=["untyped", "typed"])
+def test_a_lost_hset_reply_leaves_memory_and_redis_agreeing(model, proxy, state_client, r) -> None:
+    import redis as redis_py
+
+    from mas_sync import StateManager
+
+    manager = StateManager("lost", state_client, model)
+    manager.load()
+    manager.update({"counter": 1})
+    assert proxy.swallow_replies(new_connections=False) == 1
+    with pytest.raises(redis_py.RedisError):
+        manager.update({"counter": 2})
+    assert r.hget("agent.state:lost", "counter") == "2"  # the HSET ran
+    counter = manager.state["counter"] if model is None else manager.state.counter
+    assert str(counter) == "2"  # memory follows what Redis holds
+    # Back to the old value: really written.
+    manager.update({"counter": 1})
+    assert r.hget("agent.state:lost", "counter") == "1"
+    counter = manager.state["counter"] if model is None else manager.state.counter
+    assert str(counter) == "1"
+
+
+def test_a_lost_reply_with_redis_silent_is_repaired_by_the_next_update(proxy, state_client, r) -> None:
+    from mas_sync import StateManager
+
+    manager = StateManager("silent", state_client, Counter)
+    manager.load()
+    manager.update({"counter": 1, "label": "one"})
+    proxy.swallow_replies(new_connections=True)  # the re-read gets no answer either
+    for _ in range(2):  # as a retrying caller would, or not
+        with pytest.raises(Exception) as info:
+            manager.update({"counter": 2})
+        assert not isinstance(info.value, (StateError, AssertionError))
+    proxy.restore()
+    assert r.hget("agent.state:silent", "counter") == "2"
+    manager.update({"counter": 1})  # the value memory still shows
+    assert r.hgetall("agent.state:silent") == {"counter": "1", "label": "one"}
+    assert manager.state == Counter(counter=1, label="one")
+
+
+def test_update_state_through_a_lost_reply_raises_a_mas_error_and_recovers(
+    proxy, make_agent, r, monkeypatch
+) -> None:
+    import functools
+
+    from mas_sync import MASError
+    from mas_sync import _agent
+
+    monkeypatch.setattr(_agent, "make_client", functools.partial(_agent.make_client, timeout=0.5))
+    agent = make_agent("lossy", state_model=Counter, redis_url=proxy.url)
+    agent.update_state({"counter": 1})
+    proxy.swallow_replies(new_connections=True)
+    try:
+        with pytest.raises(MASError):
+            agent.update_state({"counter": 2})
+    finally:
+        proxy.restore()
+    assert r.hget("agent.state:lossy", "counter") == "2"
+    agent.update_state({"counter": 1})
+    assert r.hget("agent.state:lossy", "counter") == "1"
+    assert agent.state.counter == 1
+
+
+# -- reset_state (issue 9, item 12) -------------------------------------------
+
+
+class Required(BaseModel):
+    name: str
+    counter: int = 0
+
+
+def test_reset_state_of_a_model_without_defaults_raises_and_changes_nothing(make_agent, r) -> None:
+    r.hset("agent.state:req", mapping={"name": "x", "counter": "3"})
+    agent = make_agent("req", state_model=Required)
+    with pytest.raises(StateError, match="name"):
+        agent.reset_state()
+    assert r.hgetall("agent.state:req") == {"name": "x", "counter": "3"}
+    assert agent.state.name == "x" and agent.state.counter == 3
+    agent.stop()
+    agent.start()
+    assert agent.state.counter == 3
+
+
+def test_reset_state_replaces_the_stored_state_with_the_defaults(make_agent, r) -> None:
+    import uuid
+
+    class Stamped(BaseModel):
+        counter: int = 0
+        token: str = Field(default_factory=lambda: uuid.uuid4().hex)
+
+    agent = make_agent("stamped", state_model=Stamped)
+    agent.update_state({"counter": 4})
+    r.hset("agent.state:stamped", "foreign", "x")
+    agent.reset_state()
+    token = agent.state.token
+    assert r.hgetall("agent.state:stamped") == {"counter": "0", "token": token}
+    agent.stop()
+    again = make_agent("stamped", state_model=Stamped)
+    assert again.state.token == token  # memory and Redis held the same defaults
+
+
+def test_a_lost_reset_reply_leaves_memory_and_redis_agreeing(proxy, state_client, r) -> None:
+    import redis as redis_py
+
+    from mas_sync import StateManager
+
+    manager = StateManager("lost-reset", state_client, Counter)
+    manager.load()
+    manager.update({"counter": 5, "label": "five"})
+    proxy.swallow_replies(new_connections=False)
+    with pytest.raises(redis_py.RedisError):
+        manager.reset()
+    assert r.hgetall("agent.state:lost-reset") == {"counter": "0", "label": ""}
+    assert manager.state == Counter()
+    manager.update({"counter": 5, "label": "five"})
+    assert r.hgetall("agent.state:lost-reset") == {"counter": "5", "label": "five"}
