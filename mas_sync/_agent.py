@@ -473,11 +473,23 @@ class Agent:
 
     @property
     def state(self) -> Any:
-        """A read-only, thread-safe view of the agent's state.
+        """The agent's state: a read-only snapshot, safe to read from any thread.
 
-        Untyped state reads like a dict of strings (``state["counter"]`` is
-        ``"42"`` after ``update_state({"counter": 42})``, exactly what Redis
-        holds); typed state reads like the model (``state.counter`` is ``42``).
+        Typed state is an instance of ``state_model`` (``isinstance(agent.state,
+        MyState)`` holds; its class is a read-only subclass of the model), so
+        it can be passed wherever a ``MyState`` is expected; ``state.counter``
+        is ``42``. Untyped state is a read-only mapping of str to str
+        (``state["counter"]`` is ``"42"`` after ``update_state({"counter": 42})``,
+        exactly what Redis holds).
+
+        Each update replaces the snapshot and never changes one already handed
+        out: hold on to it for a consistent view, read ``agent.state`` again
+        for the latest. Assigning or deleting a field raises ``TypeError``
+        (change the state with :meth:`update_state`). A field holding a list,
+        a dict or a nested model reads as a deep copy of its own, which the
+        caller may change without effect on the state, on other readers or on
+        Redis. ``state.model_copy()`` gives an ordinary, mutable ``MyState``.
+
         None before the first :meth:`start`; the last state after :meth:`stop`.
         """
         manager = self._mas_state

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import copy
+import datetime
+import decimal
 import enum
 import functools
 import json
 import logging
 import math
 import operator
+import pathlib
 import threading
 import types
 import typing
+import uuid
 from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Set, Tuple, Type
 
 import redis
@@ -24,7 +28,12 @@ log = logging.getLogger(__name__)
 
 # Values a dict (untyped) state may hold; anything else has no faithful str().
 _PLAIN_TYPES = (str, int, float, bool, type(None), dict, list, tuple)
-_IMMUTABLE = (str, int, float, bool, type(None), bytes, frozenset, tuple)
+# Values that nothing can change; tuples and frozensets of them too.
+_IMMUTABLE = (
+    str, bytes, int, float, complex, type(None), enum.Enum, datetime.date, datetime.time,
+    datetime.timedelta, datetime.tzinfo, decimal.Decimal, uuid.UUID, pathlib.PurePath,
+)
+_READ_ONLY = "agent state is read-only; use update_state()"
 _NONE = "None"
 # X | Y annotations (Python 3.10+).
 _UnionType = getattr(types, "UnionType", None)
@@ -35,6 +44,7 @@ class _ModelCodec:
 
     def __init__(self, model: Type[BaseModel]) -> None:
         self.model = model
+        self.snapshot_class = _snapshot_class(model)
         self.fields: Dict[str, Tuple[str, TypeAdapter, bool]] = {}
         for name, info in model.model_fields.items():
             adapter: TypeAdapter = TypeAdapter(info.annotation)
@@ -57,7 +67,7 @@ class _ModelCodec:
         as_json = value.model_dump(mode="json")
         out = {}
         for name in self.fields:
-            py = getattr(value, name)
+            py = vars(value)[name]
             js = as_json[name]
             if py is None:
                 out[name] = _NONE
@@ -95,11 +105,109 @@ class _ModelCodec:
             ) from None
 
     def build(self, values: Mapping[str, Any]) -> BaseModel:
+        """A read-only snapshot of the model made of ``values``.
+
+        The snapshot shares no mutable object with ``values``.
+
+        Raises:
+            StateError: ``values`` do not validate.
+        """
         by_alias = {self.fields[name][0]: v for name, v in values.items()}
         try:
-            return self.model.model_validate(by_alias)
+            value = self.model.model_validate(by_alias)
         except ValidationError as exc:
             raise StateError(f"invalid state for {self.model.__name__}: {exc}") from None
+        snapshot = self.snapshot_class.__new__(self.snapshot_class)
+        snapshot.__setstate__(copy.deepcopy(value.__getstate__()))
+        return snapshot
+
+    def values(self, snapshot: BaseModel) -> Dict[str, Any]:
+        """The field values of ``snapshot``, not copied: to build the next one."""
+        return {name: vars(snapshot)[name] for name in self.fields}
+
+
+def _is_immutable(value: Any) -> bool:
+    if isinstance(value, (tuple, frozenset)):
+        return all(_is_immutable(item) for item in value)
+    return isinstance(value, _IMMUTABLE)
+
+
+class _FieldCopy:
+    """A field of a state snapshot: read as is if immutable, else as a deep copy."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        try:
+            value = vars(instance)[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+        return value if _is_immutable(value) else copy.deepcopy(value)
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        raise TypeError(_READ_ONLY)
+
+    def __delete__(self, instance: Any) -> None:
+        raise TypeError(_READ_ONLY)
+
+
+def _thaw(model: Type[BaseModel], state: Dict[str, Any]) -> BaseModel:
+    """An ordinary instance of ``model`` with the pickled ``state``."""
+    value = model.__new__(model)
+    value.__setstate__(state)
+    return value
+
+
+def _snapshot_class(model: Type[BaseModel]) -> Type[BaseModel]:
+    """A read-only subclass of ``model``, of which agent states are instances.
+
+    Its instances compare, print, dump and pickle as ``model`` instances do.
+    Assigning or deleting an attribute raises TypeError; reading a field whose
+    value could change (a list, a dict, a nested model) gives a deep copy, so
+    that a snapshot never changes once made and is safe to share between
+    threads. ``model_copy()`` gives an ordinary, mutable ``model``.
+    """
+
+    def __setattr__(self: BaseModel, name: str, value: Any) -> None:
+        raise TypeError(_READ_ONLY)
+
+    def __delattr__(self: BaseModel, name: str) -> None:
+        raise TypeError(_READ_ONLY)
+
+    def __eq__(self: BaseModel, other: object) -> bool:
+        if isinstance(other, snapshot_class):
+            other = _thaw(model, other.__getstate__())
+        return _thaw(model, self.__getstate__()) == other
+
+    def __reduce__(self: BaseModel) -> Any:
+        return _thaw, (model, self.__getstate__())
+
+    def model_copy(
+        self: BaseModel, *, update: Optional[Mapping[str, Any]] = None, deep: bool = False
+    ) -> BaseModel:
+        """An ordinary, mutable instance of the model; always a deep copy."""
+        return _thaw(model, copy.deepcopy(self.__getstate__())).model_copy(update=update)
+
+    namespace = {
+        "__module__": model.__module__,
+        "__qualname__": model.__qualname__,
+        "__doc__": model.__doc__,
+        "__setattr__": __setattr__,
+        "__delattr__": __delattr__,
+        "__eq__": __eq__,
+        "__hash__": model.__hash__,
+        "__reduce__": __reduce__,
+        "model_copy": model_copy,
+    }
+    snapshot_class: Type[BaseModel] = type(model)(model.__name__, (model,), namespace)
+    for name in model.model_fields:
+        type.__setattr__(snapshot_class, name, _FieldCopy(name))
+    return snapshot_class
 
 
 def _encode_enum(member: enum.Enum, js: Any) -> str:
@@ -157,9 +265,9 @@ class StateManager:
     round-trips through Redis with its type intact.
 
     Thread-safe: updates are serialized by a lock and written to Redis before
-    they become visible in memory, so memory and Redis never disagree and a
-    failed write changes nothing. Readers get immutable snapshots without
-    taking the lock.
+    they become visible in memory. A write that fails is read back from Redis
+    (it may have run), so memory and Redis do not stay apart. Readers get
+    read-only snapshots without taking the lock.
 
     Args:
         agent_id: The agent whose state this is.
@@ -193,15 +301,20 @@ class StateManager:
 
     @property
     def state(self) -> Any:
-        """A read-only view of the current state, or None before :meth:`load`."""
-        if self._value is None:
-            return None
-        if self._codec is None:
-            return DictStateView(self)
-        return ModelStateView(self)
+        """The current state, read-only, or None before :meth:`load`.
+
+        Typed state is an instance of ``state_model`` (of a read-only subclass
+        of it); untyped state a read-only mapping of str to str. Either is a
+        snapshot: later updates replace it, and never change it. Fields that
+        hold lists, dicts or models read as deep copies of their own.
+        """
+        value = self._value
+        if value is None or self._codec is not None:
+            return value
+        return DictStateView(value, self.agent_id)
 
     def snapshot(self) -> Any:
-        """A private copy of the current state: a dict or a model instance."""
+        """A private, mutable copy of the current state: a dict or a model instance."""
         value = self._value
         if isinstance(value, BaseModel):
             return value.model_copy(deep=True)
@@ -266,7 +379,7 @@ class StateManager:
                 new_value: Any = {**current, **encoded_updates}
                 new_encoded = new_value
             else:
-                merged = {name: getattr(current, name) for name in self._codec.fields}
+                merged = self._codec.values(current)
                 merged.update(updates)
                 new_value = self._codec.build(merged)
                 new_encoded = self._codec.encode(new_value)
@@ -371,7 +484,7 @@ class StateManager:
                 self._value = value
                 self._encoded = dict(value)
             else:
-                merged = {name: getattr(self._value, name) for name in self._codec.fields}
+                merged = self._codec.values(self._value)
                 for name, raw in zip(fields, raws):
                     if raw is None:  # not stored: the default, as load() would
                         merged.pop(name)
@@ -388,67 +501,36 @@ class StateManager:
 
 
 class DictStateView(Mapping):
-    """Read-only view of untyped state: a mapping of str to str.
+    """Untyped state: a read-only snapshot, a mapping of str to str.
 
-    Each read sees the latest snapshot; change the state with
+    Later updates replace the snapshot and never change it; read
+    ``Agent.state`` again for the latest, and change the state with
     ``Agent.update_state()``.
     """
 
-    __slots__ = ("_manager",)
+    __slots__ = ("_data", "_agent_id")
 
-    def __init__(self, manager: StateManager) -> None:
-        object.__setattr__(self, "_manager", manager)
+    def __init__(self, data: Mapping[str, str], agent_id: str) -> None:
+        object.__setattr__(self, "_data", data)
+        object.__setattr__(self, "_agent_id", agent_id)
 
     def __getitem__(self, key: str) -> str:
-        return self._manager._value[key]
+        return self._data[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._manager._value))
+        return iter(self._data)
 
     def __len__(self) -> int:
-        return len(self._manager._value)
+        return len(self._data)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        raise TypeError("agent state is read-only; use update_state()")
+        raise TypeError(_READ_ONLY)
 
     def __delitem__(self, key: str) -> None:
         raise TypeError("agent state is read-only; use update_state() or reset_state()")
 
-    def __repr__(self) -> str:
-        return f"<state of {self._manager.agent_id!r}: {self._manager._value!r}>"
-
-
-class ModelStateView:
-    """Read-only view of typed state: attribute reads go to the latest snapshot.
-
-    Mutable field values (lists, dicts, nested models) are returned as copies,
-    so that changing them cannot silently diverge from Redis; change the state
-    with ``Agent.update_state()``.
-    """
-
-    __slots__ = ("_manager",)
-
-    def __init__(self, manager: StateManager) -> None:
-        object.__setattr__(self, "_manager", manager)
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._manager._value, name)
-        if isinstance(value, _IMMUTABLE) or callable(value):
-            return value
-        return copy.deepcopy(value)
-
     def __setattr__(self, name: str, value: Any) -> None:
-        raise TypeError("agent state is read-only; use update_state()")
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ModelStateView):
-            other = other._manager._value
-        return self._manager._value == other
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __dir__(self) -> Any:
-        return dir(self._manager._value)
+        raise TypeError(_READ_ONLY)
 
     def __repr__(self) -> str:
-        return f"<state of {self._manager.agent_id!r}: {self._manager._value!r}>"
+        return f"<state of {self._agent_id!r}: {self._data!r}>"

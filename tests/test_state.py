@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import enum
 import json
+import sys
 import threading
 from typing import Dict, List, Optional, Tuple
 
@@ -554,3 +555,104 @@ def test_a_lost_reset_reply_leaves_memory_and_redis_agreeing(proxy, state_client
     assert manager.state == Counter()
     manager.update({"counter": 5, "label": "five"})
     assert r.hgetall("agent.state:lost-reset") == {"counter": "5", "label": "five"}
+
+
+# -- agent.state is the model (issue 9, item 14) ------------------------------
+
+
+def test_typed_state_is_an_instance_of_the_model(make_agent) -> None:
+    agent = make_agent("inst", state_model=Rich)
+    agent.update_state({"counter": 3, "items": [1, 2]})
+    state = agent.state
+    assert isinstance(state, Rich)
+
+    def takes(value: Rich) -> int:
+        return value.counter
+
+    assert takes(state) == 3
+
+    class Holder(BaseModel):
+        state: Rich
+
+    assert Holder(state=state).state.counter == 3
+    assert Rich.model_validate(state).counter == 3
+    assert state == Rich(counter=3, items=[1, 2]) and Rich(counter=3, items=[1, 2]) == state
+    assert repr(state).startswith("Rich(")
+    assert json.loads(state.model_dump_json())["items"] == [1, 2]
+    with pytest.raises(TypeError, match="update_state"):
+        state.counter = 5
+    with pytest.raises(TypeError, match="update_state"):
+        del state.counter
+    copy = state.model_copy()
+    copy.counter = 7  # a copy is an ordinary, mutable Rich
+    assert type(copy) is Rich and agent.state.counter == 3
+
+
+def test_typed_state_snapshot_survives_pickling(make_agent) -> None:
+    import pickle
+
+    agent = make_agent("pick", state_model=Rich)
+    agent.update_state({"counter": 3})
+    back = pickle.loads(pickle.dumps(agent.state))
+    assert type(back) is Rich and back.counter == 3
+
+
+def test_a_held_snapshot_keeps_its_value_and_nested_values_are_private(make_agent, r) -> None:
+    agent = make_agent("held", state_model=Rich)
+    agent.update_state({"counter": 1, "items": [1], "inner": Inner(tags=["a"])})
+    held = agent.state
+    agent.update_state({"counter": 2, "items": [1, 2]})
+    assert (held.counter, held.items) == (1, [1])
+    assert (agent.state.counter, agent.state.items) == (2, [1, 2])
+    mine = agent.state
+    mine.items.append(99)
+    mine.inner.tags.append("b")
+    assert agent.state.items == [1, 2] and agent.state.inner.tags == ["a"]
+    agent.update_state({"counter": 3})
+    assert json.loads(r.hget("agent.state:held", "items")) == [1, 2]
+
+
+@pytest.mark.parametrize("model", [None, "typed"])
+def test_readers_in_threads_always_see_a_consistent_snapshot(make_agent, model) -> None:
+    class Pair(BaseModel):
+        a: int = 0
+        b: int = 0
+        c: List[int] = Field(default_factory=list)
+
+    agent = make_agent("pair", state_model=Pair if model else None)
+    done = threading.Event()
+    torn: List[Tuple[str, str]] = []
+
+    def reader() -> None:
+        while not done.is_set():
+            s = agent.state
+            a, b = (s.a, s.b) if model else (s["a"], s["b"])
+            if str(a) != str(b):
+                torn.append((str(a), str(b)))
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    agent.update_state({"a": 0, "b": 0})
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads take turns often: a torn read shows
+    for t in readers:
+        t.start()
+    try:
+        for i in range(200):
+            agent.update_state({"a": i, "b": i, "c": [i]})
+    finally:
+        done.set()
+        sys.setswitchinterval(switch)
+        for t in readers:
+            t.join(10)
+    assert torn == []
+
+
+def test_untyped_state_is_a_read_only_snapshot(make_agent) -> None:
+    agent = make_agent("plain-snap")
+    agent.update_state({"x": 1})
+    held = agent.state
+    agent.update_state({"x": 2, "y": 3})
+    assert dict(held) == {"x": "1"}
+    assert dict(agent.state) == {"x": "2", "y": "3"}
+    with pytest.raises(TypeError, match="update_state"):
+        held["x"] = "5"
