@@ -560,11 +560,23 @@ class Agent:
 
     @property
     def state(self) -> Any:
-        """A read-only, thread-safe view of the agent's state.
+        """The agent's state: a read-only snapshot, safe to read from any thread.
 
-        Untyped state reads like a dict of strings (``state["counter"]`` is
-        ``"42"`` after ``update_state({"counter": 42})``, exactly what Redis
-        holds); typed state reads like the model (``state.counter`` is ``42``).
+        Typed state is an instance of ``state_model`` (``isinstance(agent.state,
+        MyState)`` holds; its class is a read-only subclass of the model), so
+        it can be passed wherever a ``MyState`` is expected; ``state.counter``
+        is ``42``. Untyped state is a read-only mapping of str to str
+        (``state["counter"]`` is ``"42"`` after ``update_state({"counter": 42})``,
+        exactly what Redis holds).
+
+        Each update replaces the snapshot and never changes one already handed
+        out: hold on to it for a consistent view, read ``agent.state`` again
+        for the latest. Assigning or deleting a field raises ``TypeError``
+        (change the state with :meth:`update_state`). A field holding a list,
+        a dict or a nested model reads as a deep copy of its own, which the
+        caller may change without effect on the state, on other readers or on
+        Redis. ``state.model_copy()`` gives an ordinary, mutable ``MyState``.
+
         None before the first :meth:`start`; the last state after :meth:`stop`.
         """
         manager = self._mas_state
@@ -574,7 +586,9 @@ class Agent:
         """Apply ``updates`` to the state and persist them, atomically.
 
         Safe to call from many threads at once: every update lands, in memory
-        and in Redis, and a failed update changes neither.
+        and in Redis. An invalid update changes nothing; after a failed write
+        (whose reply may have been lost after it ran), the fields it touched
+        are read back from Redis, so that memory and Redis agree.
 
         Raises:
             AgentNotRunningError: the agent is not started.
@@ -588,10 +602,15 @@ class Agent:
         runtime.command(runtime.state.update, updates)
 
     def reset_state(self) -> None:
-        """Delete the persisted state and go back to the defaults.
+        """Replace the persisted state by the defaults, atomically.
+
+        Untyped state is deleted; typed state becomes the model's defaults,
+        built before anything is written.
 
         Raises:
             AgentNotRunningError: the agent is not started.
+            StateError: ``state_model`` has a field without a default; nothing
+                is changed.
             MASConnectionError: Redis could not be reached.
         """
         runtime = self._mas_require_runtime()

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import copy
+import datetime
+import decimal
+import enum
+import functools
 import json
+import logging
+import math
+import operator
+import pathlib
 import threading
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Type
+import types
+import typing
+import uuid
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, Set, Tuple, Type
 
 import redis
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -13,10 +24,19 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from . import _wire
 from ._errors import AgentNotRunningError, StateError
 
+log = logging.getLogger(__name__)
+
 # Values a dict (untyped) state may hold; anything else has no faithful str().
 _PLAIN_TYPES = (str, int, float, bool, type(None), dict, list, tuple)
-_IMMUTABLE = (str, int, float, bool, type(None), bytes, frozenset, tuple)
+# Values that nothing can change; tuples and frozensets of them too.
+_IMMUTABLE = (
+    str, bytes, int, float, complex, type(None), enum.Enum, datetime.date, datetime.time,
+    datetime.timedelta, datetime.tzinfo, decimal.Decimal, uuid.UUID, pathlib.PurePath,
+)
+_READ_ONLY = "agent state is read-only; use update_state()"
 _NONE = "None"
+# X | Y annotations (Python 3.10+).
+_UnionType = getattr(types, "UnionType", None)
 
 
 class _ModelCodec:
@@ -24,6 +44,7 @@ class _ModelCodec:
 
     def __init__(self, model: Type[BaseModel]) -> None:
         self.model = model
+        self.snapshot_class = _snapshot_class(model)
         self.fields: Dict[str, Tuple[str, TypeAdapter, bool]] = {}
         for name, info in model.model_fields.items():
             adapter: TypeAdapter = TypeAdapter(info.annotation)
@@ -33,15 +54,25 @@ class _ModelCodec:
             except ValidationError:
                 allows_none = False
             self.fields[name] = (info.alias or name, adapter, allows_none)
+        # For each enum field: its class, and each member by its stored form.
+        self.enums: Dict[str, Tuple[Type[enum.Enum], Dict[str, enum.Enum]]] = {}
+        for name, info in model.model_fields.items():
+            cls = _enum_class(info.annotation)
+            if cls is not None:
+                dump = TypeAdapter(cls).dump_python
+                codes = {_encode_enum(m, dump(m, mode="json")): m for m in cls}
+                self.enums[name] = (cls, codes)
 
     def encode(self, value: BaseModel) -> Dict[str, str]:
         as_json = value.model_dump(mode="json")
         out = {}
         for name in self.fields:
-            py = getattr(value, name)
+            py = vars(value)[name]
             js = as_json[name]
             if py is None:
                 out[name] = _NONE
+            elif isinstance(py, enum.Enum):
+                out[name] = _encode_enum(py, js)
             elif isinstance(js, (dict, list)):
                 out[name] = json.dumps(js)
             elif isinstance(py, (bool, int, float)) and not isinstance(js, str):
@@ -54,6 +85,9 @@ class _ModelCodec:
         _, adapter, allows_none = self.fields[name]
         if raw == _NONE and allows_none:
             return None
+        enum_cls, codes = self.enums.get(name, (None, {}))
+        if raw in codes:
+            return codes[raw]
         try:
             return adapter.validate_python(raw)
         except ValidationError:
@@ -61,6 +95,9 @@ class _ModelCodec:
         try:
             return adapter.validate_json(raw)
         except ValidationError as exc:
+            member = _enum_by_name(enum_cls, raw)
+            if member is not None:
+                return member
             shown = raw if len(raw) <= 80 else raw[:77] + "..."
             raise StateError(
                 f"state field {name!r} holds {shown!r}, which does not fit"
@@ -68,11 +105,155 @@ class _ModelCodec:
             ) from None
 
     def build(self, values: Mapping[str, Any]) -> BaseModel:
+        """A read-only snapshot of the model made of ``values``.
+
+        The snapshot shares no mutable object with ``values``.
+
+        Raises:
+            StateError: ``values`` do not validate.
+        """
         by_alias = {self.fields[name][0]: v for name, v in values.items()}
         try:
-            return self.model.model_validate(by_alias)
+            value = self.model.model_validate(by_alias)
         except ValidationError as exc:
             raise StateError(f"invalid state for {self.model.__name__}: {exc}") from None
+        snapshot = self.snapshot_class.__new__(self.snapshot_class)
+        snapshot.__setstate__(copy.deepcopy(value.__getstate__()))
+        return snapshot
+
+    def values(self, snapshot: BaseModel) -> Dict[str, Any]:
+        """The field values of ``snapshot``, not copied: to build the next one."""
+        return {name: vars(snapshot)[name] for name in self.fields}
+
+
+def _is_immutable(value: Any) -> bool:
+    if isinstance(value, (tuple, frozenset)):
+        return all(_is_immutable(item) for item in value)
+    return isinstance(value, _IMMUTABLE)
+
+
+class _FieldCopy:
+    """A field of a state snapshot: read as is if immutable, else as a deep copy."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        if instance is None:
+            return self
+        try:
+            value = vars(instance)[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+        return value if _is_immutable(value) else copy.deepcopy(value)
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        raise TypeError(_READ_ONLY)
+
+    def __delete__(self, instance: Any) -> None:
+        raise TypeError(_READ_ONLY)
+
+
+def _thaw(model: Type[BaseModel], state: Dict[str, Any]) -> BaseModel:
+    """An ordinary instance of ``model`` with the pickled ``state``."""
+    value = model.__new__(model)
+    value.__setstate__(state)
+    return value
+
+
+def _snapshot_class(model: Type[BaseModel]) -> Type[BaseModel]:
+    """A read-only subclass of ``model``, of which agent states are instances.
+
+    Its instances compare, print, dump and pickle as ``model`` instances do.
+    Assigning or deleting an attribute raises TypeError; reading a field whose
+    value could change (a list, a dict, a nested model) gives a deep copy, so
+    that a snapshot never changes once made and is safe to share between
+    threads. ``model_copy()`` gives an ordinary, mutable ``model``.
+    """
+
+    def __setattr__(self: BaseModel, name: str, value: Any) -> None:
+        raise TypeError(_READ_ONLY)
+
+    def __delattr__(self: BaseModel, name: str) -> None:
+        raise TypeError(_READ_ONLY)
+
+    def __eq__(self: BaseModel, other: object) -> bool:
+        if isinstance(other, snapshot_class):
+            other = _thaw(model, other.__getstate__())
+        return _thaw(model, self.__getstate__()) == other
+
+    def __reduce__(self: BaseModel) -> Any:
+        return _thaw, (model, self.__getstate__())
+
+    def model_copy(
+        self: BaseModel, *, update: Optional[Mapping[str, Any]] = None, deep: bool = False
+    ) -> BaseModel:
+        """An ordinary, mutable instance of the model; always a deep copy."""
+        return _thaw(model, copy.deepcopy(self.__getstate__())).model_copy(update=update)
+
+    namespace = {
+        "__module__": model.__module__,
+        "__qualname__": model.__qualname__,
+        "__doc__": model.__doc__,
+        "__setattr__": __setattr__,
+        "__delattr__": __delattr__,
+        "__eq__": __eq__,
+        "__hash__": model.__hash__,
+        "__reduce__": __reduce__,
+        "model_copy": model_copy,
+    }
+    snapshot_class: Type[BaseModel] = type(model)(model.__name__, (model,), namespace)
+    for name in model.model_fields:
+        type.__setattr__(snapshot_class, name, _FieldCopy(name))
+    return snapshot_class
+
+
+def _encode_enum(member: enum.Enum, js: Any) -> str:
+    """How an enum member is stored: by its value, never by ``str(member)``.
+
+    ``str()`` gives ``'Priority.HIGH'`` for int and float mixins (and for
+    IntEnum and IntFlag before Python 3.11), which does not read back.
+    """
+    value = member.value
+    if isinstance(js, str):
+        return js
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no inf or nan
+    return json.dumps(js)
+
+
+def _enum_class(annotation: Any) -> Optional[Type[enum.Enum]]:
+    """The enum class of a field annotated ``E``, ``Optional[E]`` or ``Annotated[E, ...]``."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _enum_class(typing.get_args(annotation)[0])
+    if origin is typing.Union or (_UnionType is not None and origin is _UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _enum_class(args[0]) if len(args) == 1 else None
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return annotation
+    return None
+
+
+def _enum_by_name(cls: Optional[Type[enum.Enum]], raw: str) -> Optional[enum.Enum]:
+    """The member of ``cls`` that ``raw`` names as ``str(member)`` once did.
+
+    Reads ``'Priority.HIGH'``, and ``'Perm.W|R'`` for a combination of flags
+    (Python < 3.11), as earlier releases and the async framework stored them.
+    """
+    if cls is None or not raw.startswith(cls.__name__ + "."):
+        return None
+    names = raw[len(cls.__name__) + 1:].split("|")
+    if not all(n in cls.__members__ for n in names):
+        return None
+    members = [cls.__members__[n] for n in names]
+    if len(members) == 1:
+        return members[0]
+    if issubclass(cls, enum.Flag):
+        return functools.reduce(operator.or_, members)
+    return None
 
 
 class StateManager:
@@ -84,9 +265,9 @@ class StateManager:
     round-trips through Redis with its type intact.
 
     Thread-safe: updates are serialized by a lock and written to Redis before
-    they become visible in memory, so memory and Redis never disagree and a
-    failed write changes nothing. Readers get immutable snapshots without
-    taking the lock.
+    they become visible in memory. A write that fails is read back from Redis
+    (it may have run), so memory and Redis do not stay apart. Readers get
+    read-only snapshots without taking the lock.
 
     Args:
         agent_id: The agent whose state this is.
@@ -113,18 +294,27 @@ class StateManager:
         self._value: Any = None
         # What Redis holds for each field, as strings.
         self._encoded: Dict[str, str] = {}
+        # Fields (or, with _unsure_all, the whole hash) that a failed write may
+        # or may not have changed: read back before the next write.
+        self._unsure: Set[str] = set()
+        self._unsure_all = False
 
     @property
     def state(self) -> Any:
-        """A read-only view of the current state, or None before :meth:`load`."""
-        if self._value is None:
-            return None
-        if self._codec is None:
-            return DictStateView(self)
-        return ModelStateView(self)
+        """The current state, read-only, or None before :meth:`load`.
+
+        Typed state is an instance of ``state_model`` (of a read-only subclass
+        of it); untyped state a read-only mapping of str to str. Either is a
+        snapshot: later updates replace it, and never change it. Fields that
+        hold lists, dicts or models read as deep copies of their own.
+        """
+        value = self._value
+        if value is None or self._codec is not None:
+            return value
+        return DictStateView(value, self.agent_id)
 
     def snapshot(self) -> Any:
-        """A private copy of the current state: a dict or a model instance."""
+        """A private, mutable copy of the current state: a dict or a model instance."""
         value = self._value
         if isinstance(value, BaseModel):
             return value.model_copy(deep=True)
@@ -139,20 +329,17 @@ class StateManager:
         """
         data = self._redis.hgetall(self._key)
         with self._lock:
-            if self._codec is None:
-                self._value = dict(data)
-                self._encoded = dict(data)
-                return
-            values = {
-                name: self._codec.decode_field(name, raw)
-                for name, raw in data.items()
-                if name in self._codec.fields
-            }
-            self._value = self._codec.build(values)
-            self._encoded = {name: data[name] for name in values}
+            self._value, self._encoded = self._decode_all(data)
+            self._unsure = set()
+            self._unsure_all = False
 
     def update(self, updates: Mapping[str, Any]) -> None:
         """Apply ``updates`` and persist them, all or nothing.
+
+        If the write fails, the fields it touched are read back from Redis, so
+        that memory shows what Redis holds; when the reply to a write that ran
+        was lost, that is the new value, although this call raised. If Redis
+        cannot be read either, the next call reads them first.
 
         Raises:
             TypeError: ``updates`` is not a mapping with string keys, or holds
@@ -160,114 +347,190 @@ class StateManager:
             StateError: a key is not a field of ``state_model``, or a value
                 does not validate. Nothing is written.
             AgentNotRunningError: the state was never loaded.
+            redis.RedisError: the write failed (its outcome may be unknown).
         """
         if not isinstance(updates, Mapping):
             raise TypeError(f"state updates must be a dict, not {type(updates).__name__}")
         for key in updates:
             if not isinstance(key, str) or not key:
                 raise TypeError(f"state keys must be non-empty strings, got {key!r}")
+        encoded_updates = {}
+        if self._codec is None:
+            for key, value in updates.items():
+                if not isinstance(value, _PLAIN_TYPES):
+                    raise TypeError(
+                        f"state value for {key!r} is a {type(value).__name__};"
+                        " untyped state holds str, int, float, bool, None, dict"
+                        " and list (use a state_model for other types)"
+                    )
+                encoded_updates[key] = _wire.encode_state_value(value)
+        else:
+            unknown = sorted(set(updates) - set(self._codec.fields))
+            if unknown:
+                raise StateError(
+                    f"{self._codec.model.__name__} has no field(s) {', '.join(map(repr, unknown))}"
+                )
         with self._lock:
-            current = self._value
-            if current is None:
+            if self._value is None:
                 raise AgentNotRunningError("state is not loaded; start the agent first")
+            self._resync()
+            current = self._value
             if self._codec is None:
-                encoded_updates = {}
-                for key, value in updates.items():
-                    if not isinstance(value, _PLAIN_TYPES):
-                        raise TypeError(
-                            f"state value for {key!r} is a {type(value).__name__};"
-                            " untyped state holds str, int, float, bool, None, dict"
-                            " and list (use a state_model for other types)"
-                        )
-                    encoded_updates[key] = _wire.encode_state_value(value)
                 new_value: Any = {**current, **encoded_updates}
                 new_encoded = new_value
             else:
-                unknown = sorted(set(updates) - set(self._codec.fields))
-                if unknown:
-                    raise StateError(
-                        f"{self._codec.model.__name__} has no field(s) {', '.join(map(repr, unknown))}"
-                    )
-                merged = {name: getattr(current, name) for name in self._codec.fields}
+                merged = self._codec.values(current)
                 merged.update(updates)
                 new_value = self._codec.build(merged)
                 new_encoded = self._codec.encode(new_value)
             changed = {k: v for k, v in new_encoded.items() if self._encoded.get(k) != v}
             if changed:
-                self._redis.hset(self._key, mapping=changed)
+                self._write(lambda: self._redis.hset(self._key, mapping=changed), changed)
             self._value = new_value
             self._encoded = dict(new_encoded)
 
     def reset(self) -> None:
-        """Delete the state in Redis and go back to the defaults."""
+        """Replace the state in Redis by the defaults, atomically.
+
+        Untyped state is deleted; typed state becomes the model's defaults,
+        built first, and written in one transaction with the deletion (fields
+        unknown to the model go too). If the transaction fails, the state is
+        read back from Redis, as after a failed :meth:`update`.
+
+        Raises:
+            StateError: ``state_model`` has a field without a default. Nothing
+                is changed.
+            AgentNotRunningError: the state was never loaded.
+            redis.RedisError: the write failed (its outcome may be unknown).
+        """
+        defaults: Any = {} if self._codec is None else self._codec.build({})
+        encoded = {} if self._codec is None else self._codec.encode(defaults)
+
+        def replace() -> None:
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.delete(self._key)
+            if encoded:
+                pipe.hset(self._key, mapping=encoded)
+            pipe.execute()
+
         with self._lock:
-            self._redis.delete(self._key)
-            self._value = {} if self._codec is None else self._codec.build({})
-            self._encoded = {}
+            if self._value is None:
+                raise AgentNotRunningError("state is not loaded; start the agent first")
+            self._write(replace, None)
+            self._value = defaults
+            self._encoded = dict(encoded)
+            self._unsure = set()
+            self._unsure_all = False
+
+    # -- keeping memory and Redis equal ----------------------------------------
+
+    def _decode_all(self, data: Mapping[str, str]) -> Tuple[Any, Dict[str, str]]:
+        """The value and the encoding that the hash ``data`` stands for."""
+        if self._codec is None:
+            return dict(data), dict(data)
+        values = {
+            name: self._codec.decode_field(name, raw)
+            for name, raw in data.items()
+            if name in self._codec.fields
+        }
+        return self._codec.build(values), {name: data[name] for name in values}
+
+    def _write(self, operation: Callable[[], Any], fields: Optional[Iterable[str]]) -> None:
+        """Run ``operation``; if it fails, re-read what it may have changed.
+
+        ``fields`` are the fields it writes, None for the whole hash. A failed
+        write may have run (a reply lost on the way back): its fields are
+        marked unknown and read back at once, or by the next call if Redis
+        cannot be read now. Called with the lock held.
+        """
+        try:
+            operation()
+        except BaseException as exc:
+            if fields is None:
+                self._unsure_all = True
+            else:
+                self._unsure.update(fields)
+            if isinstance(exc, Exception):
+                try:
+                    self._resync()
+                except Exception as again:
+                    log.warning(
+                        "State of %s: a write failed (%s) and reading it back failed"
+                        " too (%s); the next update reads it first",
+                        self.agent_id, exc, again,
+                    )
+            raise
+
+    def _resync(self) -> None:
+        """Read back from Redis the fields a failed write left unknown.
+
+        Called with the lock held. Raises what the read raises, and StateError
+        if Redis holds a value that does not fit the model.
+        """
+        if self._unsure_all:
+            data = self._redis.hgetall(self._key)
+            self._value, self._encoded = self._decode_all(data)
+        elif self._unsure:
+            fields = sorted(self._unsure)
+            raws = self._redis.hmget(self._key, fields)
+            encoded = dict(self._encoded)
+            if self._codec is None:
+                value = dict(self._value)
+                for name, raw in zip(fields, raws):
+                    if raw is None:
+                        value.pop(name, None)
+                    else:
+                        value[name] = raw
+                self._value = value
+                self._encoded = dict(value)
+            else:
+                merged = self._codec.values(self._value)
+                for name, raw in zip(fields, raws):
+                    if raw is None:  # not stored: the default, as load() would
+                        merged.pop(name)
+                        encoded.pop(name, None)
+                    else:
+                        merged[name] = self._codec.decode_field(name, raw)
+                        encoded[name] = raw
+                self._value = self._codec.build(merged)
+                self._encoded = encoded
+        else:
+            return
+        self._unsure = set()
+        self._unsure_all = False
 
 
 class DictStateView(Mapping):
-    """Read-only view of untyped state: a mapping of str to str.
+    """Untyped state: a read-only snapshot, a mapping of str to str.
 
-    Each read sees the latest snapshot; change the state with
+    Later updates replace the snapshot and never change it; read
+    ``Agent.state`` again for the latest, and change the state with
     ``Agent.update_state()``.
     """
 
-    __slots__ = ("_manager",)
+    __slots__ = ("_data", "_agent_id")
 
-    def __init__(self, manager: StateManager) -> None:
-        object.__setattr__(self, "_manager", manager)
+    def __init__(self, data: Mapping[str, str], agent_id: str) -> None:
+        object.__setattr__(self, "_data", data)
+        object.__setattr__(self, "_agent_id", agent_id)
 
     def __getitem__(self, key: str) -> str:
-        return self._manager._value[key]
+        return self._data[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._manager._value))
+        return iter(self._data)
 
     def __len__(self) -> int:
-        return len(self._manager._value)
+        return len(self._data)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        raise TypeError("agent state is read-only; use update_state()")
+        raise TypeError(_READ_ONLY)
 
     def __delitem__(self, key: str) -> None:
         raise TypeError("agent state is read-only; use update_state() or reset_state()")
 
-    def __repr__(self) -> str:
-        return f"<state of {self._manager.agent_id!r}: {self._manager._value!r}>"
-
-
-class ModelStateView:
-    """Read-only view of typed state: attribute reads go to the latest snapshot.
-
-    Mutable field values (lists, dicts, nested models) are returned as copies,
-    so that changing them cannot silently diverge from Redis; change the state
-    with ``Agent.update_state()``.
-    """
-
-    __slots__ = ("_manager",)
-
-    def __init__(self, manager: StateManager) -> None:
-        object.__setattr__(self, "_manager", manager)
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._manager._value, name)
-        if isinstance(value, _IMMUTABLE) or callable(value):
-            return value
-        return copy.deepcopy(value)
-
     def __setattr__(self, name: str, value: Any) -> None:
-        raise TypeError("agent state is read-only; use update_state()")
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ModelStateView):
-            other = other._manager._value
-        return self._manager._value == other
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __dir__(self) -> Any:
-        return dir(self._manager._value)
+        raise TypeError(_READ_ONLY)
 
     def __repr__(self) -> str:
-        return f"<state of {self._manager.agent_id!r}: {self._manager._value!r}>"
+        return f"<state of {self._agent_id!r}: {self._data!r}>"

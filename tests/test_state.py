@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import enum
 import json
+import sys
 import threading
 from typing import Dict, List, Optional, Tuple
 
@@ -219,12 +220,17 @@ def test_state_written_by_the_async_framework_loads_typed(make_agent, r) -> None
     assert agent.state.maybe is None
 
 
-def test_reset_state_deletes_it(make_agent, r) -> None:
-    agent = make_agent("rs", state_model=Rich)
-    agent.update_state({"counter": 9})
-    agent.reset_state()
-    assert agent.state.counter == 0
+def test_reset_state_deletes_untyped_state_and_writes_typed_defaults(make_agent, r) -> None:
+    plain = make_agent("rs")
+    plain.update_state({"counter": 9})
+    plain.reset_state()
+    assert dict(plain.state) == {}
     assert not r.exists("agent.state:rs")
+    typed = make_agent("rs2", state_model=Rich)
+    typed.update_state({"counter": 9})
+    typed.reset_state()
+    assert typed.state.counter == 0
+    assert r.hget("agent.state:rs2", "counter") == "0"
 
 
 def test_state_view_is_read_only_and_hands_out_copies(make_agent) -> None:
@@ -248,3 +254,406 @@ def test_state_is_none_before_start_and_kept_after_stop(make_agent) -> None:
     agent.update_state({"x": 1})
     agent.stop()
     assert agent.state["x"] == "1"
+
+
+# -- enums (issue 9, item 13) -------------------------------------------------
+
+
+class Priority(int, enum.Enum):
+    LOW = 1
+    HIGH = 2
+
+
+class Share(float, enum.Enum):
+    HALF = 0.5
+    ALL = 1.0
+
+
+class Shade(enum.Enum):
+    DARK = 1
+    LIGHT = "light"
+
+
+class Perm(enum.IntFlag):
+    R = 4
+    W = 2
+    X = 1
+
+
+class OldLevel(enum.IntEnum):
+    """An IntEnum as Python < 3.11 prints it: str() gives 'OldLevel.HIGH'."""
+
+    LOW = 1
+    HIGH = 2
+    __str__ = enum.Enum.__str__
+    __format__ = enum.Enum.__format__
+
+
+class OldPerm(enum.IntFlag):
+    """An IntFlag as Python < 3.11 prints it: 'OldPerm.R|W', not '6'."""
+
+    R = 4
+    W = 2
+    __str__ = enum.Flag.__str__
+
+
+class Enums(BaseModel):
+    priority: Priority = Priority.LOW
+    share: Share = Share.ALL
+    shade: Shade = Shade.DARK
+    shade2: Shade = Shade.DARK
+    color: Color = Color.RED
+    level: Level = Level.LOW
+    perm: Perm = Perm.R
+    old_level: OldLevel = OldLevel.LOW
+    old_perm: OldPerm = OldPerm.R
+    maybe: Optional[Priority] = None
+    many: List[Priority] = Field(default_factory=list)
+    by_name: Dict[str, Share] = Field(default_factory=dict)
+
+
+ENUM_UPDATES = dict(
+    priority=Priority.HIGH,
+    share=Share.HALF,
+    shade=Shade.LIGHT,
+    shade2=Shade.DARK,
+    color=Color.BLUE,
+    level=Level.HIGH,
+    perm=Perm.R | Perm.W,
+    old_level=OldLevel.HIGH,
+    old_perm=OldPerm.R | OldPerm.W,
+    maybe=Priority.HIGH,
+    many=[Priority.HIGH, Priority.LOW],
+    by_name={"h": Share.HALF},
+)
+
+
+def test_every_kind_of_enum_round_trips_across_a_restart(make_agent, r) -> None:
+    agent = make_agent("enums", state_model=Enums)
+    agent.update_state(ENUM_UPDATES)
+    assert r.hgetall("agent.state:enums") == {
+        "priority": "2",
+        "share": "0.5",
+        "shade": "light",
+        "shade2": "1",
+        "color": "blue",
+        "level": "2",
+        "perm": "6",
+        "old_level": "2",
+        "old_perm": "6",
+        "maybe": "2",
+        "many": "[2, 1]",
+        "by_name": '{"h": 0.5}',
+    }
+    agent.stop()
+    again = make_agent("enums", state_model=Enums)
+    for name, value in ENUM_UPDATES.items():
+        got = getattr(again.state, name)
+        assert got == value and type(got) is type(value), name
+    assert again.state.priority is Priority.HIGH
+
+
+class Odd(enum.Enum):
+    BIG = float("inf")
+    YES = True
+    PAIR = (1, 2)
+
+
+def test_enums_with_values_json_cannot_say_round_trip(make_agent, r) -> None:
+    class WithOdd(BaseModel):
+        a: Odd = Odd.YES
+        b: Odd = Odd.YES
+        c: Optional[Odd] = None
+
+    agent = make_agent("odd", state_model=WithOdd)
+    agent.update_state({"a": Odd.BIG, "b": Odd.PAIR, "c": Odd.YES})
+    assert r.hgetall("agent.state:odd") == {"a": "inf", "b": "[1, 2]", "c": "true"}
+    agent.stop()
+    again = make_agent("odd", state_model=WithOdd)
+    assert (again.state.a, again.state.b, again.state.c) == (Odd.BIG, Odd.PAIR, Odd.YES)
+
+
+@pytest.mark.skipif(not hasattr(enum, "StrEnum"), reason="enum.StrEnum is new in Python 3.11")
+def test_str_enum_round_trips(make_agent, r) -> None:
+    Mode = enum.StrEnum("Mode", {"FAST": "fast", "SLOW": "slow"})
+
+    class WithMode(BaseModel):
+        mode: Mode = Mode.SLOW  # type: ignore[valid-type]
+
+    agent = make_agent("mode", state_model=WithMode)
+    agent.update_state({"mode": Mode.FAST})
+    assert r.hget("agent.state:mode", "mode") == "fast"
+    agent.stop()
+    assert make_agent("mode", state_model=WithMode).state.mode is Mode.FAST
+
+
+def test_enums_stored_by_name_load(make_agent, r) -> None:
+    # What earlier releases, and the async framework (str(value)), stored.
+    r.hset(
+        "agent.state:named",
+        mapping={"priority": "Priority.HIGH", "share": "Share.HALF", "old_level": "OldLevel.HIGH",
+                 "maybe": "Priority.HIGH", "shade": "Shade.LIGHT", "perm": "Perm.W|R",
+                 "old_perm": "OldPerm.R|W"},
+    )
+    agent = make_agent("named", state_model=Enums)
+    assert agent.state.priority is Priority.HIGH
+    assert agent.state.share is Share.HALF
+    assert agent.state.old_level is OldLevel.HIGH
+    assert agent.state.maybe is Priority.HIGH
+    assert agent.state.shade is Shade.LIGHT
+    assert agent.state.perm == Perm.R | Perm.W and agent.state.old_perm == OldPerm.R | OldPerm.W
+
+
+def test_str_of_enums_differs_as_on_old_pythons() -> None:
+    # The classes above store and load under the convention they stand for.
+    assert str(OldLevel.HIGH) == "OldLevel.HIGH"
+    assert str(OldPerm.R | OldPerm.W) in ("OldPerm.R|W", "OldPerm.W|R")
+    assert str(Priority.HIGH) == "Priority.HIGH" and str(Share.HALF) == "Share.HALF"
+
+
+# -- a write whose reply is lost (issue 9, item 11) ---------------------------
+
+
+class Counter(BaseModel):
+    counter: int = 0
+    label: str = ""
+
+
+@pytest.fixture
+def proxy(redis_server):
+    from .proxy import FreezableProxy
+
+    proxy = FreezableProxy(redis_server.port)
+    yield proxy
+    proxy.restore()
+    proxy.close()
+
+
+@pytest.fixture
+def state_client(proxy):
+    """A client through the proxy that neither retries nor waits long for a reply."""
+    from mas_sync._connection import close_client, make_client
+
+    client = make_client(proxy.url, 4, retries=0, timeout=0.3)
+    yield client
+    close_client(client)
+
+
+@pytest.mark.parametrize("model", [None, Counter], ids=["untyped", "typed"])
+def test_a_lost_hset_reply_leaves_memory_and_redis_agreeing(model, proxy, state_client, r) -> None:
+    import redis as redis_py
+
+    from mas_sync import StateManager
+
+    manager = StateManager("lost", state_client, model)
+    manager.load()
+    manager.update({"counter": 1})
+    assert proxy.swallow_replies(new_connections=False) == 1
+    with pytest.raises(redis_py.RedisError):
+        manager.update({"counter": 2})
+    assert r.hget("agent.state:lost", "counter") == "2"  # the HSET ran
+    counter = manager.state["counter"] if model is None else manager.state.counter
+    assert str(counter) == "2"  # memory follows what Redis holds
+    # Back to the old value: really written.
+    manager.update({"counter": 1})
+    assert r.hget("agent.state:lost", "counter") == "1"
+    counter = manager.state["counter"] if model is None else manager.state.counter
+    assert str(counter) == "1"
+
+
+def test_a_lost_reply_with_redis_silent_is_repaired_by_the_next_update(proxy, state_client, r) -> None:
+    from mas_sync import StateManager
+
+    manager = StateManager("silent", state_client, Counter)
+    manager.load()
+    manager.update({"counter": 1, "label": "one"})
+    proxy.swallow_replies(new_connections=True)  # the re-read gets no answer either
+    for _ in range(2):  # as a retrying caller would, or not
+        with pytest.raises(Exception) as info:
+            manager.update({"counter": 2})
+        assert not isinstance(info.value, (StateError, AssertionError))
+    assert manager.state.counter == 1  # unknown yet: the value from before
+    proxy.restore()
+    assert r.hget("agent.state:silent", "counter") == "2"
+    manager.update({"counter": 1})  # the value memory still shows
+    assert r.hgetall("agent.state:silent") == {"counter": "1", "label": "one"}
+    assert manager.state == Counter(counter=1, label="one")
+
+
+def test_update_state_through_a_lost_reply_raises_a_mas_error_and_recovers(
+    proxy, make_agent, r, monkeypatch
+) -> None:
+    import functools
+
+    from mas_sync import MASError
+    from mas_sync import _agent
+
+    monkeypatch.setattr(_agent, "make_client", functools.partial(_agent.make_client, timeout=0.5))
+    agent = make_agent("lossy", state_model=Counter, redis_url=proxy.url)
+    agent.update_state({"counter": 1})
+    proxy.swallow_replies(new_connections=True)
+    try:
+        with pytest.raises(MASError):
+            agent.update_state({"counter": 2})
+    finally:
+        proxy.restore()
+    assert r.hget("agent.state:lossy", "counter") == "2"
+    agent.update_state({"counter": 1})
+    assert r.hget("agent.state:lossy", "counter") == "1"
+    assert agent.state.counter == 1
+
+
+# -- reset_state (issue 9, item 12) -------------------------------------------
+
+
+class Required(BaseModel):
+    name: str
+    counter: int = 0
+
+
+def test_reset_state_of_a_model_without_defaults_raises_and_changes_nothing(make_agent, r) -> None:
+    r.hset("agent.state:req", mapping={"name": "x", "counter": "3"})
+    agent = make_agent("req", state_model=Required)
+    with pytest.raises(StateError, match="name"):
+        agent.reset_state()
+    assert r.hgetall("agent.state:req") == {"name": "x", "counter": "3"}
+    assert agent.state.name == "x" and agent.state.counter == 3
+    agent.stop()
+    agent.start()
+    assert agent.state.counter == 3
+
+
+def test_reset_state_replaces_the_stored_state_with_the_defaults(make_agent, r) -> None:
+    import uuid
+
+    class Stamped(BaseModel):
+        counter: int = 0
+        token: str = Field(default_factory=lambda: uuid.uuid4().hex)
+
+    agent = make_agent("stamped", state_model=Stamped)
+    agent.update_state({"counter": 4})
+    r.hset("agent.state:stamped", "foreign", "x")
+    agent.reset_state()
+    token = agent.state.token
+    assert r.hgetall("agent.state:stamped") == {"counter": "0", "token": token}
+    agent.stop()
+    again = make_agent("stamped", state_model=Stamped)
+    assert again.state.token == token  # memory and Redis held the same defaults
+
+
+def test_a_lost_reset_reply_leaves_memory_and_redis_agreeing(proxy, state_client, r) -> None:
+    import redis as redis_py
+
+    from mas_sync import StateManager
+
+    manager = StateManager("lost-reset", state_client, Counter)
+    manager.load()
+    manager.update({"counter": 5, "label": "five"})
+    proxy.swallow_replies(new_connections=False)
+    with pytest.raises(redis_py.RedisError):
+        manager.reset()
+    assert r.hgetall("agent.state:lost-reset") == {"counter": "0", "label": ""}
+    assert manager.state == Counter()
+    manager.update({"counter": 5, "label": "five"})
+    assert r.hgetall("agent.state:lost-reset") == {"counter": "5", "label": "five"}
+
+
+# -- agent.state is the model (issue 9, item 14) ------------------------------
+
+
+def test_typed_state_is_an_instance_of_the_model(make_agent) -> None:
+    agent = make_agent("inst", state_model=Rich)
+    agent.update_state({"counter": 3, "items": [1, 2]})
+    state = agent.state
+    assert isinstance(state, Rich)
+
+    def takes(value: Rich) -> int:
+        return value.counter
+
+    assert takes(state) == 3
+
+    class Holder(BaseModel):
+        state: Rich
+
+    assert Holder(state=state).state.counter == 3
+    assert Rich.model_validate(state).counter == 3
+    assert state == Rich(counter=3, items=[1, 2]) and Rich(counter=3, items=[1, 2]) == state
+    assert repr(state).startswith("Rich(")
+    assert json.loads(state.model_dump_json())["items"] == [1, 2]
+    with pytest.raises(TypeError, match="update_state"):
+        state.counter = 5
+    with pytest.raises(TypeError, match="update_state"):
+        del state.counter
+    copy = state.model_copy()
+    copy.counter = 7  # a copy is an ordinary, mutable Rich
+    assert type(copy) is Rich and agent.state.counter == 3
+
+
+def test_typed_state_snapshot_survives_pickling(make_agent) -> None:
+    import pickle
+
+    agent = make_agent("pick", state_model=Rich)
+    agent.update_state({"counter": 3})
+    back = pickle.loads(pickle.dumps(agent.state))
+    assert type(back) is Rich and back.counter == 3
+
+
+def test_a_held_snapshot_keeps_its_value_and_nested_values_are_private(make_agent, r) -> None:
+    agent = make_agent("held", state_model=Rich)
+    agent.update_state({"counter": 1, "items": [1], "inner": Inner(tags=["a"])})
+    held = agent.state
+    agent.update_state({"counter": 2, "items": [1, 2]})
+    assert (held.counter, held.items) == (1, [1])
+    assert (agent.state.counter, agent.state.items) == (2, [1, 2])
+    mine = agent.state
+    mine.items.append(99)
+    mine.inner.tags.append("b")
+    assert agent.state.items == [1, 2] and agent.state.inner.tags == ["a"]
+    agent.update_state({"counter": 3})
+    assert json.loads(r.hget("agent.state:held", "items")) == [1, 2]
+
+
+@pytest.mark.parametrize("model", [None, "typed"])
+def test_readers_in_threads_always_see_a_consistent_snapshot(make_agent, model) -> None:
+    class Pair(BaseModel):
+        a: int = 0
+        b: int = 0
+        c: List[int] = Field(default_factory=list)
+
+    agent = make_agent("pair", state_model=Pair if model else None)
+    done = threading.Event()
+    torn: List[Tuple[str, str]] = []
+
+    def reader() -> None:
+        while not done.is_set():
+            s = agent.state
+            a, b = (s.a, s.b) if model else (s["a"], s["b"])
+            if str(a) != str(b):
+                torn.append((str(a), str(b)))
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    agent.update_state({"a": 0, "b": 0})
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads take turns often: a torn read shows
+    for t in readers:
+        t.start()
+    try:
+        for i in range(200):
+            agent.update_state({"a": i, "b": i, "c": [i]})
+    finally:
+        done.set()
+        sys.setswitchinterval(switch)
+        for t in readers:
+            t.join(10)
+    assert torn == []
+
+
+def test_untyped_state_is_a_read_only_snapshot(make_agent) -> None:
+    agent = make_agent("plain-snap")
+    agent.update_state({"x": 1})
+    held = agent.state
+    agent.update_state({"x": 2, "y": 3})
+    assert dict(held) == {"x": "1"}
+    assert dict(agent.state) == {"x": "2", "y": "3"}
+    with pytest.raises(TypeError, match="update_state"):
+        held["x"] = "5"
