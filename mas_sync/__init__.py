@@ -9,6 +9,7 @@ import logging
 
 from ._agent import Agent, AgentStats
 from ._errors import (
+    AgentIdInUseError,
     AgentNotRunningError,
     MASConnectionError,
     MASError,
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "AgentIdInUseError",
     "AgentMessage",
     "AgentNotRunningError",
     "AgentRegistry",
