@@ -22,6 +22,7 @@ from ._message import AgentMessage
 from ._registry import AgentRegistry
 from ._service import MASService
 from ._state import StateManager
+from .signals import stop_on_signals
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,7 @@ __all__ = [
     "StateManager",
     "__version__",
     "handler",
+    "stop_on_signals",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
