@@ -37,6 +37,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--check-interval", type=float, default=30.0,
         help="seconds between health checks (default: 30)",
     )
+    parser.add_argument(
+        "--prune-after", type=float, default=None, metavar="SECONDS",
+        help="remove registrations dead for this long (default: keep them, marked INACTIVE)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -45,7 +49,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     # Handlers first: a signal that comes while the service starts is not lost.
     stop = stop_on_signals(exit_process=False)
     try:
-        service = MASService(args.redis_url, args.heartbeat_timeout, args.check_interval)
+        service = MASService(
+            args.redis_url, args.heartbeat_timeout, args.check_interval,
+            prune_after=args.prune_after,
+        )
         service.start()
     except (MASConnectionError, TypeError, ValueError) as exc:
         log.error("%s", exc)
