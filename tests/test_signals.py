@@ -203,3 +203,15 @@ def test_the_demo_stops_cleanly_on_sigterm(redis_url, r, procs) -> None:
     assert proc.wait(15) == 0
     assert r.keys("agent:*") == []
 
+
+def test_the_readme_example_stops_cleanly_on_sigterm(redis_url, r, procs) -> None:
+    from .test_readme import literal_block_after
+
+    code = literal_block_after("**SIGTERM.**")
+    assert '"redis://localhost:6379"' in code
+    proc = _run(procs, code.replace('"redis://localhost:6379"', repr(redis_url)))
+    _wait_for(proc, "running")
+    assert r.exists("agent:worker")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert not r.exists("agent:worker") and not r.exists("agent:worker:heartbeat")
