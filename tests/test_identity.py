@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -206,4 +205,3 @@ def test_the_error_is_exported_and_documented() -> None:
     assert "AgentIdInUseError" in mas_sync.__all__
     assert issubclass(AgentIdInUseError, MASError)
     assert AgentIdInUseError.__doc__
-    assert os.path.basename(mas_sync.__file__) == "__init__.py"
