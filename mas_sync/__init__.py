@@ -9,6 +9,7 @@ import logging
 
 from ._agent import Agent, AgentStats
 from ._errors import (
+    AgentIdInUseError,
     AgentNotRunningError,
     CannotReplyError,
     MASConnectionError,
@@ -23,11 +24,13 @@ from ._message import AgentMessage
 from ._registry import AgentRegistry
 from ._service import MASService
 from ._state import StateManager
+from .signals import stop_on_signals
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Agent",
+    "AgentIdInUseError",
     "AgentMessage",
     "AgentNotRunningError",
     "AgentRegistry",
@@ -43,6 +46,7 @@ __all__ = [
     "StateManager",
     "__version__",
     "handler",
+    "stop_on_signals",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -33,6 +33,7 @@ from ._connection import (
 )
 from ._dispatch import OrderedPool
 from ._errors import (
+    AgentIdInUseError,
     AgentNotRunningError,
     MASConnectionError,
     MASError,
@@ -43,7 +44,7 @@ from ._errors import (
 from ._handlers import HandlerSpec, action_of, body_of, collect_handlers
 from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
 from ._message import AgentMessage, weak_reply_sender
-from ._registry import AgentRegistry
+from ._registry import REFRESH_GONE, REFRESH_REACTIVATED, REFRESH_TAKEN, AgentRegistry
 from ._requests import PendingRequests
 from ._sentinel import follow_master, is_sentinel_url
 from ._sequence import GapTracker, Numbering
@@ -201,6 +202,10 @@ class Agent:
         probe_interval: Seconds of silence on the agent's channel after which
             the listener PINGs Redis on its connection; with no answer within
             ``min(2, probe_interval)`` seconds, it reconnects.
+        take_over: Start even if another run holds a live registration of
+            ``agent_id``, replacing it: for an operator who knows that run is
+            dead (its heartbeat not yet expired). Without it, :meth:`start`
+            raises :class:`~mas_sync.AgentIdInUseError`.
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message.
@@ -221,6 +226,7 @@ class Agent:
         retry_timeout: float = 5.0,
         command_timeout: float = 5.0,
         probe_interval: float = 5.0,
+        take_over: bool = False,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
@@ -248,6 +254,9 @@ class Agent:
         ):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
                 raise ValueError(f"{name} must be an int from 1 to {most}, not {value!r}")
+        if not isinstance(take_over, bool):
+            raise TypeError(f"take_over must be a bool, not {take_over!r}")
+        self._mas_take_over = take_over
         self._mas_state_model = state_model
         self._mas_heartbeat_interval = float(heartbeat_interval)
         self._mas_heartbeat_ttl = float(heartbeat_ttl)
@@ -287,6 +296,10 @@ class Agent:
         Raises:
             MASConnectionError: Redis cannot be reached (the URL, password
                 hidden, is in the message). No thread is left behind.
+            AgentIdInUseError: another run (in this process or another)
+                holds a live registration of this id: its heartbeat key
+                exists. Nothing of it is touched and no thread is left behind;
+                see ``take_over``.
             StateError: the state stored in Redis does not fit ``state_model``.
             AgentNotRunningError: the agent is already running or stopping,
                 or :meth:`stop` was called before ``start()`` returned (the
@@ -735,6 +748,7 @@ class _Runtime:
         self.listener: Optional[ChannelListener] = None
         self.unfollow: Callable[[], None] = lambda: None
         self.heartbeat: Optional[threading.Thread] = None
+        self.token: Optional[str] = None  # of this run's registration
         self.overflowing = 0
 
     # -- start and stop --------------------------------------------------------
@@ -770,7 +784,7 @@ class _Runtime:
                 on_disconnect=self.disconnected,
                 on_reconnect=self.reconnected,
                 on_restart=self.listener_restarted,
-                on_fatal=self.listener_failed,
+                on_fatal=self.fail,
                 probe_interval=agent._mas_probe_interval,
                 probe_timeout=min(2.0, agent._mas_probe_interval),
                 client_name=_client_name(agent.id),
@@ -842,10 +856,15 @@ class _Runtime:
             agent.on_stop()
         except Exception:
             log.exception("Agent %s: on_stop raised", agent.id)
-        if self.heartbeat is not None:
+        if self.heartbeat is not None and self.heartbeat is not threading.current_thread():
             self.heartbeat.join(max(0.0, deadline - time.monotonic()))
         try:
-            AgentRegistry(quick).deregister(agent.id)
+            if self.token is not None and not AgentRegistry(quick).deregister(
+                agent.id, token=self.token
+            ):
+                log.warning(
+                    "Agent %s: the registration belongs to another run; left in place", agent.id
+                )
         except ANY_REDIS_ERROR as exc:
             log.warning("Agent %s: could not deregister: %s", agent.id, exc)
         self.join_threads(max(deadline, time.monotonic() + 1.0))
@@ -982,13 +1001,16 @@ class _Runtime:
             publish(pipe, channel, data)
         pipe.execute()
 
-    def register(self) -> None:
+    def register(self, renew: bool = False) -> None:
+        """Register (refused if the id is live elsewhere), or register again with our token."""
         agent = self.agent
         self.token = self.registry.register(
             agent.id,
             agent.capabilities,
             self.metadata,
             heartbeat_ttl=agent._mas_heartbeat_ttl,
+            take_over=agent._mas_take_over and not renew,
+            token=self.token if renew else None,
         )
 
     # -- heartbeat thread ------------------------------------------------------
@@ -1012,13 +1034,11 @@ class _Runtime:
         """Listener thread: it failed (not a lost connection) and starts again."""
         self.counters.add("listener_restarts")
 
-    def listener_failed(self, error: BaseException) -> None:
-        """Listener thread: it cannot receive any more; the agent stops."""
+    def fail(self, error: BaseException) -> None:
+        """An agent thread: the agent cannot go on (it cannot receive, or its id
+        was taken over); report it and stop."""
         agent = self.agent
-        log.error(
-            "Agent %s: cannot receive messages any more (%s); stopping the agent",
-            agent.id, error,
-        )
+        log.error("Agent %s: cannot go on (%s); stopping the agent", agent.id, error)
         try:
             agent.on_error(None, error)
         except Exception:
@@ -1041,7 +1061,15 @@ class _Runtime:
             if listener is None or not listener.receiving:
                 continue  # never claim to be alive while deaf
             try:
-                self.beat()
+                if not self.beat():
+                    self.fail(
+                        AgentIdInUseError(
+                            f"agent id {self.agent.id!r} was taken over by another run",
+                            agent_id=self.agent.id,
+                            expires_in=None,
+                        )
+                    )
+                    return
             except ANY_REDIS_ERROR as exc:
                 if not failing:
                     log.warning("Agent %s: heartbeat failed: %s", self.agent.id, exc)
@@ -1054,24 +1082,22 @@ class _Runtime:
                     log.info("Agent %s: heartbeat resumed", self.agent.id)
                 failing = False
 
-    def beat(self) -> None:
+    def beat(self) -> bool:
+        """One heartbeat, on this run's registration only; False: stop beating."""
         agent = self.agent
-        pipe = self.client.pipeline(transaction=False)
-        pipe.set(
-            _wire.heartbeat_key(agent.id),
-            _wire.heartbeat_value(),
-            px=int(agent._mas_heartbeat_ttl * 1000),
-        )
-        pipe.hget(_wire.agent_key(agent.id), "status")
-        _, status = pipe.execute()
-        if self.stop_event.is_set() or status == _wire.STATUS_ACTIVE:
-            return
-        if status is None:
+        assert self.token is not None
+        outcome = self.registry.refresh(agent.id, self.token, agent._mas_heartbeat_ttl)
+        if outcome == REFRESH_GONE and not self.stop_event.is_set():
             log.warning("Agent %s: registration was gone; registering again", agent.id)
-            self.register()
-        else:
-            log.info("Agent %s: was marked %s; marking ACTIVE again", agent.id, status)
-            self.client.hset(_wire.agent_key(agent.id), "status", _wire.STATUS_ACTIVE)
+            try:
+                self.register(renew=True)
+            except AgentIdInUseError:
+                outcome = REFRESH_TAKEN
+        elif outcome == REFRESH_REACTIVATED:
+            log.info("Agent %s: was marked INACTIVE; marked ACTIVE again", agent.id)
+        if outcome == REFRESH_TAKEN:
+            return False
+        return True
 
     # -- listener thread -------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Optional
 
@@ -12,6 +13,7 @@ from ._errors import RequestError
 from ._handlers import handler
 from ._message import AgentMessage
 from ._service import MASService
+from .signals import stop_on_signals
 from .testing import local_redis
 
 
@@ -31,8 +33,17 @@ class Adder(Agent):
 
 
 def run(redis_url: Optional[str] = None, tasks: int = 6) -> int:
-    """Run the demo and print what happens; returns the exit status."""
-    with local_redis(redis_url) as url:
+    """Run the demo and print what happens; returns the exit status.
+
+    Run from the main thread, a first SIGTERM or SIGINT stops the demo cleanly
+    (agents deregister, the service and a private server stop) and exits 0.
+    """
+    signals = (
+        stop_on_signals()
+        if threading.current_thread() is threading.main_thread()
+        else contextlib.nullcontext()
+    )
+    with signals, local_redis(redis_url) as url:
         where = url if redis_url else f"{url} (a private redis-server)"
         print(f"mas_sync demo: Redis at {where}")
         with MASService(url), Adder("adder-1", ["math"], url) as a1, Adder(

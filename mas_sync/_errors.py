@@ -6,7 +6,7 @@ Each one derives from :class:`MASError` and from the builtin that fits, so
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Optional
 
 
 class MASError(Exception):
@@ -19,6 +19,21 @@ class AgentNotRunningError(MASError, RuntimeError):
 
 class CannotReplyError(MASError, RuntimeError):
     """This message cannot be replied to: it is no request, or no agent received this copy."""
+
+
+class AgentIdInUseError(MASError, RuntimeError):
+    """The agent id has a live registration held by another run; nothing was written.
+
+    Attributes:
+        agent_id: The id asked for.
+        expires_in: Seconds until the other run's heartbeat key expires unless
+            it is renewed (None when Redis did not say).
+    """
+
+    def __init__(self, message: str, *, agent_id: str, expires_in: Optional[float]) -> None:
+        super().__init__(message)
+        self.agent_id = agent_id
+        self.expires_in = expires_in
 
 
 class MASConnectionError(MASError, ConnectionError):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Set
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import redis
 
 from . import _wire
 from ._connection import is_cluster, publish
+from ._errors import AgentIdInUseError
 
 log = logging.getLogger(__name__)
 
@@ -18,15 +20,16 @@ log = logging.getLogger(__name__)
 _SCAN_COUNT = 2000
 
 # discover() on one server, one SCAN page per call: ARGV[1] is the cursor,
-# ARGV[2] the COUNT, ARGV[3:] the capabilities wanted (any, when none). Of the
-# registration hashes on the page, those ACTIVE and having one of the
-# capabilities are returned with the next cursor, as
+# ARGV[2] the COUNT, ARGV[3] the suffix of heartbeat keys, ARGV[4:] the
+# capabilities wanted (any, when none). Of the registration hashes on the page,
+# those ACTIVE, whose heartbeat key exists, and having one of the capabilities
+# are returned with the next cursor, as
 # {cursor, "[[id, capabilities, metadata], ...]"}: the keys never travel to
 # the client, which parses one JSON document a page. Keys that are not
 # registrations, and hashes whose JSON fields do not parse, are skipped.
 _SELECT_PAGE = """
-local want, any = {}, #ARGV == 2
-for i = 3, #ARGV do want[ARGV[i]] = true end
+local want, any = {}, #ARGV == 3
+for i = 4, #ARGV do want[ARGV[i]] = true end
 local page = redis.call('SCAN', ARGV[1], 'MATCH', 'agent:*', 'COUNT', ARGV[2], 'TYPE', 'hash')
 local out = {}
 for _, key in ipairs(page[2]) do
@@ -43,7 +46,7 @@ for _, key in ipairs(page[2]) do
             if want[cap] then match = true break end
           end
         end
-        if match then
+        if match and redis.call('EXISTS', key .. ARGV[3]) == 1 then
           out[#out + 1] = '[' .. cjson.encode(f[1]) .. ',' .. caps_text .. ',' .. meta_text .. ']'
         end
       end
@@ -53,9 +56,132 @@ end
 return {page[1], '[' .. table.concat(out, ',') .. ']'}
 """
 
+# The registration, checked and written at once (one server). KEYS: the
+# registration hash, the heartbeat key. ARGV[1] is the token of this run,
+# ARGV[2] the mode, ARGV[3] the heartbeat TTL in ms ('' for none), ARGV[4] the
+# heartbeat value, ARGV[5] the system channel, ARGV[6] the REGISTER event,
+# ARGV[7:] the fields and values of the hash. Mode 'new' refuses an id whose
+# heartbeat key exists (a live registration: a new run's token is never the
+# one it holds); 'renew' refuses one held by another token; 'take_over'
+# refuses nothing. Returns {1, 0} when written, {0, PTTL of the heartbeat}
+# when refused.
+_REGISTER = """
+local current = redis.call('HGET', KEYS[1], 'token')
+if (ARGV[2] == 'new' and redis.call('EXISTS', KEYS[2]) == 1)
+    or (ARGV[2] == 'renew' and current and current ~= ARGV[1]) then
+  return {0, redis.call('PTTL', KEYS[2])}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3]) end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {1, 0}
+"""
+
+# A cluster keeps the hash and the heartbeat key in different slots, so a
+# script there touches the hash alone. ARGV[1] is the token, ARGV[2] the mode
+# ('renew' checks the token), ARGV[3:] the fields. Returns 1 when written.
+_WRITE_HASH = """
+local current = redis.call('HGET', KEYS[1], 'token')
+if ARGV[2] == 'renew' and current and current ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+return 1
+"""
+
+# Deregistration (one server). KEYS: hash, heartbeat, state. ARGV[1] is the
+# token of the run that leaves ('' for whoever holds the id), ARGV[2] '1' to
+# delete the state too, ARGV[3] the channel, ARGV[4] the DEREGISTER event. A
+# registration held by another token is left alone (returns 0).
+_DEREGISTER = """
+local current = redis.call('HGET', KEYS[1], 'token')
+if ARGV[1] ~= '' and current and current ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+# The same for a cluster, on the hash alone: returns 1 when the hash was this
+# token's (or gone) and is now deleted; the caller then deletes the rest.
+_DELETE_HASH = """
+local current = redis.call('HGET', KEYS[1], 'token')
+if ARGV[1] ~= '' and current and current ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+# One heartbeat of the run holding token ARGV[1] (one server). KEYS: hash,
+# heartbeat. ARGV[2] is the TTL in ms, ARGV[3] the value, ARGV[4] ACTIVE.
+# Returns 'gone' (no hash: register again), 'taken' (another token holds it:
+# nothing written), 'reactivated' (it was marked otherwise) or 'ok'. The hash
+# loses any TTL that a prune pass gave it while the heartbeat was missing.
+_REFRESH = """
+local f = redis.call('HMGET', KEYS[1], 'token', 'status')
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
+if f[1] ~= ARGV[1] then return 'taken' end
+if KEYS[2] then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2]) end
+redis.call('PERSIST', KEYS[1])
+if f[2] ~= ARGV[4] then
+  redis.call('HSET', KEYS[1], 'status', ARGV[4])
+  return 'reactivated'
+end
+return 'ok'
+"""
+
+# A registration judged dead: KEYS the hash and, on one server, the heartbeat.
+# Only if the heartbeat is still missing and the hash still holds token
+# ARGV[1] (the one read when it was judged): ARGV[2] '1' marks it ARGV[4]
+# when it is ARGV[3]; ARGV[5], when not '', gives the hash a TTL of that many
+# ms if it has none. Returns {marked, scheduled}. Never creates a hash.
+_CONDEMN = """
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
+local f = redis.call('HMGET', KEYS[1], 'token', 'status')
+if redis.call('EXISTS', KEYS[1]) == 0 or (f[1] or '') ~= ARGV[1] then return {0, 0} end
+local marked, scheduled = 0, 0
+if ARGV[2] == '1' and f[2] == ARGV[3] then
+  redis.call('HSET', KEYS[1], 'status', ARGV[4])
+  marked = 1
+end
+if ARGV[5] ~= '' and redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  scheduled = 1
+end
+return {marked, scheduled}
+"""
+
+#: What :meth:`AgentRegistry.refresh` returns.
+REFRESH_OK = "ok"
+REFRESH_REACTIVATED = "reactivated"
+REFRESH_GONE = "gone"
+REFRESH_TAKEN = "taken"
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """What one read of a registration says about its agent.
+
+    Attributes:
+        agent_id: The id.
+        status: The ``status`` field, None if the hash is gone.
+        token: The ``token`` field ("" when missing).
+        beating: Whether the heartbeat key exists.
+        ttl_ms: The hash's own TTL in ms (-1: none; -2: gone).
+    """
+
+    agent_id: str
+    status: Optional[str]
+    token: str
+    beating: bool
+    ttl_ms: int
+
 
 class AgentRegistry:
     """Registers agents in Redis and finds them by capability.
+
+    Liveness is the heartbeat key ``agent:{id}:heartbeat`` and nothing else:
+    its TTL, kept by Redis, says whether an agent lives; ``registered_at``,
+    written with the agent's clock, is never compared with another clock.
 
     Thread-safe: it holds nothing but the client, and redis-py clients may be
     shared by threads.
@@ -66,10 +192,15 @@ class AgentRegistry:
 
     def __init__(self, redis: redis.Redis) -> None:
         self._redis = redis
-        # A cluster has no transactions across slots: the registration is
-        # written without one there.
+        # A cluster keeps a registration and its heartbeat in different
+        # slots, which one script cannot span: there the steps run apart.
         self._cluster = is_cluster(redis)
-        self._select_page = redis.register_script(_SELECT_PAGE)
+        if not self._cluster:
+            self._select_page = redis.register_script(_SELECT_PAGE)
+            self._register = redis.register_script(_REGISTER)
+            self._deregister = redis.register_script(_DEREGISTER)
+            self._refresh = redis.register_script(_REFRESH)
+            self._condemn = redis.register_script(_CONDEMN)
 
     def register(
         self,
@@ -78,52 +209,162 @@ class AgentRegistry:
         metadata: Optional[Mapping[str, Any]] = None,
         *,
         heartbeat_ttl: Optional[float] = None,
+        take_over: bool = False,
+        token: Optional[str] = None,
     ) -> str:
-        """Write the registration hash, replacing any earlier one, and announce it.
+        """Write the registration hash and announce it, unless the id is live elsewhere.
 
-        In one transaction: the ``agent:{id}`` hash is replaced, the heartbeat
-        key is set when ``heartbeat_ttl`` is given, and REGISTER is published
-        on ``mas.system``.
+        On one server, one script checks and writes: it replaces the
+        ``agent:{id}`` hash, sets the heartbeat key when ``heartbeat_ttl`` is
+        given, and publishes REGISTER on ``mas.system``. A registration whose
+        heartbeat key is gone (its agent died) is replaced.
+
+        Args:
+            agent_id: The id to register.
+            capabilities: What the agent can do.
+            metadata: A JSON object published with the registration.
+            heartbeat_ttl: Seconds the heartbeat key lives; None writes none
+                (the caller beats with :meth:`update_heartbeat`).
+            take_over: Replace the registration even if the id is live: for
+                an operator who knows its holder is dead.
+            token: The token of a run that registers again (its registration
+                was lost): refused only if another token holds the id.
 
         Returns:
-            The agent's new authentication token.
+            The token of the registration (``token`` itself when given).
 
         Raises:
+            AgentIdInUseError: without ``take_over``, the id's heartbeat key
+                exists (with ``token``: another token holds the registration).
+                Nothing is written.
             TypeError, ValueError: bad id, capabilities or metadata; nothing
                 is written.
         """
         _wire.validate_agent_id(agent_id)
         capabilities = _wire.validate_capabilities(capabilities)
-        token = secrets.token_urlsafe(32)
+        if not isinstance(take_over, bool):
+            raise TypeError(f"take_over must be a bool, not {take_over!r}")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise TypeError("token must be a non-empty str")
+        ttl_ms = "" if heartbeat_ttl is None else str(_ttl_ms(heartbeat_ttl, "heartbeat_ttl"))
+        mode = "take_over" if take_over else ("new" if token is None else "renew")
+        token = token or secrets.token_urlsafe(32)
         fields = _wire.registration_fields(agent_id, capabilities, metadata or {}, token)
-        pipe = self._redis.pipeline(transaction=not self._cluster)
-        pipe.delete(_wire.agent_key(agent_id))
-        pipe.hset(_wire.agent_key(agent_id), mapping=fields)
-        if heartbeat_ttl is not None:
-            pipe.set(
-                _wire.heartbeat_key(agent_id),
-                _wire.heartbeat_value(),
-                px=max(1, int(heartbeat_ttl * 1000)),
+        flat = [item for pair in fields.items() for item in pair]
+        event = _wire.register_event(agent_id, capabilities)
+        agent_key, beat_key = _wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)
+        if not self._cluster:
+            written, left = self._register(
+                keys=[agent_key, beat_key],
+                args=[token, mode, ttl_ms, _wire.heartbeat_value(), _wire.SYSTEM_CHANNEL, event,
+                      *flat],
             )
-        publish(pipe, _wire.SYSTEM_CHANNEL, _wire.register_event(agent_id, capabilities))
-        pipe.execute()
+            if not written:
+                raise _in_use(agent_id, left)
+            return token
+        # Cluster: the heartbeat key is claimed first (SET NX, atomic on its
+        # own slot), then the hash is written on its slot.
+        if mode == "new":
+            if ttl_ms:
+                claimed = self._redis.set(beat_key, _wire.heartbeat_value(), px=int(ttl_ms), nx=True)
+            else:
+                claimed = not self._redis.exists(beat_key)
+            if not claimed:
+                raise _in_use(agent_id, self._redis.pttl(beat_key))
+        if not self._redis.eval(_WRITE_HASH, 1, agent_key, token, mode, *flat):
+            raise _in_use(agent_id, self._redis.pttl(beat_key))
+        if ttl_ms and mode != "new":
+            self._redis.set(beat_key, _wire.heartbeat_value(), px=int(ttl_ms))
+        publish(self._redis, _wire.SYSTEM_CHANNEL, event)
         return token
 
-    def deregister(self, agent_id: str, keep_state: bool = True) -> None:
+    def deregister(
+        self, agent_id: str, keep_state: bool = True, *, token: Optional[str] = None
+    ) -> bool:
         """Delete the registration and heartbeat keys and announce DEREGISTER.
 
         Args:
             agent_id: The agent to remove.
             keep_state: Keep ``agent.state:{id}`` (the default), so that the
                 agent finds its state again when it restarts.
+            token: The token of the run that leaves: a registration held by
+                another token is left alone, checked atomically on one server.
+                None removes the registration whoever holds it.
+
+        Returns:
+            False when the registration belonged to another token and was
+            left alone; True otherwise.
         """
-        pipe = self._redis.pipeline(transaction=not self._cluster)
-        pipe.delete(_wire.agent_key(agent_id))
-        pipe.delete(_wire.heartbeat_key(agent_id))
+        agent_key, beat_key = _wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)
+        event = _wire.deregister_event(agent_id)
+        if not self._cluster:
+            return bool(self._deregister(
+                keys=[agent_key, beat_key, _wire.state_key(agent_id)],
+                args=[token or "", "0" if keep_state else "1", _wire.SYSTEM_CHANNEL, event],
+            ))
+        if not self._redis.eval(_DELETE_HASH, 1, agent_key, token or ""):
+            return False
+        self._redis.delete(beat_key)
         if not keep_state:
-            pipe.delete(_wire.state_key(agent_id))
-        publish(pipe, _wire.SYSTEM_CHANNEL, _wire.deregister_event(agent_id))
-        pipe.execute()
+            self._redis.delete(_wire.state_key(agent_id))
+        publish(self._redis, _wire.SYSTEM_CHANNEL, event)
+        return True
+
+    def refresh(self, agent_id: str, token: str, heartbeat_ttl: float) -> str:
+        """One heartbeat of the run holding ``token``: renew its heartbeat key.
+
+        Only a registration held by ``token`` is touched: its heartbeat key is
+        set with a TTL of ``heartbeat_ttl`` seconds, its status set back to
+        ACTIVE if a registry marked it otherwise, and a TTL given by a prune
+        pass is removed. Atomic on one server.
+
+        Returns:
+            ``"ok"``; ``"reactivated"`` (it was not ACTIVE); ``"gone"`` (no
+            registration: nothing written, register again with ``token``);
+            ``"taken"`` (another token holds the id: nothing written).
+        """
+        ttl_ms = _ttl_ms(heartbeat_ttl, "heartbeat_ttl")
+        agent_key, beat_key = _wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)
+        args = [token, ttl_ms, _wire.heartbeat_value(), _wire.STATUS_ACTIVE]
+        if not self._cluster:
+            return str(self._refresh(keys=[agent_key, beat_key], args=args))
+        outcome = str(self._redis.eval(_REFRESH, 1, agent_key, *args))
+        if outcome in (REFRESH_OK, REFRESH_REACTIVATED):
+            self._redis.set(beat_key, _wire.heartbeat_value(), px=ttl_ms)
+        return outcome
+
+    def prune_dead(self, after: float) -> List[str]:
+        """Have Redis remove registrations whose heartbeat stays gone for ``after`` seconds.
+
+        One pass over the registrations. Each one whose heartbeat key is gone
+        gets a TTL of ``after`` seconds on its ``agent:{id}`` hash, if it has
+        none yet: Redis deletes it when that runs out, on its own clock. Each
+        one whose heartbeat is back loses such a TTL (a mas_sync agent also
+        removes it on its next beat). So a registration goes ``after``
+        seconds after a pass first found it dead, unless it beats again and a
+        pass (or its own beat) sees that in time: run passes more often than
+        ``after``, or let ``MASService(prune_after=...)`` run them. The state
+        ``agent.state:{id}`` is kept. No DEREGISTER is published.
+
+        Returns:
+            The ids whose removal this pass scheduled, sorted.
+
+        Raises:
+            TypeError, ValueError: ``after`` is not a positive number of
+                seconds.
+            redis.RedisError: Redis failed during the pass.
+        """
+        after_ms = _ttl_ms(after, "after")
+        scheduled: List[str] = []
+        for batch in self._id_batches():
+            found = self._read_liveness(batch)
+            self._persist([item.agent_id for item in found if item.beating and item.ttl_ms >= 0])
+            dead = [item for item in found if item.status is not None and not item.beating
+                    and item.ttl_ms == -1]
+            for item, (_, was_scheduled) in zip(dead, self._condemn_all(dead, False, after_ms)):
+                if was_scheduled:
+                    scheduled.append(item.agent_id)
+        return sorted(scheduled)
 
     def get_agent(self, agent_id: str) -> Optional[Dict[str, Any]]:
         """The registration of one agent, or None if it is not registered.
@@ -164,10 +405,93 @@ class AgentRegistry:
         return found
 
     def update_heartbeat(self, agent_id: str, ttl: float = 60) -> None:
-        """Refresh the heartbeat key of ``agent_id`` with a TTL of ``ttl`` seconds."""
+        """Refresh the heartbeat key of ``agent_id`` with a TTL of ``ttl`` seconds.
+
+        Unconditional, as the async framework beats; an agent of mas_sync uses
+        :meth:`refresh`, which checks that the registration is its own.
+        """
         self._redis.set(
             _wire.heartbeat_key(agent_id), _wire.heartbeat_value(), px=max(1, int(ttl * 1000))
         )
+
+    # -- for the registry service ----------------------------------------------
+
+    def _id_batches(self) -> Iterable[List[str]]:
+        """The ids of the registration hashes, in batches of at most _SCAN_COUNT."""
+        batch: List[str] = []
+        for key in self._redis.scan_iter(
+            match=_wire.AGENT_KEY_PATTERN, count=_SCAN_COUNT, _type="hash"
+        ):
+            agent_id = _wire.agent_id_from_key(key)
+            if agent_id is not None:
+                batch.append(agent_id)
+            if len(batch) >= _SCAN_COUNT:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _read_liveness(self, agent_ids: List[str]) -> List[Liveness]:
+        """Status, token, heartbeat and TTL of each registration, in one pipeline."""
+        pipe = self._redis.pipeline(transaction=False)
+        for agent_id in agent_ids:
+            agent_key = _wire.agent_key(agent_id)
+            pipe.hmget(agent_key, "status", "token")
+            pipe.exists(_wire.heartbeat_key(agent_id))
+            pipe.pttl(agent_key)
+        replies = pipe.execute(raise_on_error=False)
+        found = []
+        for n, agent_id in enumerate(agent_ids):
+            fields, beating, ttl = replies[3 * n:3 * n + 3]
+            if isinstance(fields, Exception) or isinstance(beating, Exception):
+                log.debug("Registry: skipping %s: %s", agent_id, fields)
+                continue
+            status, token = fields
+            found.append(Liveness(
+                agent_id, status, token or "", bool(beating),
+                ttl if isinstance(ttl, int) else -1,
+            ))
+        return found
+
+    def _persist(self, agent_ids: List[str]) -> None:
+        """Remove the TTL a prune pass gave these registrations: they beat again."""
+        if not agent_ids:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for agent_id in agent_ids:
+            pipe.persist(_wire.agent_key(agent_id))
+        pipe.execute(raise_on_error=False)
+
+    def _condemn_all(
+        self, dead: Sequence[Liveness], mark: bool, expire_ms: Optional[int]
+    ) -> List[Tuple[bool, bool]]:
+        """Mark INACTIVE (``mark``) and schedule the removal (``expire_ms``) of ``dead``.
+
+        Each registration only if its heartbeat is still missing (checked in
+        the same script on one server) and it still holds the token read.
+
+        Returns:
+            ``(marked, scheduled)`` per registration.
+        """
+        if not dead:
+            return []
+        args = ["1" if mark else "0", _wire.STATUS_ACTIVE, _wire.STATUS_INACTIVE,
+                "" if expire_ms is None else str(expire_ms)]
+        if self._cluster:
+            replies = [
+                self._redis.eval(_CONDEMN, 1, _wire.agent_key(item.agent_id), item.token, *args)
+                for item in dead
+            ]
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            for item in dead:
+                self._condemn(
+                    keys=[_wire.agent_key(item.agent_id), _wire.heartbeat_key(item.agent_id)],
+                    args=[item.token, *args],
+                    client=pipe,
+                )
+            replies = pipe.execute()
+        return [(bool(marked), bool(scheduled)) for marked, scheduled in replies]
 
     def _registration_keys(self) -> List[str]:
         # For a cluster. SCAN returns only hashes: the heartbeat strings
@@ -185,7 +509,9 @@ class AgentRegistry:
         found = []
         cursor = "0"
         while True:
-            cursor, text = self._select_page(args=[cursor, _SCAN_COUNT, *wanted])
+            cursor, text = self._select_page(
+                args=[cursor, _SCAN_COUNT, _wire.HEARTBEAT_KEY_SUFFIX, *wanted]
+            )
             for agent_id, caps, metadata in json.loads(text):
                 if isinstance(caps, list) and isinstance(metadata, dict):
                     found.append({"id": agent_id, "capabilities": caps, "metadata": metadata})
@@ -194,16 +520,24 @@ class AgentRegistry:
 
     def _discover_pipelined(self, keys: List[str], wanted: Set[str]) -> List[Dict[str, Any]]:
         # A cluster spreads the keys over slots and nodes, which one script
-        # cannot span: the hashes are read with pipelined HMGETs.
+        # cannot span: the hashes are read with pipelined HMGETs, and the
+        # heartbeat keys of the matching ones with pipelined EXISTS.
         found = []
         for first in range(0, len(keys), _SCAN_COUNT):
+            matching = []
             for record in self._fetch(keys[first:first + _SCAN_COUNT]):
                 if record["status"] != _wire.STATUS_ACTIVE:
                     continue
                 if wanted and not wanted.intersection(record["capabilities"]):
                     continue
                 del record["status"]
-                found.append(record)
+                matching.append(record)
+            if not matching:
+                continue
+            pipe = self._redis.pipeline(transaction=False)
+            for record in matching:
+                pipe.exists(_wire.heartbeat_key(record["id"]))
+            found.extend(r for r, beating in zip(matching, pipe.execute()) if beating)
         return found
 
     def _fetch(self, keys: List[str]) -> Iterable[Dict[str, Any]]:
@@ -219,3 +553,27 @@ class AgentRegistry:
             )
             if record is not None:
                 yield record
+
+
+def _ttl_ms(seconds: object, what: str) -> int:
+    """``seconds`` as whole milliseconds (at least 1), checked."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {seconds!r}")
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{what} must be a positive, finite number of seconds, not {seconds!r}")
+    return max(1, int(seconds * 1000))
+
+
+def _in_use(agent_id: str, pttl: object) -> AgentIdInUseError:
+    expires_in = pttl / 1000.0 if isinstance(pttl, int) and pttl >= 0 else None
+    when = (
+        f"its heartbeat expires in {expires_in:.1f} s unless renewed"
+        if expires_in is not None else "its heartbeat key has no expiry"
+    )
+    return AgentIdInUseError(
+        f"agent id {agent_id!r} is in use: another run holds a live registration ({when})."
+        f" Stop that agent first; if it died, wait for its heartbeat to expire, or pass"
+        f" take_over=True (Agent(..., take_over=True)) to replace its registration.",
+        agent_id=agent_id,
+        expires_in=expires_in,
+    )

@@ -6,52 +6,67 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import redis
 
 from . import _wire
 from ._connection import close_client, is_cluster, make_client, ping, redact_url, retire_connections
 from ._listener import ANY_REDIS_ERROR, ChannelListener
+from ._registry import AgentRegistry, Liveness, _ttl_ms
 from ._sentinel import follow_master, is_sentinel_url
 
 log = logging.getLogger(__name__)
 
-# Marks one agent INACTIVE when it is ACTIVE and registered before the grace
-# cutoff (ARGV[1]). Atomic, so a registration deleted by a clean stop in
-# between is never brought back as a stub.
-_MARK_ONE = """
-local f = redis.call('HMGET', KEYS[1], 'status', 'registered_at')
-if f[1] ~= ARGV[2] then return 0 end
-local at = tonumber(f[2])
-if at and at > tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[3])
-return 1
-"""
-# The same, when the heartbeat key (KEYS[2]) is gone: one round trip on one
-# server. A cluster keeps the two keys on different slots, so there the
-# heartbeats are checked first and _MARK_ONE runs for the agents without one.
-_MARK_INACTIVE = "if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end\n" + _MARK_ONE
+
+def _server_time(client: redis.Redis) -> float:
+    """Redis's clock, in seconds: the one clock every judgement of liveness uses."""
+    if is_cluster(client):
+        # One node's clock, the same node every time (nodes' clocks differ).
+        reply = client.time(target_nodes=client.get_default_node())
+    else:
+        reply = client.time()
+    if isinstance(reply, dict):  # a cluster's reply, by node
+        reply = next(iter(reply.values()))
+    seconds, micros = reply
+    return int(seconds) + int(micros) / 1e6
 
 
 class MASService:
     """The registry service: a health monitor and a log of registrations.
 
     It is optional: agents register, discover and talk to each other without
-    it. What it adds is health: every ``check_interval`` seconds it marks
-    INACTIVE each ACTIVE agent whose heartbeat key is gone, so that an agent
-    killed without a clean stop drops out of ``discover()`` within about
-    ``heartbeat_ttl + check_interval``. An agent registered less than
-    ``heartbeat_timeout`` seconds ago is given that long to send its first
-    heartbeat (async agents send it just after registering).
+    it, and ``discover()`` already leaves out every agent whose heartbeat key
+    is gone. What it adds is health: every ``check_interval`` seconds it marks
+    INACTIVE each ACTIVE agent whose heartbeat key is gone (so that async
+    agents, whose discovery reads the status alone, stop finding it), and,
+    with ``prune_after``, has Redis remove such registrations.
+
+    Liveness is judged on Redis alone: the heartbeat key's TTL, and Redis's
+    ``TIME`` for the grace below; ``registered_at``, written with the agent's
+    clock, is not read. A registration this service has seen beating is
+    marked at the first check that finds its heartbeat gone. One it has never
+    seen beating (a new one, or one found at the service's start) is given
+    ``heartbeat_timeout`` seconds, from the check that first found it
+    silent, to send a heartbeat (async agents write theirs just after
+    registering). A new registration of the id (a new token) starts afresh.
 
     Threads (daemon): ``mas-service-listener`` reads ``mas.system`` and logs
     REGISTER and DEREGISTER; ``mas-service-health`` runs the checks.
 
     Args:
         redis_url: Where Redis is.
-        heartbeat_timeout: Grace period, in seconds, for a new registration.
+        heartbeat_timeout: Grace period, in seconds, for a registration never
+            seen beating.
         check_interval: Seconds between two health checks.
+        prune_after: Seconds after which a registration judged dead is
+            removed from Redis (its state is kept), unless it beats again
+            first: at that check, its hash gets a TTL of ``prune_after``
+            (see :meth:`AgentRegistry.prune_dead`). None (the default) keeps
+            dead registrations, marked INACTIVE.
+
+    Raises:
+        TypeError, ValueError: a bad argument.
     """
 
     def __init__(
@@ -59,21 +74,31 @@ class MASService:
         redis_url: str = "redis://localhost:6379",
         heartbeat_timeout: float = 60,
         check_interval: float = 30.0,
+        *,
+        prune_after: Optional[float] = None,
     ) -> None:
         for name, value in (("heartbeat_timeout", heartbeat_timeout), ("check_interval", check_interval)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative number of seconds, not {value!r}")
         if not check_interval > 0:
             raise ValueError("check_interval must be positive")
+        if prune_after is not None:
+            _ttl_ms(prune_after, "prune_after")
         self.redis_url = redis_url
         self.heartbeat_timeout = float(heartbeat_timeout)
         self.check_interval = float(check_interval)
+        self.prune_after: Optional[float] = None if prune_after is None else float(prune_after)
         self._lock = threading.Lock()
         self._client: Optional[redis.Redis] = None
         self._listener: Optional[ChannelListener] = None
         self._health: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._unfollow: Callable[[], None] = lambda: None
+        # What the checks remember, by id, in Redis server time: the token
+        # last seen beating, and (token, when) first seen silent.
+        self._judging = threading.Lock()
+        self._seen_beating: Dict[str, str] = {}
+        self._silent_since: Dict[str, Tuple[str, float]] = {}
 
     @property
     def is_running(self) -> bool:
@@ -105,7 +130,6 @@ class MASService:
                 close_client(client)
                 raise
             self._client = client
-            self._mark_inactive = client.register_script(_MARK_INACTIVE)
             self._listener = listener
             if is_sentinel_url(self.redis_url):
                 self._unfollow = follow_master(self.redis_url, self._master_moved)
@@ -162,45 +186,60 @@ class MASService:
         return self._check(client)
 
     def _check(self, client: redis.Redis) -> List[str]:
-        cutoff = str(time.time() - self.heartbeat_timeout)
+        registry = AgentRegistry(client)
+        expire_ms = None if self.prune_after is None else _ttl_ms(self.prune_after, "prune_after")
         marked: List[str] = []
-        batch: List[str] = []
-
-        args = [cutoff, _wire.STATUS_ACTIVE, _wire.STATUS_INACTIVE]
-        cluster = is_cluster(client)
-
-        def flush() -> None:
-            pipe = client.pipeline(transaction=False)
-            if cluster:
-                for agent_id in batch:
-                    pipe.exists(_wire.heartbeat_key(agent_id))
-                silent = [a for a, beating in zip(batch, pipe.execute()) if not beating]
-                for agent_id in silent:
-                    if client.eval(_MARK_ONE, 1, _wire.agent_key(agent_id), *args):
-                        marked.append(agent_id)
-            else:
-                for agent_id in batch:
-                    self._mark_inactive(
-                        keys=[_wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)],
-                        args=args,
-                        client=pipe,
-                    )
-                for agent_id, changed in zip(batch, pipe.execute()):
-                    if changed:
-                        marked.append(agent_id)
-            batch.clear()
-
-        for key in client.scan_iter(match=_wire.AGENT_KEY_PATTERN, count=1000):
-            agent_id = _wire.agent_id_from_key(key)
-            if agent_id is not None:
-                batch.append(agent_id)
-            if len(batch) >= 1000:
-                flush()
-        if batch:
-            flush()
+        scheduled: List[str] = []
+        with self._judging:
+            now = _server_time(client)
+            present: Set[str] = set()
+            for batch in registry._id_batches():
+                found = registry._read_liveness(batch)
+                present.update(item.agent_id for item in found)
+                registry._persist(
+                    [item.agent_id for item in found if item.beating and item.ttl_ms >= 0]
+                )
+                dead = [item for item in found if self._is_dead(item, now)]
+                to_judge = [
+                    item for item in dead
+                    if item.status == _wire.STATUS_ACTIVE
+                    or (expire_ms is not None and item.ttl_ms == -1)
+                ]
+                for item, (was_marked, was_scheduled) in zip(
+                    to_judge, registry._condemn_all(to_judge, True, expire_ms)
+                ):
+                    if was_marked:
+                        marked.append(item.agent_id)
+                    if was_scheduled:
+                        scheduled.append(item.agent_id)
+            for memory in (self._seen_beating, self._silent_since):
+                for agent_id in [a for a in memory if a not in present]:
+                    del memory[agent_id]
         for agent_id in sorted(marked):
             log.warning("MASService: agent %s missed its heartbeat; marked INACTIVE", agent_id)
+        for agent_id in sorted(scheduled):
+            log.info(
+                "MASService: agent %s is dead; its registration goes in %g s unless it beats",
+                agent_id, self.prune_after,
+            )
         return sorted(marked)
+
+    def _is_dead(self, item: Liveness, now: float) -> bool:
+        """Judge one registration, with ``_judging`` held; ``now`` is Redis's time."""
+        agent_id = item.agent_id
+        if item.status is None:  # deleted since the scan
+            return False
+        if item.beating:
+            self._seen_beating[agent_id] = item.token
+            self._silent_since.pop(agent_id, None)
+            return False
+        if self._seen_beating.get(agent_id) == item.token:
+            return True  # it beat, and stopped: no grace
+        token, since = self._silent_since.get(agent_id, ("", None))
+        if since is None or token != item.token:
+            since = now
+            self._silent_since[agent_id] = (item.token, now)
+        return now - since >= self.heartbeat_timeout
 
     # -- threads ---------------------------------------------------------------
 

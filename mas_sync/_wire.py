@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 AGENT_KEY_PREFIX = "agent:"
 #: SCAN pattern that finds registration hashes (and heartbeat keys, to skip).
 AGENT_KEY_PATTERN = "agent:*"
+#: Suffix that makes the heartbeat key of an agent out of its registration key.
+HEARTBEAT_KEY_SUFFIX = ":heartbeat"
 #: Channel on which agents announce REGISTER and DEREGISTER.
 SYSTEM_CHANNEL = "mas.system"
 
@@ -100,7 +102,7 @@ def agent_key(agent_id: str) -> str:
 
 def heartbeat_key(agent_id: str) -> str:
     """Heartbeat string with a TTL: ``agent:{id}:heartbeat``."""
-    return f"agent:{agent_id}:heartbeat"
+    return agent_key(agent_id) + HEARTBEAT_KEY_SUFFIX
 
 
 def state_key(agent_id: str) -> str:

@@ -1,7 +1,7 @@
 """Run the registry service in the foreground: ``python -m mas_sync.service``.
 
 It stops cleanly on the first SIGINT (Ctrl-C) or SIGTERM and exits 0; a second
-signal exits at once with status 1.
+signal exits at once with status 1 (see :func:`mas_sync.stop_on_signals`).
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from typing import List, Optional
 
 from ._errors import MASConnectionError
 from ._service import MASService
+from .signals import stop_on_signals
 
 log = logging.getLogger("mas_sync.service")
 
@@ -38,27 +37,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--check-interval", type=float, default=30.0,
         help="seconds between health checks (default: 30)",
     )
+    parser.add_argument(
+        "--prune-after", type=float, default=None, metavar="SECONDS",
+        help="remove registrations dead for this long (default: keep them, marked INACTIVE)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        if stop.is_set():
-            log.warning("second signal: exiting without a clean stop")
-            os._exit(1)
-        log.info("%s received: stopping (send it again to exit at once)", signal.Signals(signum).name)
-        stop.set()
-
     # Handlers first: a signal that comes while the service starts is not lost.
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals(exit_process=False)
     try:
-        service = MASService(args.redis_url, args.heartbeat_timeout, args.check_interval)
+        service = MASService(
+            args.redis_url, args.heartbeat_timeout, args.check_interval,
+            prune_after=args.prune_after,
+        )
         service.start()
-    except (MASConnectionError, ValueError) as exc:
+    except (MASConnectionError, TypeError, ValueError) as exc:
         log.error("%s", exc)
         return 1
     while not stop.wait(1.0):

@@ -14,7 +14,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from mas_sync import MASConnectionError, MASService
+from mas_sync import AgentIdInUseError, AgentRegistry, MASConnectionError, MASService
 from mas_sync.testing import LocalCluster, RedisServer, redis_version, wait_until
 
 from .support import FAST as SUPPORT_FAST, Inbox, flows
@@ -91,6 +91,36 @@ def test_service_marks_a_silent_agent_inactive_on_a_cluster(cluster, agents) -> 
             assert client.hget("agent:agent-0", "status") == "ACTIVE"
         finally:
             client.close()
+
+
+def test_liveness_and_identity_on_a_cluster(cluster, agents) -> None:
+    client = RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port, decode_responses=True)
+    try:
+        # discover() leaves out a registration whose heartbeat key is gone.
+        client.hset("agent:ghost", mapping={"id": "ghost", "capabilities": '["c"]',
+                                            "metadata": "{}", "status": "ACTIVE",
+                                            "token": "t", "registered_at": str(time.time() + 3600)})
+        assert [a["id"] for a in agents[0].discover(["c"])] == [a.id for a in agents]
+        # A live id is refused; take_over replaces it; the loser's stop deletes nothing.
+        with pytest.raises(AgentIdInUseError, match="'agent-1'"):
+            Inbox("agent-1", ["c"], cluster.url, **FAST).start()
+        winner = Inbox("agent-1", ["c"], cluster.url, take_over=True, **FAST)
+        winner.start()
+        try:
+            token = client.hget("agent:agent-1", "token")
+            agents[1].stop(timeout=3)
+            assert client.hget("agent:agent-1", "token") == token
+            assert client.exists("agent:agent-1:heartbeat")
+        finally:
+            winner.stop(timeout=3)
+        assert not client.exists("agent:agent-1")
+        # Pruning: the dead registration goes, the live ones stay.
+        registry = AgentRegistry(client)
+        assert registry.prune_dead(0.3) == ["ghost"]
+        wait_until(lambda: not client.exists("agent:ghost"), 5)
+        assert client.pttl("agent:agent-0") == -1
+    finally:
+        client.close()
 
 
 def test_agents_recover_from_a_cluster_node_restart(cluster, agents, caplog) -> None:

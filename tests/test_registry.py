@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from mas_sync import AgentRegistry
+from mas_sync import AgentIdInUseError, AgentRegistry
+from mas_sync.testing import wait_until
 
 
 def test_discover_by_capability_and_all(make_agent) -> None:
@@ -74,8 +77,130 @@ def test_discover_many_agents_in_batches(r) -> None:
             mapping={"id": f"n{i:05d}", "capabilities": '["even"]' if i % 2 == 0 else '["odd"]',
                      "metadata": "{}", "status": "ACTIVE", "token": "t", "registered_at": "1"},
         )
+        pipe.set(f"agent:n{i:05d}:heartbeat", "1", ex=60)
     pipe.execute()
     found = registry.discover(["even"])
     assert len(found) == 1250
     assert [x["id"] for x in found] == sorted(x["id"] for x in found)
     assert len(registry.discover()) == 2500
+
+
+# -- liveness: the heartbeat key decides (issue 9, items 8 and 9) ---------------------
+
+
+def _registration(r, agent_id: str, registered_at: float, caps: str = '["x"]') -> None:
+    r.hset(f"agent:{agent_id}", mapping={
+        "id": agent_id, "capabilities": caps, "metadata": "{}", "status": "ACTIVE",
+        "token": f"token-{agent_id}", "registered_at": str(registered_at)})
+
+
+def test_discover_leaves_out_agents_whose_heartbeat_is_gone(make_agent, r) -> None:
+    # No MASService: discover() alone must not return a dead registration.
+    agent = make_agent("live", capabilities=["x"])
+    _registration(r, "killed", time.time() - 5)  # SIGKILLed: no heartbeat key any more
+    _registration(r, "fading", time.time() - 5)
+    r.set("agent:fading:heartbeat", "1", px=300)
+    assert [x["id"] for x in agent.discover(["x"])] == ["fading", "live"]
+    wait_until(lambda: [x["id"] for x in agent.discover(["x"])] == ["live"], 5,
+               message="the expired heartbeat takes the agent out of discovery")
+    assert [x["id"] for x in agent.discover()] == ["live"]
+
+
+@pytest.mark.parametrize("skew", [3600.0, -3600.0])
+def test_a_skewed_registered_at_changes_nothing_in_discovery(make_agent, r, skew) -> None:
+    # registered_at comes from the agent's clock; discovery must not read it.
+    agent = make_agent("observer")
+    _registration(r, "skewed", time.time() + skew)
+    r.set("agent:skewed:heartbeat", "1", px=300)
+    assert [x["id"] for x in agent.discover(["x"])] == ["skewed"]
+    started = time.monotonic()
+    wait_until(lambda: agent.discover(["x"]) == [], 5, message="dropped with its heartbeat")
+    assert time.monotonic() - started < 1.5
+
+
+def test_discover_on_the_registry_alone_checks_heartbeats(r) -> None:
+    registry = AgentRegistry(r)
+    registry.register("beating", ["s"], heartbeat_ttl=5)
+    registry.register("async-style", ["s"])  # registered; its first heartbeat not written yet
+    assert [x["id"] for x in registry.discover(["s"])] == ["beating"]
+    registry.update_heartbeat("async-style", ttl=5)
+    assert [x["id"] for x in registry.discover(["s"])] == ["async-style", "beating"]
+
+
+# -- pruning dead registrations (issue 9, item 8) ---------------------------------------
+
+
+def test_prune_dead_removes_registrations_whose_heartbeat_stays_gone(r) -> None:
+    registry = AgentRegistry(r)
+    registry.register("alive", ["s"], heartbeat_ttl=30)
+    _registration(r, "dead", time.time() + 3600)  # a skewed clock changes nothing
+    r.hset("agent:dead", "status", "INACTIVE")
+    _registration(r, "back", time.time())
+    r.hset("agent.state:dead", "kept", "1")
+    assert registry.prune_dead(0.5) == ["back", "dead"]
+    assert r.pttl("agent:alive") == -1
+    assert 0 < r.pttl("agent:dead") <= 500
+    # "back" beats again before its time is up: the next pass keeps it.
+    r.set("agent:back:heartbeat", "1", ex=30)
+    assert registry.prune_dead(0.5) == []
+    assert r.pttl("agent:back") == -1
+    wait_until(lambda: not r.exists("agent:dead"), 5, message="Redis removes the dead one")
+    assert r.exists("agent:alive") and r.exists("agent:back")
+    assert r.exists("agent.state:dead")  # state survives, as with a clean stop
+
+
+def test_prune_dead_checks_its_argument(r) -> None:
+    registry = AgentRegistry(r)
+    for bad in (0, -1, float("nan"), "10", True):
+        with pytest.raises((TypeError, ValueError)):
+            registry.prune_dead(bad)  # type: ignore[arg-type]
+
+
+# -- identity: one live registration per id (issue 9, item 10) ---------------------------
+
+
+def test_register_refuses_an_id_that_is_live(r) -> None:
+    registry = AgentRegistry(r)
+    first = registry.register("solo", ["s"], heartbeat_ttl=30)
+    with pytest.raises(AgentIdInUseError, match="'solo'.*take_over=True") as caught:
+        registry.register("solo", ["other"], heartbeat_ttl=30)
+    assert caught.value.agent_id == "solo"
+    assert 0 < caught.value.expires_in <= 30
+    assert r.hget("agent:solo", "token") == first
+    assert r.hget("agent:solo", "capabilities") == '["s"]'
+    second = registry.register("solo", ["other"], heartbeat_ttl=30, take_over=True)
+    assert r.hget("agent:solo", "token") == second != first
+
+
+def test_register_replaces_a_dead_registration(r) -> None:
+    registry = AgentRegistry(r)
+    _registration(r, "phoenix", time.time())  # no heartbeat: its agent is dead
+    token = registry.register("phoenix", ["s"], heartbeat_ttl=30)
+    assert r.hget("agent:phoenix", "token") == token
+
+
+def test_renewal_keeps_to_the_run_that_owns_the_registration(r) -> None:
+    registry = AgentRegistry(r)
+    mine = registry.register("me", ["s"], heartbeat_ttl=30)
+    r.delete("agent:me")  # lost (a Redis restart, say); my heartbeat still there
+    assert registry.register("me", ["s"], heartbeat_ttl=30, token=mine) == mine
+    theirs = registry.register("me", ["s"], heartbeat_ttl=30, take_over=True)
+    with pytest.raises(AgentIdInUseError):
+        registry.register("me", ["s"], heartbeat_ttl=30, token=mine)
+    assert r.hget("agent:me", "token") == theirs
+
+
+def test_deregister_with_a_token_leaves_another_runs_registration(r) -> None:
+    registry = AgentRegistry(r)
+    old = registry.register("shared", ["s"], heartbeat_ttl=30)
+    new = registry.register("shared", ["s"], heartbeat_ttl=30, take_over=True)
+    assert registry.deregister("shared", token=old) is False
+    assert r.hget("agent:shared", "token") == new and r.exists("agent:shared:heartbeat")
+    assert registry.deregister("shared", token=new) is True
+    assert not r.exists("agent:shared") and not r.exists("agent:shared:heartbeat")
+
+
+def test_a_running_agent_removes_a_prune_ttl_on_its_next_beat(make_agent, r) -> None:
+    make_agent("lively")
+    r.pexpire("agent:lively", 60_000)  # as a prune pass does while a heartbeat is missing
+    wait_until(lambda: r.pttl("agent:lively") == -1, 5, message="the next beat keeps it")

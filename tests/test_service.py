@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -156,6 +157,106 @@ def test_service_command_exits_1_without_redis() -> None:
     try:
         assert proc.wait(15) == 1
         assert "cannot reach Redis" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        proc.stderr.close()
+
+
+# -- liveness on Redis's clock only (issue 9, item 9) ------------------------------------
+
+
+def _ghost(r, agent_id: str, registered_at: float) -> None:
+    r.hset(f"agent:{agent_id}", mapping={
+        "id": agent_id, "capabilities": '["x"]', "metadata": "{}", "status": "ACTIVE",
+        "token": f"t-{agent_id}", "registered_at": str(registered_at)})
+
+
+def test_an_agent_clock_an_hour_ahead_does_not_keep_a_dead_agent_active(redis_url, r) -> None:
+    # The agent wrote registered_at with a clock an hour ahead (or the
+    # service's clock is an hour behind): the heartbeat alone decides.
+    with MASService(redis_url, heartbeat_timeout=0.5, check_interval=0.1):
+        _ghost(r, "ahead", time.time() + 3600)
+        r.set("agent:ahead:heartbeat", "1", px=300)
+        started = time.monotonic()
+        wait_until(lambda: r.hget("agent:ahead", "status") == "INACTIVE", 5,
+                   message="the dead agent is marked INACTIVE")
+        # Seen beating, then silent: marked without waiting for the grace.
+        assert time.monotonic() - started < 0.3 + 0.1 + 0.5
+
+
+def test_an_agent_clock_an_hour_behind_still_gets_its_grace(redis_url, r) -> None:
+    # A new registration whose registered_at reads an hour old (the agent's
+    # clock behind, or the service's ahead) has not sent its first heartbeat
+    # yet, as an async agent just after registering: it is not marked at once.
+    with MASService(redis_url, heartbeat_timeout=60, check_interval=60) as service:
+        _ghost(r, "behind", time.time() - 3600)
+        assert service.check_health() == []
+        r.set("agent:behind:heartbeat", "1", ex=60)  # its first heartbeat
+        assert service.check_health() == []
+        assert r.hget("agent:behind", "status") == "ACTIVE"
+
+
+def test_the_grace_runs_on_redis_time(redis_url, r) -> None:
+    with MASService(redis_url, heartbeat_timeout=0.4, check_interval=60) as service:
+        _ghost(r, "silent", time.time() + 3600)
+        assert service.check_health() == []  # first seen without a heartbeat
+        started = time.monotonic()
+        wait_until(lambda: service.check_health() == ["silent"], 5, interval=0.05)
+        assert time.monotonic() - started >= 0.35
+
+
+def test_the_service_marks_only_the_registration_it_read(redis_url, r) -> None:
+    # A registration replaced by a new run (new token) between two checks is
+    # judged afresh: the new run gets its own grace.
+    with MASService(redis_url, heartbeat_timeout=0.3, check_interval=60) as service:
+        _ghost(r, "reborn", time.time())
+        assert service.check_health() == []
+        threading.Event().wait(0.4)
+        r.hset("agent:reborn", "token", "a-new-run")
+        assert service.check_health() == []
+        assert r.hget("agent:reborn", "status") == "ACTIVE"
+
+
+# -- pruning (issue 9, item 8) ------------------------------------------------------------
+
+
+def test_the_service_prunes_registrations_dead_for_longer_than_prune_after(
+    make_agent, redis_url, r
+) -> None:
+    live = make_agent("live", capabilities=["x"])
+    with MASService(redis_url, heartbeat_timeout=0, check_interval=0.1, prune_after=0.5):
+        _ghost(r, "stale", time.time() + 3600)
+        r.hset("agent.state:stale", "kept", "1")
+        wait_until(lambda: r.hget("agent:stale", "status") == "INACTIVE", 5)
+        assert r.exists("agent:stale")  # not before prune_after
+        wait_until(lambda: not r.exists("agent:stale"), 5, message="pruned")
+        assert r.exists("agent.state:stale")
+        threading.Event().wait(0.3)
+        assert r.hget("agent:live", "status") == "ACTIVE" and r.pttl("agent:live") == -1
+    assert live.discover(["x"]) == [{"id": "live", "capabilities": ["x"], "metadata": {}}]
+
+
+def test_prune_after_is_checked() -> None:
+    for bad in (0, -1, "1", True):
+        with pytest.raises((TypeError, ValueError)):
+            MASService(prune_after=bad)  # type: ignore[arg-type]
+    assert MASService().prune_after is None
+
+
+def test_service_command_prunes_with_an_option(redis_url, r) -> None:
+    proc = _run_cli("--redis-url", redis_url, "--check-interval", "0.1",
+                    "--heartbeat-timeout", "0", "--prune-after", "0.3")
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "MASService: started" in line:
+                break
+        _ghost(r, "stale", time.time())
+        wait_until(lambda: not r.exists("agent:stale"), 5, message="pruned by the command")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

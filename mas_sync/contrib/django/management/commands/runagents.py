@@ -1,15 +1,12 @@
 """``python manage.py runagents``: run the declared agents in a process of their own.
 
 The first SIGTERM or SIGINT (Ctrl-C) stops the agents cleanly (each
-deregisters) and the command exits 0; a second one exits at once with status 1.
+deregisters) and the command exits 0; a second one exits at once with status 1
+(see :func:`mas_sync.stop_on_signals`).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
-import threading
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -19,8 +16,7 @@ from mas_sync._connection import redact_url
 from mas_sync import MASError
 from mas_sync.contrib.django import _settings
 from mas_sync.contrib.django._runtime import mas
-
-log = logging.getLogger("mas_sync.contrib.django.runagents")
+from mas_sync.signals import SignalStop, stop_on_signals
 
 
 class Command(BaseCommand):
@@ -43,23 +39,11 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Runs in the main thread, which waits for a signal while the agents work."""
-        stop = threading.Event()
-
-        def on_signal(signum: int, frame: Any) -> None:
-            if stop.is_set():
-                log.warning("second signal: exiting without a clean stop")
-                os._exit(1)
-            stop.set()
-
         # Handlers first: a signal that comes while the agents start is not lost.
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
+        with stop_on_signals(exit_process=False) as stop:
             self._run(stop, options)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
-    def _run(self, stop: threading.Event, options: Any) -> None:
+    def _run(self, stop: SignalStop, options: Any) -> None:
         try:
             agents = _settings.build_process_agents(
                 mas.declared(), redis_url=options["redis_url"], id_format=options["id_format"]
