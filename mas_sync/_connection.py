@@ -166,15 +166,6 @@ class _RetirablePool:
         )
         self._mas_args = (args, dict(kwargs))
         self._mas_retire_lock = threading.Lock()
-
-
-def _renew_lock_after_fork() -> None:
-    global _retire_lock
-    _retire_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_lock_after_fork)
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
 
     @property  # type: ignore[override]
