@@ -434,7 +434,7 @@ def state_client(proxy):
     """A client through the proxy that neither retries nor waits long for a reply."""
     from mas_sync._connection import close_client, make_client
 
-    client = make_client(proxy.url, 4, retries=0, timeout=0.3)
+    client = make_client(proxy.url, 4, timeout=0.3)
     yield client
     close_client(client)
 
@@ -483,15 +483,11 @@ def test_a_lost_reply_with_redis_silent_is_repaired_by_the_next_update(proxy, st
 def test_update_state_through_a_lost_reply_raises_a_mas_error_and_recovers(
     proxy, make_agent, r, monkeypatch
 ) -> None:
-    import functools
-
     from mas_sync import MASError
-    from mas_sync import _agent
 
-    monkeypatch.setattr(_agent, "make_client", functools.partial(_agent.make_client, timeout=0.5))
-    agent = make_agent("lossy", state_model=Counter, redis_url=proxy.url)
+    agent = make_agent("lossy", state_model=Counter, redis_url=proxy.url, command_timeout=0.5)
     agent.update_state({"counter": 1})
-    proxy.swallow_replies(new_connections=True)
+    proxy.swallow_replies(new_connections=False)
     try:
         with pytest.raises(MASError):
             agent.update_state({"counter": 2})
