@@ -12,7 +12,8 @@ import redis
 
 from . import _wire
 from ._connection import close_client, is_cluster, make_client, ping, redact_url, retire_connections
-from ._listener import ANY_REDIS_ERROR, ChannelListener
+from ._errors import MASConnectionError, RedisCommandError
+from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
 from ._registry import AgentRegistry, Liveness, _ttl_ms
 from ._sentinel import follow_master, is_sentinel_url
 
@@ -178,12 +179,23 @@ class MASService:
 
         Raises:
             RuntimeError: the service is not running.
-            redis.RedisError: Redis failed during the check.
+            MASConnectionError: Redis could not be reached, or failed during
+                the check.
+            RedisCommandError: Redis refused a command of the check.
         """
         client = self._client
         if client is None:
             raise RuntimeError("MASService is not running")
-        return self._check(client)
+        try:
+            return self._check(client)
+        except REDIS_ERRORS as exc:
+            raise MASConnectionError(
+                f"MASService: Redis at {redact_url(self.redis_url)} failed: {exc}"
+            ) from exc
+        except ANY_REDIS_ERROR as exc:
+            raise RedisCommandError(
+                f"MASService: Redis at {redact_url(self.redis_url)} refused a command: {exc}"
+            ) from exc
 
     def _check(self, client: redis.Redis) -> List[str]:
         registry = AgentRegistry(client)

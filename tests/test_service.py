@@ -262,3 +262,22 @@ def test_service_command_prunes_with_an_option(redis_url, r) -> None:
             proc.kill()
         proc.wait(5)
         proc.stderr.close()
+
+
+def test_check_health_raises_mas_errors_with_the_redis_error_as_cause() -> None:
+    import redis as redis_py
+
+    from mas_sync import RedisCommandError
+    from mas_sync.testing import RedisServer
+
+    with RedisServer() as server:
+        admin = redis_py.Redis.from_url(server.url)
+        admin.execute_command("ACL", "SETUSER", "svc", "on", ">pw", "~*", "&*", "+@all")
+        url = f"redis://svc:pw@127.0.0.1:{server.port}/0"
+        with MASService(url, heartbeat_timeout=0, check_interval=60) as service:
+            admin.execute_command("ACL", "SETUSER", "svc", "-time")
+            with pytest.raises(RedisCommandError) as caught:
+                service.check_health()
+            assert isinstance(caught.value.__cause__, redis_py.exceptions.NoPermissionError)
+            assert "pw@" not in str(caught.value)
+        admin.close()
