@@ -205,13 +205,26 @@ class _RetirablePool:
         with self._mas_retire_lock:
             retired = self.mas_retired
         if retired:
-            self.disconnect(inuse_connections=False)
+            self._mas_disconnect_idle()
 
     def retire(self) -> None:
         """Refuse new work; close the idle connections now, the others when released."""
         with self._mas_retire_lock:
             self.mas_retired = True
-        self.disconnect(inuse_connections=False)
+        self._mas_disconnect_idle()
+
+    def _mas_disconnect_idle(self) -> None:
+        # disconnect(inuse_connections=False) does this, but not on every
+        # redis-py release's BlockingConnectionPool.
+        queue = getattr(self, "pool", None)
+        if queue is not None:  # BlockingConnectionPool: a queue of free ones
+            with queue.mutex:
+                idle = [c for c in queue.queue if c is not None]
+        else:
+            with self._lock:
+                idle = list(self._available_connections)
+        for connection in idle:
+            connection.disconnect()
 
     def _mas_has_open(self) -> bool:
         connections = getattr(self, "_connections", None)
