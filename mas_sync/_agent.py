@@ -919,9 +919,10 @@ class _Runtime:
 
         Only a connection that could not be made (nothing was sent) is tried
         again, with capped exponential backoff, for ``retry_timeout`` seconds
-        (or until ``deadline``); a command that may have run is never sent
-        twice. The answer is waited for at most the command timeout (or
-        until ``deadline``).
+        (or until ``deadline``); the first attempt may take
+        ``command_timeout`` to connect, however short that window. A command
+        that may have run is never sent twice. The answer is waited for at
+        most ``command_timeout`` (or until ``deadline``).
 
         Raises:
             AgentNotRunningError: the agent stopped (before or during the call).
@@ -935,17 +936,24 @@ class _Runtime:
                 raise self.not_running()
             self.in_flight += 1
         try:
-            connect_by = time.monotonic() + self.agent._mas_retry_timeout
+            began = time.monotonic()
+            connect_by = began + self.agent._mas_retry_timeout
+            # The first attempt may take a whole command timeout to connect,
+            # however short the retry window (retry_timeout=0: one attempt).
+            first_by = max(connect_by, began + self.agent._mas_command_timeout)
             if deadline is not None:
                 connect_by = min(connect_by, deadline)
+                first_by = min(first_by, deadline)
             delay = 0.05
+            attempt_by = first_by
             while True:
                 try:
-                    with deadlines(connect_by, deadline):
+                    with deadlines(attempt_by, deadline):
                         return func(*args)
                 except NotConnected as exc:
                     if self.closed:
                         raise self.not_running() from exc
+                    attempt_by = connect_by
                     left = connect_by - time.monotonic()
                     if left <= 0:
                         raise MASConnectionError(

@@ -98,15 +98,19 @@ class _GuardedConnection:
         pool = self._mas_pool
         if pool is not None and pool.mas_retired:
             raise NotConnected("the connection pool was closed")
-        connect_by, _ = _bounds()
+        bounds = _bounds()
+        connect_by, answer_by = bounds
         saved = None
         if connect_by is not None:
             left = connect_by - time.monotonic()
             if left <= 0:
                 raise NotConnected("no time left to connect")
-            saved = (getattr(self, "socket_connect_timeout", None), getattr(self, "socket_timeout", None))
-            self.socket_connect_timeout = min(saved[0] or left, left)
-            self.socket_timeout = min(saved[1] or left, left)
+            # The TCP connect, then the handshake's reads (see read_response),
+            # end by connect_by. socket_timeout itself is left alone: redis-py's
+            # parsers keep a copy of it for the life of the connection.
+            saved = getattr(self, "socket_connect_timeout", None)
+            self.socket_connect_timeout = min(saved or left, left)
+            _local.bounds = (connect_by, connect_by if answer_by is None else min(answer_by, connect_by))
         try:
             connect()
         except (NotConnected, redis.AuthenticationError):
@@ -114,11 +118,9 @@ class _GuardedConnection:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise NotConnected(str(exc)) from exc
         finally:
-            if saved is not None:
-                self.socket_connect_timeout, self.socket_timeout = saved
-                sock = getattr(self, "_sock", None)
-                if sock is not None:
-                    sock.settimeout(self.socket_timeout)
+            if connect_by is not None:
+                self.socket_connect_timeout = saved
+                _local.bounds = bounds
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         _, answer_by = _bounds()

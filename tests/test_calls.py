@@ -1,9 +1,9 @@
 """Public calls under faults: lost replies, refused commands, stop() racing callers.
 
 Each test runs its own redis-server where it changes the server's settings or
-users. A call's bound is ``retry_timeout + command_timeout`` (one retry window
-to connect, one command timeout for the answer); ``request()`` is bounded by
-its own timeout.
+users. A call's bound is ``max(retry_timeout, command_timeout) +
+command_timeout`` (one window to connect, one command timeout for the answer);
+``request()`` is bounded by its own timeout.
 """
 
 from __future__ import annotations
@@ -108,6 +108,15 @@ def test_a_call_that_cannot_connect_ends_within_its_bound(make_agent, proxy) -> 
     # Nothing was left half-done: the agent works again.
     tx.send("rx", {"n": 2})
     assert wait_until(lambda: {"n": 2} in rx.payloads(), 5)
+
+
+def test_retry_timeout_zero_still_makes_one_full_attempt_to_connect(make_agent, r) -> None:
+    rx = make_agent("rx", Inbox)
+    tx = make_agent("tx", retry_timeout=0)
+    r.client_kill_filter(_type="normal", skipme=True)  # every pooled connection is dead
+    tx.send("rx", {"n": 1})
+    tx.update_state({"n": 1})
+    assert wait_until(lambda: {"n": 1} in rx.payloads(), 5)
 
 
 def test_request_ends_within_its_timeout_when_redis_does_not_answer(make_agent, proxy) -> None:
