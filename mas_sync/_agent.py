@@ -31,6 +31,7 @@ from ._connection import (
     redact_url,
     retire_connections,
 )
+from ._checks import check_seconds
 from ._dispatch import OrderedPool
 from ._errors import (
     AgentIdInUseError,
@@ -237,11 +238,11 @@ class Agent:
             isinstance(state_model, type) and issubclass(state_model, BaseModel)
         ):
             raise TypeError(f"state_model must be a pydantic BaseModel class, not {state_model!r}")
-        _seconds("heartbeat_interval", heartbeat_interval)
-        _seconds("probe_interval", probe_interval)
-        _seconds("retry_timeout", retry_timeout, zero=True)
-        _seconds("command_timeout", command_timeout)
-        _seconds("heartbeat_ttl", heartbeat_ttl)
+        check_seconds("heartbeat_interval", heartbeat_interval)
+        check_seconds("probe_interval", probe_interval)
+        check_seconds("retry_timeout", retry_timeout, zero=True)
+        check_seconds("command_timeout", command_timeout)
+        check_seconds("heartbeat_ttl", heartbeat_ttl)
         if heartbeat_ttl <= heartbeat_interval:
             raise ValueError(
                 f"heartbeat_ttl ({heartbeat_ttl}) must be longer than heartbeat_interval"
@@ -366,7 +367,7 @@ class Agent:
         Raises:
             ValueError: ``timeout`` is not a number of seconds.
         """
-        _seconds("timeout", timeout, zero=True)
+        check_seconds("timeout", timeout, zero=True)
         deadline = time.monotonic() + timeout
         current = threading.current_thread()
         with self._mas_lock:
@@ -517,7 +518,7 @@ class Agent:
         """
         runtime = self._mas_require_runtime()
         _wire.validate_agent_id(target_id, "target id")
-        _seconds("timeout", timeout)
+        check_seconds("timeout", timeout)
         deadline = time.monotonic() + timeout
         if not isinstance(payload, dict):
             raise TypeError(f"payload must be a dict (a JSON object), not {type(payload).__name__}")
@@ -695,21 +696,6 @@ class Agent:
 _MAX_WORKERS = 10_000
 _MAX_COUNT = 100_000_000
 _MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # Redis's own limit for one string
-
-
-def _seconds(name: str, value: object, zero: bool = False) -> None:
-    """Refuse what is not a duration that threads can wait for."""
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not (value >= 0 if zero else value > 0)
-        or not value <= threading.TIMEOUT_MAX
-    ):
-        least = "0 or more" if zero else "more than 0"
-        raise ValueError(
-            f"{name} must be a number of seconds, {least} and at most"
-            f" {threading.TIMEOUT_MAX:.0f}, not {value!r}"
-        )
 
 
 class _Runtime:

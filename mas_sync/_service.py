@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 import redis
 
 from . import _wire
+from ._checks import check_seconds
 from ._connection import close_client, is_cluster, make_client, ping, redact_url, retire_connections
 from ._errors import MASConnectionError, RedisCommandError
 from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
@@ -78,11 +79,8 @@ class MASService:
         *,
         prune_after: Optional[float] = None,
     ) -> None:
-        for name, value in (("heartbeat_timeout", heartbeat_timeout), ("check_interval", check_interval)):
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number of seconds, not {value!r}")
-        if not check_interval > 0:
-            raise ValueError("check_interval must be positive")
+        check_seconds("heartbeat_timeout", heartbeat_timeout, zero=True)
+        check_seconds("check_interval", check_interval)
         if prune_after is not None:
             _ttl_ms(prune_after, "prune_after")
         self.redis_url = redis_url
@@ -145,7 +143,11 @@ class MASService:
         """Stop both threads (joined within ``timeout``) and close the connections.
 
         Safe to call twice and from any thread.
+
+        Raises:
+            ValueError: ``timeout`` is not a number of seconds.
         """
+        check_seconds("timeout", timeout, zero=True)
         with self._lock:
             client, self._client = self._client, None
             if client is None:

@@ -281,3 +281,12 @@ def test_check_health_raises_mas_errors_with_the_redis_error_as_cause() -> None:
             assert isinstance(caught.value.__cause__, redis_py.exceptions.NoPermissionError)
             assert "pw@" not in str(caught.value)
         admin.close()
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("check_interval", 1e10), ("check_interval", float("inf")), ("heartbeat_timeout", float("nan"))],
+)
+def test_the_service_refuses_durations_no_thread_can_wait_for(redis_url, option, value) -> None:
+    with pytest.raises(ValueError, match=option):
+        MASService(redis_url, **{option: value})
