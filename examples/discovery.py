@@ -1,6 +1,6 @@
 """Agents find each other by capability.
 
-Run it as is: it uses $REDIS_URL when set, or starts a private redis-server.
+Run it as is: it uses $MAS_REDIS_URL when set, or starts a private redis-server.
 
     python examples/discovery.py
 """
@@ -16,7 +16,7 @@ class Translator(Agent):
         return {"languages": ["en", "fr"], "version": "1.0"}
 
 
-with local_redis(os.environ.get("REDIS_URL")) as url:
+with local_redis(os.environ.get("MAS_REDIS_URL")) as url:
     agents = [
         Translator("translator", capabilities=["nlp", "translation"], redis_url=url),
         Agent("summarizer", capabilities=["nlp", "text"], redis_url=url),

@@ -1,6 +1,6 @@
 """Two agents say hello to each other.
 
-Run it as is: it uses $REDIS_URL when set, or starts a private redis-server.
+Run it as is: it uses $MAS_REDIS_URL when set, or starts a private redis-server.
 
     python examples/hello.py
 """
@@ -24,7 +24,7 @@ class Greeter(Agent):
             done.set()
 
 
-with local_redis(os.environ.get("REDIS_URL")) as url:
+with local_redis(os.environ.get("MAS_REDIS_URL")) as url:
     with Greeter("alice", redis_url=url) as alice, Greeter("bob", redis_url=url):
         alice.send("bob", {"greeting": "hello"})
         if not done.wait(5):

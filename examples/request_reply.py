@@ -1,6 +1,6 @@
 """Ask an agent and wait for its answer, as a Flask view or a script would.
 
-Run it as is: it uses $REDIS_URL when set, or starts a private redis-server.
+Run it as is: it uses $MAS_REDIS_URL when set, or starts a private redis-server.
 
     python examples/request_reply.py
 """
@@ -18,7 +18,7 @@ class Summarizer(Agent):
             message.reply({"summary": " ".join(words[:2]) + " ...", "words": len(words)})
 
 
-with local_redis(os.environ.get("REDIS_URL")) as url:
+with local_redis(os.environ.get("MAS_REDIS_URL")) as url:
     with Summarizer("nlp", capabilities=["nlp"], redis_url=url), Agent(
         "web", redis_url=url
     ) as web:

@@ -1,6 +1,6 @@
 """Route messages by action to methods, with payloads validated by pydantic.
 
-Run it as is: it uses $REDIS_URL when set, or starts a private redis-server.
+Run it as is: it uses $MAS_REDIS_URL when set, or starts a private redis-server.
 
     python examples/typed_handlers.py
 """
@@ -37,7 +37,7 @@ class Assistant(Agent):
         return {"error": f"unknown action {message.payload.get('action')!r}"}
 
 
-with local_redis(os.environ.get("REDIS_URL")) as url:
+with local_redis(os.environ.get("MAS_REDIS_URL")) as url:
     with Assistant("assistant", redis_url=url), Agent("user", redis_url=url) as user:
         print(user.request("assistant", {"action": "translate", "text": "hello"}).payload)
         print(user.request("assistant", {"action": "chat", "text": "hi"}).payload)

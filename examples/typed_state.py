@@ -1,6 +1,6 @@
 """Typed state survives a restart, every field with its type.
 
-Run it as is: it uses $REDIS_URL when set, or starts a private redis-server.
+Run it as is: it uses $MAS_REDIS_URL when set, or starts a private redis-server.
 
     python examples/typed_state.py
 """
@@ -22,7 +22,7 @@ class CounterState(BaseModel):
     last_run: Optional[datetime.datetime] = None
 
 
-with local_redis(os.environ.get("REDIS_URL")) as url:
+with local_redis(os.environ.get("MAS_REDIS_URL")) as url:
     with Agent("counter", redis_url=url, state_model=CounterState) as agent:
         agent.update_state(
             {

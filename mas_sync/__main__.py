@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import List, Optional
 
@@ -17,7 +18,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     demo.add_argument(
         "--redis-url",
-        help="Redis to use (default: start a private redis-server for the demo)",
+        default=os.environ.get("MAS_REDIS_URL") or None,
+        help="Redis to use (default: $MAS_REDIS_URL, else a private redis-server)",
     )
     demo.add_argument("--verbose", action="store_true", help="show the library's log")
     args = parser.parse_args(argv)

@@ -13,7 +13,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def run(args, env_extra=None, timeout=60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **(env_extra or {}))
+    env = {k: v for k, v in os.environ.items() if k != "MAS_REDIS_URL"}
+    env.update(env_extra or {})
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -46,7 +47,16 @@ def test_demo_uses_the_given_redis(redis_url) -> None:
         ("typed_handlers.py", "refused: validation_error ['text']"),
     ],
 )
-def test_example_runs(redis_url, example, expected) -> None:
-    result = run([str(ROOT / "examples" / example)], {"REDIS_URL": redis_url})
+def test_example_runs(redis_url, r, example, expected) -> None:
+    connections = r.info("stats")["total_connections_received"]
+    result = run([str(ROOT / "examples" / example)], {"MAS_REDIS_URL": redis_url})
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout
+    # It ran on the Redis named by MAS_REDIS_URL, not on a private one.
+    assert r.info("stats")["total_connections_received"] > connections + 1
+
+
+def test_demo_reads_mas_redis_url(redis_url) -> None:
+    result = run(["-m", "mas_sync", "demo"], {"MAS_REDIS_URL": redis_url})
+    assert result.returncode == 0, result.stderr
+    assert f"Redis at {redis_url}\n" in result.stdout
