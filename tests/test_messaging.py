@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import defaultdict
@@ -61,6 +62,10 @@ def test_peer_to_peer_message_arrives_with_all_fields(make_agent) -> None:
     assert (message.sender_id, message.target_id, message.payload) == ("tx", "rx", {"hello": "world"})
     assert message.message_id == message_id
     assert abs(message.timestamp - time.time()) < 5
+    # Message ids are "{run}-{n}", as the README says.
+    run, n = message_id.split("-")
+    assert re.fullmatch(r"[0-9a-f]{16}", run) and n == "1"
+    assert tx.send("rx", {}) == f"{run}-2"
 
 
 def test_messages_from_one_sender_keep_their_order_while_senders_run_in_parallel(make_agent) -> None:
