@@ -275,6 +275,35 @@ def test_views_reach_the_agents_of_runagents_by_name_and_get_starts_none(
         assert server.wait(15) == 0, server.output()
 
 
+def test_in_the_default_mode_get_returns_only_agents_that_run_here(
+    django_project, redis_url
+) -> None:
+    from django.test import override_settings
+
+    from mas_sync import AgentNotRunningError
+    from mas_sync.contrib.django import _settings
+
+    with override_settings(MAS_REDIS_URL=redis_url, MAS_AGENT_OPTIONS=FAST):
+        try:
+            with pytest.raises(AgentNotRunningError, match="runagents"):
+                django_project.get("echo")
+            assert django_project.agents.running == {}
+            echo = django_project.start(["echo"])["echo"]  # a process of one's own
+            assert django_project.get("echo") is echo
+            with pytest.raises(AgentNotRunningError):
+                django_project.get("summarizer")
+            django_project.stop()
+            # What runagents does: the agents it builds are the process's.
+            agents = _settings.build_process_agents(django_project.declared())
+            django_project._run_here(agents)
+            assert django_project.agents is agents
+            running = agents.start()
+            assert django_project.get("summarizer") is running["summarizer"]
+            assert django_project.find("summarizer") == [running["summarizer"].id]
+        finally:
+            django_project.stop()
+
+
 SHELL_CODE = """
 from mas_sync import AgentNotRunningError
 from mas_sync.contrib.django import mas
