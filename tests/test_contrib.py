@@ -269,6 +269,12 @@ def test_redis_urls_are_checked_against_every_scheme_mas_sync_takes() -> None:
     with pytest.raises(ValueError) as from_client:
         make_client("http://bad", 1)
     assert listed in str(from_client.value)
+    from mas_sync import MASService
+
+    for starts in (Agent("a", redis_url="http://bad").start, MASService("http://bad").start):
+        with pytest.raises(ValueError) as refused:
+            starts()
+        assert listed in str(refused.value)
     with pytest.raises(ValueError, match="http://u:") as secret:
         check_redis_url("http://u:hunter2@host")
     assert "hunter2" not in str(secret.value)
