@@ -288,6 +288,31 @@ def redact_url(url: str) -> str:
 
 _PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 
+#: The URL schemes mas_sync takes, as written (case matters): redis-py's
+#: three, whose URLs redis-py reads, then Sentinel and Cluster.
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a URL whose scheme mas_sync does not take; the rest is checked on connect.
+
+    The error message lists every scheme of :data:`REDIS_URL_SCHEMES`, the
+    same wherever a URL is refused.
+
+    Raises:
+        TypeError: ``url`` is not a str.
+        ValueError: an unknown scheme (the URL is shown with its password
+            redacted).
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"a Redis URL must be a str, not {type(url).__name__}")
+    if url.startswith(REDIS_URL_SCHEMES):
+        return
+    raise ValueError(
+        f"invalid Redis URL {redact_url(url)!r}: it must start with one of"
+        f" {', '.join(REDIS_URL_SCHEMES)}"
+    )
+
 
 def make_client(
     url: str,
@@ -323,6 +348,7 @@ def make_client(
     )
     if client_name is not None:
         kwargs["client_name"] = client_name
+    check_redis_url(url)
     try:
         if is_sentinel_url(url):
             del kwargs["timeout"]  # redis-py's Sentinel pool does not block

@@ -162,3 +162,122 @@ def test_a_forked_child_starts_agents_of_its_own(make_agents, r) -> None:
     assert agents.running == {"echo": parent_echo}
     assert agents.request(parent_echo.id, {"text": "parent"}).payload["pid"] == os.getpid()
     assert not r.exists(f"agent:{child_id}")  # the child stopped its agent cleanly
+
+
+# -- finding declared agents by name (issue 10, item 6) --------------------------
+
+
+class Labelled(Echo):
+    def get_metadata(self):
+        return {"lang": "en"}
+
+
+def test_declared_agents_publish_their_name_and_are_found_by_it(make_agents, make_agent) -> None:
+    from mas_sync.contrib import NAME_KEY
+
+    agents = make_agents(AgentSpec("echo", Labelled, ["echo"]), AgentSpec("other"))
+    make_agent("stranger", Echo, capabilities=["echo"])  # not declared: no name
+    assert agents.find("echo") == []  # nothing runs yet; only the client starts
+    started = agents.start()
+    echo_id = started["echo"].id
+    assert agents.find("echo") == [echo_id]
+    assert agents.find("other") == [started["other"].id]
+    assert agents.find("nobody") == []
+    [found] = agents.discover(name="echo")
+    assert found == {
+        "id": echo_id, "capabilities": ["echo"], "metadata": {"lang": "en", NAME_KEY: "echo"}
+    }
+    assert [a["id"] for a in agents.discover(["echo"])] == sorted([echo_id, "stranger"])
+    assert agents.discover(["nlp"], name="echo") == []  # both must match
+    everyone = [a["id"] for a in agents.discover()]
+    assert {echo_id, started["other"].id, "stranger", agents.client.id} <= set(everyone)
+    with pytest.raises(ValueError, match="letters, digits"):
+        agents.find("a b")
+    with pytest.raises(TypeError):
+        agents.discover("echo")  # type: ignore[arg-type]
+
+
+def test_a_declared_agent_is_found_by_name_from_another_process(make_agents, redis_url) -> None:
+    code = (
+        "import sys\n"
+        "from mas_sync.contrib import AgentSpec, ProcessAgents\n"
+        "agents = ProcessAgents([AgentSpec('remote')], redis_url=sys.argv[1])\n"
+        "agents.start()\n"
+        "print(agents.agent_id('remote'), flush=True)\n"
+        "sys.stdin.read()\n"
+        "agents.stop()\n"
+    )
+    other = subprocess.Popen(
+        [sys.executable, "-c", code, redis_url],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        remote_id = other.stdout.readline().strip()
+        assert remote_id.endswith(f"-{other.pid}")
+        here = make_agents(AgentSpec("remote"))  # declared here too, running nowhere here
+        assert here.find("remote") == [remote_id]
+        assert here.running == {}
+    finally:
+        other.stdin.close()
+        other.wait(20)
+
+
+# -- options and URLs are checked when declared (issue 10, item 7) ---------------
+
+
+class Tuned(Agent):
+    def __init__(self, agent_id: str, *, tone: str = "plain", **kwargs) -> None:
+        super().__init__(agent_id, **kwargs)
+        self.tone = tone
+
+
+class Narrow(Agent):
+    def __init__(self, agent_id: str, redis_url: str = "redis://localhost:6379") -> None:
+        super().__init__(agent_id, redis_url=redis_url, **FAST)
+
+
+def test_options_are_checked_against_the_agent_class_signature() -> None:
+    with pytest.raises(ValueError, match=r"'max_wrkers'.*did you mean 'max_workers'"):
+        ProcessAgents([], redis_url="redis://x", agent_options={"max_wrkers": 2})
+    with pytest.raises(ValueError, match=r"agent 'a'.*'max_wrkers'"):
+        AgentSpec("a", options={"max_wrkers": 2})
+    with pytest.raises(ValueError, match="'agent_id'.*id format"):
+        AgentSpec("a", options={"agent_id": "fixed"})
+    AgentSpec("a", Tuned, options={"tone": "warm", "max_workers": 2})  # a subclass takes more
+    with pytest.raises(ValueError, match="'tone'"):
+        # Every agent, and the client (a plain Agent), gets MAS_AGENT_OPTIONS.
+        ProcessAgents([], redis_url="redis://x", agent_options={"tone": "warm"})
+    agents = ProcessAgents(
+        [AgentSpec("n", Narrow)], redis_url="redis://x", agent_options={"max_workers": 2}
+    )
+    with pytest.raises(ValueError, match=r"agent 'n'.*Narrow.*'max_workers'"):
+        agents.specs()
+    with pytest.raises(TypeError, match="option names"):
+        AgentSpec("a", options={1: 2})  # type: ignore[dict-item]
+
+
+def test_redis_urls_are_checked_against_every_scheme_mas_sync_takes() -> None:
+    from mas_sync._connection import REDIS_URL_SCHEMES, check_redis_url, make_client
+
+    assert REDIS_URL_SCHEMES == (
+        "redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://"
+    )
+    listed = ", ".join(REDIS_URL_SCHEMES)
+    with pytest.raises(ValueError, match="http://bad") as refused:
+        ProcessAgents([], redis_url="http://bad")
+    assert listed in str(refused.value)
+    with pytest.raises(ValueError) as from_client:
+        make_client("http://bad", 1)
+    assert listed in str(from_client.value)
+    from mas_sync import MASService
+
+    for starts in (Agent("a", redis_url="http://bad").start, MASService("http://bad").start):
+        with pytest.raises(ValueError) as refused:
+            starts()
+        assert listed in str(refused.value)
+    with pytest.raises(ValueError, match="http://u:") as secret:
+        check_redis_url("http://u:hunter2@host")
+    assert "hunter2" not in str(secret.value)
+    for url in ("redis://h:1/0", "rediss://h", "unix:///tmp/r.sock",
+                "redis+sentinel://h:1/main", "redis+cluster://h:1,h:2"):
+        check_redis_url(url)

@@ -57,6 +57,13 @@ def in_process(django_project, redis_url) -> Iterator[Any]:
 
 
 class OutsideSummarizer(Agent):
+    """A summarizer run outside the project, published under the declared name."""
+
+    def get_metadata(self) -> dict:
+        from mas_sync.contrib import NAME_KEY
+
+        return {NAME_KEY: "summarizer"}
+
     def on_message(self, message: AgentMessage) -> None:
         if message.expects_reply:
             message.reply({"summary": "from outside", "pid": 0})
@@ -141,6 +148,48 @@ def test_bad_settings_are_reported_by_the_system_check(django_project) -> None:
         django_project.agent("bare", Agent, capabilities="nlp")
 
 
+def e001(**overrides: Any) -> str:
+    """The message of the mas_sync.E001 error that ``run_checks()`` gives with ``overrides``."""
+    from django.core.checks import run_checks
+    from django.test import override_settings
+
+    with override_settings(**overrides):
+        [error] = [m for m in run_checks() if m.id == "mas_sync.E001"]
+    return error.msg
+
+
+def test_the_system_check_reports_unknown_agent_options(django_project) -> None:
+    from django.core.checks import run_checks
+
+    assert [m for m in run_checks() if m.id.startswith("mas_sync")] == []
+    msg = e001(MAS_AGENT_OPTIONS={"max_wrkers": 2})
+    assert "MAS_AGENT_OPTIONS" in msg and "'max_wrkers'" in msg and "'max_workers'" in msg
+    msg = e001(MAS_AGENTS={
+        "x": {"CLASS": "summaries.agents.Summarizer", "OPTIONS": {"heartbeat_intervall": 1}},
+    })
+    assert "MAS_AGENTS['x']" in msg and "'heartbeat_intervall'" in msg
+    assert "'agent_id'" in e001(MAS_AGENTS={"x": {"CLASS": "mas_sync.Agent",
+                                                   "OPTIONS": {"agent_id": "fixed"}}})
+
+
+def test_runagents_refuses_unknown_agent_options_with_a_clear_error(django_project) -> None:
+    from django.core.management import CommandError, call_command
+    from django.test import override_settings
+
+    with override_settings(MAS_AGENT_OPTIONS={"max_wrkers": 2}):
+        with pytest.raises(CommandError, match=r"MAS_AGENT_OPTIONS.*'max_wrkers'"):
+            call_command("runagents")
+
+
+def test_the_system_check_reports_a_redis_url_mas_sync_cannot_use(django_project) -> None:
+    from mas_sync._connection import REDIS_URL_SCHEMES
+
+    msg = e001(MAS_REDIS_URL="http://bad")
+    assert "MAS_REDIS_URL" in msg and "'http://bad'" in msg
+    assert ", ".join(REDIS_URL_SCHEMES) in msg
+    assert "redis+sentinel://" in msg and "redis+cluster://" in msg
+
+
 # -- real processes ---------------------------------------------------------------
 
 
@@ -186,6 +235,105 @@ def test_other_commands_start_no_agent_even_with_in_process_start(redis_url, r) 
         assert server.wait(30) == 0, server.output()
     assert "no issues" in server.output()
     assert r.keys("agent:*") == []
+
+
+def test_views_reach_the_agents_of_runagents_by_name_and_get_starts_none(
+    django_project, redis_url, r
+) -> None:
+    from django.test import Client, override_settings
+
+    from mas_sync import AgentNotRunningError
+
+    with run_server(manage("runagents"), cwd=PROJECT, env_extra={"REDIS_URL": redis_url}) as server:
+        summarizer = f"summarizer-{host_name()}-{server.pid}"
+        with override_settings(MAS_REDIS_URL=redis_url, MAS_AGENT_OPTIONS=FAST):
+            try:
+                mas = django_project
+                wait_until(lambda: mas.find("summarizer") == [summarizer], timeout=30,
+                           interval=0.05, message="runagents registers its summarizer")
+                response = Client().get("/summarize", {"text": "reached by name"})
+                assert response.status_code == 200, response.content
+                assert response.json()["answered_by"] == summarizer
+                assert response.json()["pid"] == server.pid
+                # The default mode: the web process never runs a declared agent.
+                with pytest.raises(AgentNotRunningError, match="runagents") as refused:
+                    mas.get("summarizer")
+                assert "mas.find('summarizer')" in str(refused.value)
+                with pytest.raises(KeyError, match="declared: echo, summarizer"):
+                    mas.get("nope")
+                assert mas.agents.running == {}
+                assert mas.find("summarizer") == [summarizer]  # no second copy
+                assert [a["id"] for a in mas.discover(["nlp"])] == [summarizer]
+                registered = {k for k in r.keys("agent:*") if k.count(":") == 1}
+                assert registered == {
+                    f"agent:{summarizer}", f"agent:echo-{host_name()}-{server.pid}",
+                    f"agent:{mas.client.id}",
+                }
+            finally:
+                django_project.stop()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.wait(15) == 0, server.output()
+
+
+def test_in_the_default_mode_get_returns_only_agents_that_run_here(
+    django_project, redis_url
+) -> None:
+    from django.test import override_settings
+
+    from mas_sync import AgentNotRunningError
+    from mas_sync.contrib.django import _settings
+
+    with override_settings(MAS_REDIS_URL=redis_url, MAS_AGENT_OPTIONS=FAST):
+        try:
+            with pytest.raises(AgentNotRunningError, match="runagents"):
+                django_project.get("echo")
+            assert django_project.agents.running == {}
+            echo = django_project.start(["echo"])["echo"]  # a process of one's own
+            assert django_project.get("echo") is echo
+            with pytest.raises(AgentNotRunningError):
+                django_project.get("summarizer")
+            django_project.stop()
+            # What runagents does: the agents it builds are the process's.
+            agents = _settings.build_process_agents(django_project.declared())
+            django_project._run_here(agents)
+            assert django_project.agents is agents
+            running = agents.start()
+            assert django_project.get("summarizer") is running["summarizer"]
+            assert django_project.find("summarizer") == [running["summarizer"].id]
+        finally:
+            django_project.stop()
+
+
+SHELL_CODE = """
+from mas_sync import AgentNotRunningError
+from mas_sync.contrib.django import mas
+try:
+    mas.get("summarizer")
+    print("get: started", mas.agents.running["summarizer"].id)
+except AgentNotRunningError as exc:
+    print("get: refused")
+print("nlp:", " ".join(a["id"] for a in mas.discover(["nlp"])))
+ids = mas.find("summarizer")
+print("find:", " ".join(ids))
+print("reply pid:", mas.request(ids[0], {"text": "from the shell"}, timeout=5).payload["pid"])
+"""
+
+
+def test_manage_shell_reaches_the_agents_by_name_and_starts_none(redis_url) -> None:
+    env = {"REDIS_URL": redis_url}
+    with run_server(manage("runagents"), cwd=PROJECT, env_extra=env) as agents:
+        summarizer = f"summarizer-{host_name()}-{agents.pid}"
+        wait_until(lambda: "Running 2 agent(s)" in agents.output(), timeout=30,
+                   interval=0.05, message="runagents starts its agents")
+        with run_server(manage("shell", "-c", SHELL_CODE), cwd=PROJECT, env_extra=env) as shell:
+            assert shell.wait(30) == 0, shell.output()
+        lines = shell.output().splitlines()
+        assert "get: refused" in lines, shell.output()
+        assert f"nlp: {summarizer}" in lines
+        assert f"find: {summarizer}" in lines
+        assert f"reply pid: {agents.pid}" in lines
+        agents.process.send_signal(signal.SIGTERM)
+        assert agents.wait(15) == 0, agents.output()
 
 
 def test_runserver_under_the_autoreloader_starts_the_agents_once(make_agent, redis_url) -> None:

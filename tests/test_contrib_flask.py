@@ -208,3 +208,48 @@ def test_the_readme_example_works(redis_url) -> None:
         assert response.get_json() == {"summary": "from the readme"}
     finally:
         namespace["mas"].stop(app)
+
+
+def test_views_find_declared_agents_by_name_through_the_client(redis_url, make_agent) -> None:
+    mas = MAS()
+    mas.agent("echo", Echo, capabilities=["echo"])
+    make_agent("stranger", Echo, capabilities=["echo"])  # not declared: no name
+    app = Flask("by-name")
+    app.config.update(MAS_REDIS_URL=redis_url, MAS_AGENT_OPTIONS=FAST)
+
+    @app.get("/ask")
+    def ask() -> Dict[str, Any]:
+        [target] = mas.find("echo")
+        return {"found": [a["id"] for a in mas.discover(["echo"])],
+                **mas.request(target, {"hello": "name"}).payload}
+
+    mas.init_app(app)
+    try:
+        echo_id = f"echo-{host_name()}-{os.getpid()}"
+        response = app.test_client().get("/ask")
+        assert response.get_json() == {
+            "found": sorted([echo_id, "stranger"]), "pid": os.getpid(), "hello": "name"
+        }
+        with app.app_context():
+            assert [a["id"] for a in mas.discover(name="echo")] == [echo_id]
+            assert mas.find("stranger") == []
+    finally:
+        mas.stop(app)
+
+
+def test_init_app_refuses_unknown_agent_options_and_redis_urls() -> None:
+    from mas_sync._connection import REDIS_URL_SCHEMES
+
+    bad = Flask("bad-options")
+    bad.config["MAS_AGENT_OPTIONS"] = {"max_wrkers": 2}
+    with pytest.raises(ValueError, match=r"MAS_AGENT_OPTIONS.*'max_wrkers'.*'max_workers'"):
+        MAS(bad)
+    bad = Flask("bad-url")
+    bad.config["MAS_REDIS_URL"] = "http://bad"
+    with pytest.raises(ValueError, match="MAS_REDIS_URL") as refused:
+        MAS(bad)
+    assert ", ".join(REDIS_URL_SCHEMES) in str(refused.value)
+    mas = MAS()
+    with pytest.raises(ValueError, match=r"agent 'echo'.*'max_wrkers'"):
+        mas.agent("echo", Echo, max_wrkers=2)
+    assert "mas" not in bad.extensions

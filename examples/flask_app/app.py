@@ -58,7 +58,7 @@ def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
     @app.get("/agents")
     def agents() -> Any:
         # Every summarizer on this Redis, whichever process runs it.
-        return jsonify(sorted(found["id"] for found in mas.client.discover(["nlp"])))
+        return jsonify(mas.find("summarizer"))
 
     return app
 

@@ -6,10 +6,12 @@
 
 Both run the agents an application declares through :class:`ProcessAgents`,
 which starts them at most once per process and again in a process whose id
-differs (a worker forked by a pre-fork server). This package imports neither
+differs (a worker forked by a pre-fork server). Declared agents publish their
+declared name in their registration metadata (:data:`NAME_KEY`), so that
+``find(name)`` gets their ids wherever they run. This package imports neither
 Flask nor Django; each integration imports its framework itself.
 """
 
-from ._process import DEFAULT_ID_FORMAT, AgentSpec, ProcessAgents
+from ._process import DEFAULT_ID_FORMAT, NAME_KEY, AgentSpec, ProcessAgents
 
-__all__ = ["DEFAULT_ID_FORMAT", "AgentSpec", "ProcessAgents"]
+__all__ = ["DEFAULT_ID_FORMAT", "NAME_KEY", "AgentSpec", "ProcessAgents"]

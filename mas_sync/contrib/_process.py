@@ -14,6 +14,8 @@ starts agents of its own, under ids of its own.
 from __future__ import annotations
 
 import atexit
+import difflib
+import inspect
 import logging
 import os
 import re
@@ -26,6 +28,7 @@ from typing import (
 )
 
 from .._agent import Agent
+from .._connection import check_redis_url
 from .._message import AgentMessage
 from .._wire import validate_agent_id
 
@@ -35,6 +38,11 @@ log = logging.getLogger(__name__)
 #: and the process id, so that the copies of one agent in several worker
 #: processes (on one machine or several) never share an id.
 DEFAULT_ID_FORMAT = "{name}-{host}-{pid}"
+
+#: The key of a declared agent's registration metadata that holds its
+#: declared name, so that :meth:`ProcessAgents.find` finds it wherever it runs.
+#: Set on top of what the agent's own ``get_metadata()`` returns.
+NAME_KEY = "declared_name"
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -69,6 +77,78 @@ def format_agent_id(id_format: str, name: str, pid: Optional[int] = None) -> str
     return validate_agent_id(agent_id, f"agent id made by the format {id_format!r}")
 
 
+def check_name(name: str, what: str = "agent name") -> str:
+    """``name`` if it is a valid declared name: letters, digits, ``-``, ``_``, ``.``.
+
+    Raises:
+        ValueError: it is not.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"{what} {name!r} must be letters, digits, '-', '_' or '.'")
+    return name
+
+
+def check_agent_options(cls: Type[Agent], options: Mapping[str, Any], where: str) -> None:
+    """Refuse options that ``cls(agent_id, **options)`` would not take.
+
+    Compares the names with the signature of ``cls.__init__`` (a subclass may
+    take more than :class:`~mas_sync.Agent`, or fewer). A class whose
+    ``__init__`` takes ``**kwargs`` is taken at its word. The agent id is
+    never an option: the id format makes it.
+
+    Args:
+        cls: The agent class the options are for.
+        options: The keyword arguments.
+        where: What holds them, for the message (``"MAS_AGENT_OPTIONS"``).
+
+    Raises:
+        TypeError: ``options`` is not a dict of str keys.
+        ValueError: an option ``cls`` does not take, named with what it takes.
+    """
+    if not isinstance(options, Mapping):
+        raise TypeError(f"{where} must be a dict of option names to values, not {options!r}")
+    if not all(isinstance(key, str) for key in options):
+        raise TypeError(f"{where}: option names must be str, not {sorted(map(repr, options))}")
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # less self
+    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    id_param = params[0].name if params and params[0].kind in positional else None
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    taken = {p.name for p in params if p.kind in by_keyword} - {id_param}
+    class_name = "mas_sync.Agent" if cls is Agent else f"{cls.__module__}.{cls.__qualname__}"
+    for key in options:
+        if key == id_param:
+            raise ValueError(
+                f"{where}: {key!r} is not an option: the id format makes the agent id"
+            )
+        if not open_ended and key not in taken:
+            close = difflib.get_close_matches(key, sorted(taken), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{where}: {class_name}() takes no option {key!r}{hint};"
+                f" it takes {', '.join(sorted(taken)) or 'none'}"
+            )
+
+
+def check_settings(redis_url: Optional[Any], agent_options: Any) -> None:
+    """Check ``MAS_REDIS_URL`` and ``MAS_AGENT_OPTIONS``, as Flask and Django read them.
+
+    The errors name the setting. ``redis_url`` None is not checked (another
+    source, such as a command-line option, gives the URL).
+
+    Raises:
+        TypeError, ValueError: a value mas_sync cannot use.
+    """
+    if redis_url is not None:
+        if not isinstance(redis_url, str) or not redis_url:
+            raise TypeError(f"MAS_REDIS_URL must be a non-empty str, not {redis_url!r}")
+        try:
+            check_redis_url(redis_url)
+        except ValueError as exc:
+            raise ValueError(f"MAS_REDIS_URL: {exc}") from None
+    check_agent_options(Agent, agent_options, "MAS_AGENT_OPTIONS")
+
+
 @dataclass(frozen=True)
 class AgentSpec:
     """An agent an application declares: what to build in each process.
@@ -82,7 +162,8 @@ class AgentSpec:
             (``"{name}"`` gives it a fixed id, for an agent that runs in one
             process only).
         options: More keyword arguments for ``cls``, such as
-            ``heartbeat_interval`` or ``max_workers``.
+            ``heartbeat_interval`` or ``max_workers``; checked against the
+            signature of ``cls``.
 
     Raises:
         TypeError, ValueError: a bad field, named in the message.
@@ -95,10 +176,7 @@ class AgentSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ValueError(
-                f"agent name {self.name!r} must be letters, digits, '-', '_' or '.'"
-            )
+        check_name(self.name)
         if not (isinstance(self.cls, type) and issubclass(self.cls, Agent)):
             raise TypeError(f"agent {self.name!r}: {self.cls!r} is not a mas_sync.Agent subclass")
         if isinstance(self.capabilities, str) or not isinstance(
@@ -112,6 +190,7 @@ class AgentSpec:
         if not isinstance(self.options, Mapping):
             raise TypeError(f"agent {self.name!r}: options must be a dict, not {self.options!r}")
         object.__setattr__(self, "options", dict(self.options))
+        check_agent_options(self.cls, self.options, f"agent {self.name!r}: options")
         if self.id_format is not None:
             format_agent_id(self.id_format, self.name)
 
@@ -141,8 +220,9 @@ class ProcessAgents:
             count).
         redis_url: Where Redis is.
         id_format: How ids are made of names (see :func:`format_agent_id`).
-        agent_options: Keyword arguments for every agent built (a spec's
-            ``options`` win).
+        agent_options: Keyword arguments for every agent built, the client
+            included (a spec's ``options`` win); checked against the
+            signatures of :class:`~mas_sync.Agent` and of each declared class.
         client_name: Name of the client agent, whose id is made by
             ``id_format`` too; it sends the requests of :meth:`request`.
         request_timeout: Default timeout of :meth:`request`, in seconds.
@@ -165,16 +245,15 @@ class ProcessAgents:
     ) -> None:
         if not isinstance(redis_url, str) or not redis_url:
             raise TypeError("redis_url must be a non-empty str")
-        if not _NAME.match(str(client_name)):
-            raise ValueError(
-                f"client name {client_name!r} must be letters, digits, '-', '_' or '.'"
-            )
+        check_redis_url(redis_url)
+        check_name(client_name, "client name")
         format_agent_id(id_format, client_name)
         for what, value in (("request_timeout", request_timeout), ("stop_timeout", stop_timeout)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{what} must be a positive number of seconds, not {value!r}")
-        if agent_options is not None and not isinstance(agent_options, Mapping):
-            raise TypeError(f"agent_options must be a dict, not {agent_options!r}")
+        if agent_options is not None:
+            # The client is a plain Agent: every option must suit Agent.
+            check_agent_options(Agent, agent_options, "agent_options")
         self._specs: Callable[[], Iterable[AgentSpec]] = (
             specs if callable(specs) else (lambda fixed=tuple(specs): fixed)
         )
@@ -201,7 +280,9 @@ class ProcessAgents:
         """The declared agents.
 
         Raises:
-            ValueError: two declarations share a name.
+            TypeError: a declaration that is no :class:`AgentSpec`.
+            ValueError: two declarations share a name, or a declared class
+                does not take an option of ``agent_options``.
         """
         specs = list(self._specs())
         seen = set()
@@ -211,6 +292,10 @@ class ProcessAgents:
             if spec.name in seen:
                 raise ValueError(f"agent {spec.name!r} is declared twice")
             seen.add(spec.name)
+            if spec.cls is not Agent:
+                check_agent_options(
+                    spec.cls, self.agent_options, f"agent {spec.name!r}: agent_options"
+                )
         return specs
 
     def agent_id(self, name: str) -> str:
@@ -366,13 +451,59 @@ class ProcessAgents:
         """Send ``payload`` to ``target_id`` through the client agent; returns the message id."""
         return self.client.send(target_id, payload)
 
+    def discover(
+        self, capabilities: Optional[List[str]] = None, *, name: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
+        """The live agents on this Redis, whichever process runs them, through the client.
+
+        Runs in the calling thread; starts the client agent if needed, and no
+        declared agent.
+
+        Args:
+            capabilities: Keep agents having at least one of them (None or
+                empty: every agent), as :meth:`mas_sync.Agent.discover`.
+            name: Keep only agents declared under this name (whose
+                registration metadata holds it under :data:`NAME_KEY`).
+
+        Returns:
+            ``{"id", "capabilities", "metadata"}`` per agent, sorted by id.
+
+        Raises:
+            TypeError, ValueError: bad ``capabilities`` or ``name``.
+            MASConnectionError: Redis could not be reached.
+        """
+        if name is not None:
+            check_name(name)
+        found = self.client.discover(capabilities)
+        if name is None:
+            return found
+        return [agent for agent in found if agent["metadata"].get(NAME_KEY) == name]
+
+    def find(self, name: str) -> List[str]:
+        """The ids of the live agents declared under ``name``, wherever they run.
+
+        Each process that runs the declared agent ``name`` (a ``runagents``
+        process, a web worker) adds one id. Runs in the calling thread;
+        starts the client agent if needed, and no declared agent. An empty
+        list means none runs now.
+
+        Raises:
+            ValueError: ``name`` is not a valid name.
+            MASConnectionError: Redis could not be reached.
+        """
+        return [agent["id"] for agent in self.discover(name=name)]
+
     # -- internals -------------------------------------------------------------
 
     def _spec(self, name: str) -> AgentSpec:
-        for spec in self.specs():
+        specs = self.specs()
+        for spec in specs:
             if spec.name == name:
                 return spec
-        raise KeyError(f"no agent named {name!r} is declared")
+        raise KeyError(
+            f"no agent named {name!r} is declared"
+            f" (declared: {', '.join(sorted(s.name for s in specs)) or 'none'})"
+        )
 
     def _build(self, spec: AgentSpec) -> Agent:
         kwargs: Dict[str, Any] = {
@@ -381,7 +512,9 @@ class ProcessAgents:
             **self.agent_options,
             **spec.options,
         }
-        return spec.cls(format_agent_id(spec.id_format or self.id_format, spec.name), **kwargs)
+        agent = spec.cls(format_agent_id(spec.id_format or self.id_format, spec.name), **kwargs)
+        _publish_name(agent, spec.name)
+        return agent
 
     def _adopt_process(self) -> None:
         # Called with the lock held. Agents tagged with another process id
@@ -405,6 +538,19 @@ class ProcessAgents:
             agent.stop(timeout=timeout)
         except Exception:  # pragma: no cover - stop() logs its own troubles
             log.exception("Agent %s: stop failed", agent.id)
+
+
+def _publish_name(agent: Agent, name: str) -> None:
+    # The registration's metadata is what the agent's get_metadata() returns
+    # (called by start(), in the thread that calls it), with the declared
+    # name on top. A result that is no dict is left for start() to refuse.
+    own = agent.get_metadata
+
+    def get_metadata() -> Dict[str, Any]:
+        metadata = own()
+        return {**metadata, NAME_KEY: name} if isinstance(metadata, dict) else metadata
+
+    agent.get_metadata = get_metadata  # type: ignore[method-assign]
 
 
 def _after_fork_in_child() -> None:

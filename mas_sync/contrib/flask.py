@@ -24,6 +24,10 @@
             reply = mas.request(mas.get("summarizer").id, {"text": "..."})
             return reply.payload
 
+        @app.get("/summarizers")
+        def summarizers():
+            return {"ids": mas.find("summarizer")}  # every process's
+
         return app
 
 Configuration keys, read by :meth:`MAS.init_app`:
@@ -35,7 +39,9 @@ Configuration keys, read by :meth:`MAS.init_app`:
     ``{pid}`` (default ``{name}-{host}-{pid}``, so that the copies of an agent
     in several worker processes never share an id).
 ``MAS_AGENT_OPTIONS``
-    Keyword arguments for every agent (``heartbeat_interval``, ...).
+    Keyword arguments for every agent, the client included
+    (``heartbeat_interval``, ...); an option that :class:`~mas_sync.Agent`
+    does not take is refused by :meth:`MAS.init_app`.
 ``MAS_CLIENT_NAME``
     Name of the client agent that sends the requests of views (default ``web``).
 ``MAS_REQUEST_TIMEOUT``
@@ -53,6 +59,12 @@ Werkzeug reloader's watcher process, not in the master of
 that serves, and again in any process whose id differs from the one that
 started them (see :class:`mas_sync.contrib.ProcessAgents`). They are stopped
 when the process exits.
+
+Views reach agents through this process's client agent: :meth:`MAS.find`
+gives the ids of the agents declared under a name, wherever they run,
+:meth:`MAS.discover` finds agents by capability, and :meth:`MAS.request` and
+:meth:`MAS.send` talk to them. :meth:`MAS.get` gives this process's own copy
+of a declared agent, started if need be.
 """
 
 from __future__ import annotations
@@ -63,7 +75,7 @@ from flask import Flask, current_app
 
 from .._agent import Agent
 from .._message import AgentMessage
-from ._process import DEFAULT_ID_FORMAT, AgentSpec, ProcessAgents
+from ._process import DEFAULT_ID_FORMAT, AgentSpec, ProcessAgents, check_settings
 
 __all__ = ["EXTENSION_KEY", "MAS"]
 
@@ -145,6 +157,8 @@ class MAS:
         """Read the ``MAS_*`` configuration and attach the agents to ``app``.
 
         Starts nothing: see the module's documentation for when agents start.
+        ``MAS_REDIS_URL`` must use a scheme mas_sync takes, and
+        ``MAS_AGENT_OPTIONS`` only options that :class:`~mas_sync.Agent` takes.
 
         Raises:
             RuntimeError: ``app`` is initialised already.
@@ -155,6 +169,7 @@ class MAS:
         for key, value in _DEFAULTS.items():
             app.config.setdefault(key, value)
         config = app.config
+        check_settings(config["MAS_REDIS_URL"], config["MAS_AGENT_OPTIONS"])
         agents = ProcessAgents(
             lambda: tuple(self._specs),
             redis_url=config["MAS_REDIS_URL"],
@@ -226,6 +241,24 @@ class MAS:
     def send(self, target_id: str, payload: Dict[str, Any]) -> str:
         """Send ``payload`` to ``target_id`` from the client agent; returns the message id."""
         return self.agents().send(target_id, payload)
+
+    def discover(
+        self, capabilities: Optional[List[str]] = None, *, name: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
+        """The live agents with one of ``capabilities`` (and declared as ``name``), anywhere.
+
+        Asks through the client agent; starts no declared agent. See
+        :meth:`mas_sync.contrib.ProcessAgents.discover`.
+        """
+        return self.agents().discover(capabilities, name=name)
+
+    def find(self, name: str) -> List[str]:
+        """The ids of the live agents declared as ``name``, whichever process runs them.
+
+        Asks through the client agent; starts no declared agent. An empty list
+        means none runs now. See :meth:`mas_sync.contrib.ProcessAgents.find`.
+        """
+        return self.agents().find(name)
 
 
 def _ensure_started() -> None:

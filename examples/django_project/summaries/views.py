@@ -7,11 +7,17 @@ from mas_sync.contrib.django import mas
 
 
 def summarize(request: HttpRequest) -> JsonResponse:
-    """Ask one of the running summarizers, wherever it runs, and return its answer."""
-    found = mas.client.discover(["nlp"])
+    """Ask one of the running summarizers, wherever it runs, and return its answer.
+
+    By default the agents run under ``manage.py runagents``, not in this
+    process: ``mas.find()`` gives the ids of the agents declared as
+    "summarizer" in whichever processes run them, and this process's client
+    agent asks one.
+    """
+    found = mas.find("summarizer")
     if not found:
         return JsonResponse({"error": "no summarizer is running"}, status=503)
-    target = random.choice(found)["id"]
+    target = random.choice(found)
     try:
         reply = mas.request(target, {"text": request.GET.get("text", "")}, timeout=5)
     except RequestTimeout:
@@ -21,4 +27,4 @@ def summarize(request: HttpRequest) -> JsonResponse:
 
 def agents(request: HttpRequest) -> JsonResponse:
     """Every agent registered on this Redis."""
-    return JsonResponse(sorted(found["id"] for found in mas.client.discover()), safe=False)
+    return JsonResponse([found["id"] for found in mas.discover()], safe=False)

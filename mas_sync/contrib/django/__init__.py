@@ -12,7 +12,7 @@
     How ids are made of names: ``{name}``, ``{host}``, ``{pid}`` (default
     ``{name}-{host}-{pid}``).
 ``MAS_AGENT_OPTIONS``
-    Keyword arguments for every agent.
+    Keyword arguments for every agent and the client.
 ``MAS_CLIENT_NAME``
     Name of the client agent that sends for views (default ``web``).
 ``MAS_REQUEST_TIMEOUT``, ``MAS_STOP_TIMEOUT``
@@ -23,8 +23,15 @@
     started on its first request (in ``runserver``'s serving process, at once
     from ``AppConfig.ready()``), once per process id.
 
-In views, ``from mas_sync.contrib.django import mas`` and
-``mas.request(target_id, payload)``.
+``manage.py check`` reports a setting that cannot be used (``mas_sync.E001``):
+an unknown Redis URL scheme, an option that the agent's class does not take,
+and the rest.
+
+In views, ``from mas_sync.contrib.django import mas``: ``mas.find(name)`` gives
+the ids of the agents declared as ``name``, wherever they run, and
+``mas.request(agent_id, payload)`` asks one, through this process's client
+agent. With ``MAS_START_IN_PROCESS`` False, ``mas.get(name)`` starts no agent
+outside ``runagents``: it raises ``AgentNotRunningError``.
 """
 
 from ._runtime import MAS, mas

@@ -12,9 +12,15 @@ from ._runtime import mas
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> List[checks.CheckMessage]:
-    """Errors for ``MAS_*`` settings that cannot be used, before any agent starts."""
+    """Errors for ``MAS_*`` settings that cannot be used, before any agent starts.
+
+    Covers every value an agent would be built from: the Redis URL's scheme,
+    the id format, the timeouts, each entry of ``MAS_AGENTS``, and the names
+    in ``MAS_AGENT_OPTIONS`` and in each agent's ``OPTIONS``, compared with
+    the signature of the class that takes them.
+    """
     try:
-        _settings.build_process_agents(mas.declared()).specs()
+        _settings.declared_specs(_settings.build_process_agents(mas.declared()))
     except ImproperlyConfigured as exc:
         return [
             checks.Error(

@@ -11,6 +11,7 @@ from django.core.signals import request_started, setting_changed
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
 from ..._agent import Agent
+from ..._errors import AgentNotRunningError
 from ..._message import AgentMessage
 from .._process import AgentSpec, ProcessAgents
 from . import _settings
@@ -24,8 +25,10 @@ class MAS:
     Agents come from the ``MAS_AGENTS`` setting and from :meth:`agent`
     declarations in code. They run in a dedicated process
     (``manage.py runagents``) or, with ``MAS_START_IN_PROCESS = True``, in each
-    web process, started there once (see the package's documentation). Every
-    method is thread-safe and runs in the calling thread.
+    web process, started there once (see the package's documentation). Views
+    and commands reach them, wherever they run, through this process's client
+    agent: :meth:`find`, :meth:`discover`, :meth:`request`, :meth:`send`.
+    Every method is thread-safe and runs in the calling thread.
     """
 
     def __init__(self) -> None:
@@ -97,8 +100,36 @@ class MAS:
             agents.stop(timeout)
 
     def get(self, name: str) -> Agent:
-        """The declared agent ``name`` running in this process, started if needed."""
-        return self.agents.get(name)
+        """The declared agent ``name`` running in this process.
+
+        With ``MAS_START_IN_PROCESS = True`` it is started here if it does not
+        run yet. In the default mode the declared agents run under
+        ``manage.py runagents``, and ``get()`` starts none: it returns an
+        agent only in a process that runs it (``runagents`` itself, or one
+        that called :meth:`start`). Elsewhere (a view, ``manage.py shell``),
+        use :meth:`find` and :meth:`request`.
+
+        Raises:
+            KeyError: no agent of that name is declared.
+            AgentNotRunningError: the default mode, and the agent does not
+                run in this process.
+            ImproperlyConfigured: a ``MAS_*`` setting with a bad value.
+            MASConnectionError, StateError: as :meth:`mas_sync.Agent.start`.
+        """
+        agents = self.agents
+        if start_in_process_enabled():
+            return agents.get(name)
+        agent = agents.running.get(name)
+        if agent is not None:
+            return agent
+        agents.agent_id(name)  # KeyError for a name that is not declared
+        raise AgentNotRunningError(
+            f"agent {name!r} does not run in this process, and mas.get() starts none here:"
+            " with MAS_START_IN_PROCESS = False the declared agents run under"
+            f" 'manage.py runagents'. Reach them through this process's client:"
+            f" mas.find({name!r}) gives their ids, mas.request(agent_id, payload) asks"
+            " one, mas.send(agent_id, payload) tells it."
+        )
 
     @property
     def client(self) -> Agent:
@@ -118,6 +149,33 @@ class MAS:
     def send(self, target_id: str, payload: Dict[str, Any]) -> str:
         """Send ``payload`` to ``target_id`` from the client agent; returns the message id."""
         return self.agents.send(target_id, payload)
+
+    def discover(
+        self, capabilities: Optional[List[str]] = None, *, name: Optional[str] = None
+    ) -> List[Dict[str, Any]]:
+        """The live agents with one of ``capabilities`` (and declared as ``name``), anywhere.
+
+        Asks through the client agent; starts no declared agent. See
+        :meth:`mas_sync.contrib.ProcessAgents.discover`.
+        """
+        return self.agents.discover(capabilities, name=name)
+
+    def find(self, name: str) -> List[str]:
+        """The ids of the live agents declared as ``name``, whichever process runs them.
+
+        Asks through the client agent; starts no declared agent. An empty list
+        means none runs now (is ``runagents`` running?). See
+        :meth:`mas_sync.contrib.ProcessAgents.find`.
+        """
+        return self.agents.find(name)
+
+    def _run_here(self, agents: ProcessAgents) -> None:
+        # For runagents: the agents it builds (with its --redis-url and
+        # --id-format) are this process's, for get() in their handlers.
+        with self._lock:
+            previous, self._agents = self._agents, agents
+        if previous is not None and previous is not agents:
+            previous.stop()
 
     def _reset(self) -> None:
         # Settings changed (override_settings in tests): stop what runs here,

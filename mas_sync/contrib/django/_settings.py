@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .._process import DEFAULT_ID_FORMAT, AgentSpec, ProcessAgents
+from .._process import DEFAULT_ID_FORMAT, AgentSpec, ProcessAgents, check_settings
 
 #: Every setting the integration reads, with its default.
 DEFAULTS: Dict[str, Any] = {
@@ -98,11 +98,15 @@ def build_process_agents(
 
     ``declared_in_code`` is read again each time agents start. ``redis_url``
     and ``id_format`` override ``MAS_REDIS_URL`` and ``MAS_AGENT_ID_FORMAT``.
+    ``MAS_REDIS_URL`` must use a scheme mas_sync takes, and the options of
+    ``MAS_AGENT_OPTIONS`` and of each agent's ``OPTIONS`` must be keyword
+    arguments that the agent's class takes.
 
     Raises:
         ImproperlyConfigured: a setting with a bad value, named.
     """
     try:
+        check_settings(None if redis_url else get("MAS_REDIS_URL"), get("MAS_AGENT_OPTIONS"))
         return ProcessAgents(
             lambda: agent_specs(declared_in_code),
             redis_url=redis_url or get("MAS_REDIS_URL"),
@@ -112,5 +116,18 @@ def build_process_agents(
             request_timeout=get("MAS_REQUEST_TIMEOUT"),
             stop_timeout=get("MAS_STOP_TIMEOUT"),
         )
+    except (TypeError, ValueError) as exc:
+        raise ImproperlyConfigured(f"mas_sync settings: {exc}") from exc
+
+
+def declared_specs(agents: ProcessAgents) -> List[AgentSpec]:
+    """The agents that ``agents`` declares, each checked with the settings.
+
+    Raises:
+        ImproperlyConfigured: a bad declaration, or ``MAS_AGENT_OPTIONS``
+            with an option that a declared class does not take.
+    """
+    try:
+        return agents.specs()
     except (TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"mas_sync settings: {exc}") from exc

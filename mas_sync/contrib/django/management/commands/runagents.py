@@ -48,8 +48,10 @@ class Command(BaseCommand):
             agents = _settings.build_process_agents(
                 mas.declared(), redis_url=options["redis_url"], id_format=options["id_format"]
             )
-            if not agents.specs():
+            if not _settings.declared_specs(agents):
                 raise CommandError("no agents are declared: add some to MAS_AGENTS, or in code")
+            # This process runs the agents: mas.get() in their handlers finds them.
+            mas._run_here(agents)
             running = agents.start(options["agent_names"])
         except KeyError as exc:
             raise CommandError(exc.args[0]) from None
