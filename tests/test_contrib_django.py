@@ -202,7 +202,7 @@ def test_runagents_runs_the_agents_until_a_signal_stops_them(
     make_agent, redis_url, r, signum
 ) -> None:
     probe = make_agent("probe")
-    with run_server(manage("runagents"), cwd=PROJECT, env_extra={"REDIS_URL": redis_url}) as server:
+    with run_server(manage("runagents"), cwd=PROJECT, env_extra={"MAS_REDIS_URL": redis_url}) as server:
         found = wait_until(
             lambda: len(probe.discover(["nlp", "echo"])) == 2 and probe.discover(["nlp", "echo"]),
             timeout=30, interval=0.05, message="runagents registers its two agents",
@@ -223,14 +223,14 @@ def test_runagents_runs_the_agents_until_a_signal_stops_them(
 
 def test_runagents_refuses_an_unknown_agent(redis_url) -> None:
     with run_server(
-        manage("runagents", "--agent", "nope"), cwd=PROJECT, env_extra={"REDIS_URL": redis_url}
+        manage("runagents", "--agent", "nope"), cwd=PROJECT, env_extra={"MAS_REDIS_URL": redis_url}
     ) as server:
         assert server.wait(30) == 1
     assert "no agent named 'nope' is declared (declared: echo, summarizer)" in server.output()
 
 
 def test_other_commands_start_no_agent_even_with_in_process_start(redis_url, r) -> None:
-    env = {"REDIS_URL": redis_url, "MAS_START_IN_PROCESS": "1"}
+    env = {"MAS_REDIS_URL": redis_url, "MAS_START_IN_PROCESS": "1"}
     with run_server(manage("check"), cwd=PROJECT, env_extra=env) as server:
         assert server.wait(30) == 0, server.output()
     assert "no issues" in server.output()
@@ -244,7 +244,7 @@ def test_views_reach_the_agents_of_runagents_by_name_and_get_starts_none(
 
     from mas_sync import AgentNotRunningError
 
-    with run_server(manage("runagents"), cwd=PROJECT, env_extra={"REDIS_URL": redis_url}) as server:
+    with run_server(manage("runagents"), cwd=PROJECT, env_extra={"MAS_REDIS_URL": redis_url}) as server:
         summarizer = f"summarizer-{host_name()}-{server.pid}"
         with override_settings(MAS_REDIS_URL=redis_url, MAS_AGENT_OPTIONS=FAST):
             try:
@@ -320,7 +320,7 @@ print("reply pid:", mas.request(ids[0], {"text": "from the shell"}, timeout=5).p
 
 
 def test_manage_shell_reaches_the_agents_by_name_and_starts_none(redis_url) -> None:
-    env = {"REDIS_URL": redis_url}
+    env = {"MAS_REDIS_URL": redis_url}
     with run_server(manage("runagents"), cwd=PROJECT, env_extra=env) as agents:
         summarizer = f"summarizer-{host_name()}-{agents.pid}"
         wait_until(lambda: "Running 2 agent(s)" in agents.output(), timeout=30,
@@ -339,7 +339,7 @@ def test_manage_shell_reaches_the_agents_by_name_and_starts_none(redis_url) -> N
 def test_runserver_under_the_autoreloader_starts_the_agents_once(make_agent, redis_url) -> None:
     port = free_port()
     probe = make_agent("probe")
-    env = {"REDIS_URL": redis_url, "MAS_START_IN_PROCESS": "1"}
+    env = {"MAS_REDIS_URL": redis_url, "MAS_START_IN_PROCESS": "1"}
     with run_server(manage("runserver", f"127.0.0.1:{port}"), cwd=PROJECT, env_extra=env) as server:
         # Started by ready() in the serving process, before any request.
         [summarizer] = wait_until(

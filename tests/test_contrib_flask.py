@@ -143,9 +143,9 @@ def summarizers(probe: Agent) -> Dict[str, int]:
 def test_the_werkzeug_reloader_starts_the_agents_once(make_agent, redis_url) -> None:
     port = free_port()
     probe = make_agent("probe")
-    args = ["-m", "flask", "--app", "examples/flask_app/app.py", "run", "--reload",
+    args = ["-m", "flask", "--app", "examples/flask_app/app.py:create_app", "run", "--reload",
             "--host", "127.0.0.1", "--port", str(port)]
-    with run_server(args, env_extra={"REDIS_URL": redis_url}) as server:
+    with run_server(args, env_extra={"MAS_REDIS_URL": redis_url}) as server:
         body = wait_until(
             lambda: http_get(f"http://127.0.0.1:{port}/summarize?text=once+only"),
             timeout=30, interval=0.1, message="the development server answers",
@@ -165,14 +165,14 @@ def gunicorn_args(port: int) -> Tuple[str, ...]:
             "-c", os.path.join(EXAMPLE_DIR, "gunicorn.conf.py"), "--chdir", EXAMPLE_DIR)
     if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
         args += ("--no-control-socket",)  # gunicorn 24+: no socket in $HOME
-    return args + ("app:app",)
+    return args + ("app:create_app()",)
 
 
 def test_gunicorn_preload_two_workers_each_run_agents_that_answer(make_agent, redis_url, r) -> None:
     port = free_port()
     probe = make_agent("probe")
     started = time.monotonic()
-    with run_server(list(gunicorn_args(port)), env_extra={"REDIS_URL": redis_url}) as server:
+    with run_server(list(gunicorn_args(port)), env_extra={"MAS_REDIS_URL": redis_url}) as server:
         found = wait_until(
             lambda: len(summarizers(probe)) == 2 and summarizers(probe),
             timeout=30, interval=0.05, message="two workers' summarizers register",

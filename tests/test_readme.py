@@ -44,3 +44,17 @@ def test_ci_runs_the_readme_test_command() -> None:
     install = re.search(r'pip install -e "\.\[test\]"', command)
     assert install and 'pip install -q -e ".[test]"' in ci
     assert ci.rstrip().endswith("python -m pytest")
+
+
+def test_the_readme_runs_the_example_apps_as_the_tests_do() -> None:
+    from .test_contrib_flask import gunicorn_args
+
+    flask_run = literal_block_after("the development server (port 5000) runs it as")
+    assert "MAS_REDIS_URL=" in flask_run
+    assert "flask --app examples/flask_app/app.py:create_app run" in flask_run
+    assert "127.0.0.1:5000/" in flask_run
+    gunicorn = literal_block_after("with two workers on port 8000, as")
+    assert "MAS_REDIS_URL=" in gunicorn and "127.0.0.1:8000/" in gunicorn
+    assert f"'{gunicorn_args(8000)[-1]}'" in gunicorn
+    django = literal_block_after("The example project\nruns as")
+    assert django.count("MAS_REDIS_URL=") == 2

@@ -1,18 +1,18 @@
 #!/usr/bin/env python
 """The example Django project's manage.py.
 
-It needs a Redis: set REDIS_URL (default redis://localhost:6379). Run the
+It needs a Redis: set MAS_REDIS_URL (default redis://localhost:6379). Run the
 agents in a process of their own, and the site beside them:
 
     cd examples/django_project
-    REDIS_URL=redis://localhost:6379/0 python manage.py runagents
-    REDIS_URL=redis://localhost:6379/0 python manage.py runserver
+    MAS_REDIS_URL=redis://localhost:6379/0 python manage.py runagents
+    MAS_REDIS_URL=redis://localhost:6379/0 python manage.py runserver
     curl 'http://127.0.0.1:8000/summarize?text=agents+in+a+django+project'
 
 Or run the agents inside the web process instead (started once, in the
 serving process only, never in the autoreloader's watcher):
 
-    REDIS_URL=redis://localhost:6379/0 MAS_START_IN_PROCESS=1 python manage.py runserver
+    MAS_REDIS_URL=redis://localhost:6379/0 MAS_START_IN_PROCESS=1 python manage.py runserver
 """
 
 import os

@@ -1,17 +1,18 @@
 """A Flask app whose agents run in each process that serves it.
 
-It needs a Redis: set REDIS_URL (default redis://localhost:6379). With the
-development server and its reloader (agents start in the serving process only,
-on its first request):
+It needs a Redis: set MAS_REDIS_URL (default redis://localhost:6379). The app
+is made by the factory ``create_app``. With the development server and its
+reloader (agents start in the serving process only, on its first request):
 
-    REDIS_URL=redis://localhost:6379/0 flask --app examples/flask_app/app.py run --reload
+    MAS_REDIS_URL=redis://localhost:6379/0 flask --app examples/flask_app/app.py:create_app run --reload
     curl 'http://127.0.0.1:5000/summarize?text=agents+in+a+flask+app'
 
-Under gunicorn, two workers forked from a preloaded app, each starting agents
-of its own when it boots (see gunicorn.conf.py beside this file):
+Under gunicorn (``pip install gunicorn``), two workers forked from a preloaded
+app, each starting agents of its own when it boots (see gunicorn.conf.py
+beside this file):
 
-    REDIS_URL=redis://localhost:6379/0 gunicorn --preload -w 2 -b 127.0.0.1:8000 \\
-        -c examples/flask_app/gunicorn.conf.py --chdir examples/flask_app app:app
+    MAS_REDIS_URL=redis://localhost:6379/0 gunicorn --preload -w 2 -b 127.0.0.1:8000 \\
+        -c examples/flask_app/gunicorn.conf.py --chdir examples/flask_app 'app:create_app()'
     curl http://127.0.0.1:8000/agents
 """
 
@@ -41,7 +42,7 @@ class Summarizer(Agent):
 def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
     """The application factory; ``config`` overrides the defaults."""
     app = Flask(__name__)
-    app.config["MAS_REDIS_URL"] = os.environ.get("REDIS_URL", "redis://localhost:6379")
+    app.config["MAS_REDIS_URL"] = os.environ.get("MAS_REDIS_URL", "redis://localhost:6379")
     app.config.update(config or {})
     mas.init_app(app)
 
@@ -61,6 +62,3 @@ def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
         return jsonify(mas.find("summarizer"))
 
     return app
-
-
-app = create_app()

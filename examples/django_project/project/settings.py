@@ -16,7 +16,7 @@ DATABASES = {}
 USE_TZ = True
 
 # mas_sync
-MAS_REDIS_URL = os.environ.get("REDIS_URL", "redis://localhost:6379")
+MAS_REDIS_URL = os.environ.get("MAS_REDIS_URL", "redis://localhost:6379")
 # Agents declared in settings; summaries/agents.py declares one more in code.
 MAS_AGENTS = {
     "summarizer": {
