@@ -225,23 +225,24 @@ def test_prune_dead_skips_foreign_keys(where) -> None:
     assert client.pttl(b"agent:\xff") == -1
 
 
-def test_a_registration_that_turns_into_a_string_while_judged(redis_url, r, monkeypatch) -> None:
+def test_a_registration_that_turns_into_a_string_while_judged(where, monkeypatch) -> None:
     # Between the read of a check and its mark, a key read as a dead
     # registration is replaced by a string: the rest of the batch is judged.
+    url, client = where
     for n in range(5):
-        _write(r, f"agent:ghost-{n}".encode(), _fields(f"ghost-{n}".encode()), beating=False)
+        _write(client, b"agent:ghost-%d" % n, _fields(b"ghost-%d" % n), beating=False)
     real = AgentRegistry._read_liveness
 
     def read_then_replace(self, agent_ids):
         found = real(self, agent_ids)
-        r.delete("agent:ghost-0")
-        r.set("agent:ghost-0", "now a string")
+        client.delete(b"agent:ghost-0")
+        client.set(b"agent:ghost-0", b"now a string")
         return found
 
-    with MASService(redis_url, heartbeat_timeout=0, check_interval=60) as service:
+    with MASService(url, heartbeat_timeout=0, check_interval=60) as service:
         monkeypatch.setattr(AgentRegistry, "_read_liveness", read_then_replace)
         assert service.check_health() == [f"ghost-{n}" for n in range(1, 5)]
-    assert r.get("agent:ghost-0") == "now a string"
+    assert client.get(b"agent:ghost-0") == b"now a string"
 
 
 def test_strict_parsing_keeps_every_valid_number(r) -> None:
