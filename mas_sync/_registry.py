@@ -64,7 +64,8 @@ for _, key in ipairs(page[2]) do
       end
       if match and redis.call('EXISTS', key .. ARGV[3]) == 1 then
         local n = #entries
-        entries[n + 1], entries[n + 2], entries[n + 3], entries[n + 4] = key, id, caps_text, meta_text
+        entries[n + 1], entries[n + 2] = key, id
+        entries[n + 3], entries[n + 4] = caps_text, meta_text
         if readable then
           good[#good + 1] = '[' .. cjson.encode(id) .. ',' .. caps_text .. ',' .. meta_text .. ']'
         else
