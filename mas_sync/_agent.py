@@ -82,6 +82,11 @@ class AgentStats:
         listener_restarts: Times the listener failed for another reason
             (Redis refused to subscribe, an unexpected error) and was
             started again.
+        skipped_registrations: Registrations that ``discover()`` skipped,
+            summed over calls, because they could not be read (fields that
+            are not strict JSON of the right shape or not UTF-8, an ``id``
+            that does not name its key); each such key is also logged once
+            per run.
     """
 
     received: int = 0
@@ -96,6 +101,7 @@ class AgentStats:
     disconnects: int = 0
     reconnects: int = 0
     listener_restarts: int = 0
+    skipped_registrations: int = 0
 
 
 class _Counters:
@@ -750,7 +756,9 @@ class _Runtime:
         )
         # PUBLISH, or SPUBLISH on a cluster: chosen once, not on every send.
         self.publish = self.client.spublish if is_cluster(self.client) else self.client.publish
-        self.registry = AgentRegistry(self.client)
+        self.registry = AgentRegistry(
+            self.client, on_skip=lambda n: self.counters.add("skipped_registrations", n)
+        )
         self.state = StateManager(agent.id, self.client, agent._mas_state_model)
         try:
             ping(self.client, self.url)

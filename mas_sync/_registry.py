@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import redis
+from redis.client import NEVER_DECODE
 
 from . import _wire
 from ._connection import is_cluster, publish
@@ -19,41 +21,64 @@ log = logging.getLogger(__name__)
 # Keys fetched per SCAN call and per batch of reads in discover().
 _SCAN_COUNT = 2000
 
+# The option that has redis-py return a reply as bytes, whatever the client decodes.
+_RAW: Dict[str, Any] = {NEVER_DECODE: True}
+
+# Keys a registry remembers having logged as unreadable (the oldest forgotten first).
+_LOGGED_KEYS = 1024
+
 # discover() on one server, one SCAN page per call: ARGV[1] is the cursor,
-# ARGV[2] the COUNT, ARGV[3] the suffix of heartbeat keys, ARGV[4:] the
-# capabilities wanted (any, when none). Of the registration hashes on the page,
-# those ACTIVE, whose heartbeat key exists, and having one of the capabilities
-# are returned with the next cursor, as
-# {cursor, "[[id, capabilities, metadata], ...]"}: the keys never travel to
-# the client, which parses one JSON document a page. Keys that are not
-# registrations, and hashes whose JSON fields do not parse, are skipped.
+# ARGV[2] the COUNT, ARGV[3] the suffix of heartbeat keys, ARGV[4] the mode
+# ('page' or 'entries'), ARGV[5:] the capabilities wanted (any, when none).
+# Of the registration hashes on the page, those ACTIVE, whose heartbeat key
+# exists, and having one of the capabilities are selected, and so are those
+# ACTIVE and beating that Lua cannot read (cjson refuses a field, or the id
+# does not name the key): the client reads and judges each of those.
+# In mode 'page', when every selected hash was readable, the reply is
+# {cursor, 'page', n, "[[id, capabilities, metadata], ...]"}: the keys never
+# travel to the client, which parses one JSON document a page. Otherwise the
+# reply is {cursor, 'entries', key, id, capabilities, metadata, ...}, the
+# fields as Redis holds them, which the client parses one by one. cjson is
+# lenient (it takes 0x10, nan, bytes that are not UTF-8), so the client
+# parses strictly, and asks for the page again in mode 'entries' when the
+# document does not parse: one bad registration never spoils the others.
 _SELECT_PAGE = """
-local want, any = {}, #ARGV == 3
-for i = 4, #ARGV do want[ARGV[i]] = true end
+local want, any = {}, #ARGV == 4
+for i = 5, #ARGV do want[ARGV[i]] = true end
 local page = redis.call('SCAN', ARGV[1], 'MATCH', 'agent:*', 'COUNT', ARGV[2], 'TYPE', 'hash')
-local out = {}
+local good, entries, unreadable = {}, {page[1], 'entries'}, false
 for _, key in ipairs(page[2]) do
   if #key > 6 and not string.find(key, ':', 7, true) then
     local f = redis.call('HMGET', key, 'id', 'capabilities', 'metadata', 'status')
-    if f[4] == 'ACTIVE' and f[1] then
-      local caps_text, meta_text = f[2] or '[]', f[3] or '{}'
+    if f[4] == 'ACTIVE' then
+      local id, caps_text, meta_text = f[1] or '', f[2] or '[]', f[3] or '{}'
       local ok_caps, caps = pcall(cjson.decode, caps_text)
       local ok_meta, meta = pcall(cjson.decode, meta_text)
-      if ok_caps and ok_meta and type(caps) == 'table' and type(meta) == 'table' then
-        local match = any
-        if not match then
-          for _, cap in ipairs(caps) do
-            if want[cap] then match = true break end
-          end
+      local readable = key == 'agent:' .. id and ok_caps and ok_meta
+        and type(caps) == 'table' and type(meta) == 'table'
+      local match = any or not readable
+      if not match then
+        for _, cap in ipairs(caps) do
+          if want[cap] then match = true break end
         end
-        if match and redis.call('EXISTS', key .. ARGV[3]) == 1 then
-          out[#out + 1] = '[' .. cjson.encode(f[1]) .. ',' .. caps_text .. ',' .. meta_text .. ']'
+      end
+      if match and redis.call('EXISTS', key .. ARGV[3]) == 1 then
+        local n = #entries
+        entries[n + 1], entries[n + 2] = key, id
+        entries[n + 3], entries[n + 4] = caps_text, meta_text
+        if readable then
+          good[#good + 1] = '[' .. cjson.encode(id) .. ',' .. caps_text .. ',' .. meta_text .. ']'
+        else
+          unreadable = true
         end
       end
     end
   end
 end
-return {page[1], '[' .. table.concat(out, ',') .. ']'}
+if ARGV[4] == 'page' and not unreadable then
+  return {page[1], 'page', #good, '[' .. table.concat(good, ',') .. ']'}
+end
+return entries
 """
 
 # The registration, checked and written at once (one server). KEYS: the
@@ -133,11 +158,13 @@ return 'ok'
 # Only if the heartbeat is still missing and the hash still holds token
 # ARGV[1] (the one read when it was judged): ARGV[2] '1' marks it ARGV[4]
 # when it is ARGV[3]; ARGV[5], when not '', gives the hash a TTL of that many
-# ms if it has none. Returns {marked, scheduled}. Never creates a hash.
+# ms if it has none. Returns {marked, scheduled}. Never creates a hash, and
+# leaves alone a key that is no longer one.
 _CONDEMN = """
 if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return {0, 0} end
 local f = redis.call('HMGET', KEYS[1], 'token', 'status')
-if redis.call('EXISTS', KEYS[1]) == 0 or (f[1] or '') ~= ARGV[1] then return {0, 0} end
+if (f[1] or '') ~= ARGV[1] then return {0, 0} end
 local marked, scheduled = 0, 0
 if ARGV[2] == '1' and f[2] == ARGV[3] then
   redis.call('HSET', KEYS[1], 'status', ARGV[4])
@@ -183,15 +210,35 @@ class AgentRegistry:
     its TTL, kept by Redis, says whether an agent lives; ``registered_at``,
     written with the agent's clock, is never compared with another clock.
 
-    Thread-safe: it holds nothing but the client, and redis-py clients may be
-    shared by threads.
+    Data it cannot read never breaks a call: :meth:`discover` and
+    :meth:`get_agent` skip a registration whose fields are not strict JSON of
+    the right shape or not UTF-8, or whose ``id`` does not name its key; the
+    scans of :meth:`prune_dead` and :class:`MASService` skip keys under
+    ``agent:`` that are not registration hashes, or whose name, status or
+    token is not UTF-8. Each such key is logged as a warning once per
+    registry object (then at debug level), and the registrations skipped
+    are passed to ``on_skip``.
+
+    Thread-safe: it holds the client and a lock-guarded memory of the keys
+    logged, and redis-py clients may be shared by threads.
 
     Args:
         redis: A client created with ``decode_responses=True``.
+        on_skip: Called, in the calling thread, with the number of
+            registrations that one call of :meth:`discover` or
+            :meth:`get_agent` skipped because they could not be read (never
+            with 0). A registration that could not match the capabilities
+            asked may go uncounted.
     """
 
-    def __init__(self, redis: redis.Redis) -> None:
+    def __init__(
+        self, redis: redis.Redis, *, on_skip: Optional[Callable[[int], None]] = None
+    ) -> None:
         self._redis = redis
+        self._on_skip = on_skip
+        # The keys already logged, oldest first, at most _LOGGED_KEYS.
+        self._logged: "OrderedDict[bytes, None]" = OrderedDict()
+        self._logged_lock = threading.Lock()
         # A cluster keeps a registration and its heartbeat in different
         # slots, which one script cannot span: there the steps run apart.
         self._cluster = is_cluster(redis)
@@ -369,15 +416,27 @@ class AgentRegistry:
     def get_agent(self, agent_id: str) -> Optional[Dict[str, Any]]:
         """The registration of one agent, or None if it is not registered.
 
+        A registration that cannot be read (see the class) is skipped: None.
+
         Returns:
             ``{"id", "capabilities", "metadata", "status", "registered_at"}``.
         """
-        data = self._redis.hgetall(_wire.agent_key(agent_id))
-        record = _wire.parse_agent_record(data)
-        if record is None:
+        key = _wire.agent_key(agent_id).encode("utf-8")
+        data = self._redis.execute_command("HGETALL", key, **_RAW)
+        if not data or not data.get(b"status"):
             return None
         try:
-            record["registered_at"] = float(data.get("registered_at", "0"))
+            record = _wire.parse_registration(
+                key, data.get(b"id"), data.get(b"capabilities"), data.get(b"metadata")
+            )
+            record["status"] = data[b"status"].decode("utf-8")
+        except ValueError as exc:  # UnicodeDecodeError included
+            self._log_skip(key, exc)
+            if self._on_skip is not None:
+                self._on_skip(1)
+            return None
+        try:
+            record["registered_at"] = float(data.get(b"registered_at", b"0"))
         except ValueError:
             record["registered_at"] = 0.0
         return record
@@ -391,16 +450,19 @@ class AgentRegistry:
 
         Returns:
             ``{"id", "capabilities", "metadata"}`` for each agent, sorted by id.
-            Registration hashes that are malformed are skipped.
+            Registrations that cannot be read are skipped (see the class).
 
         Raises:
             TypeError: ``capabilities`` is a bare string or holds non-strings.
         """
         wanted = _wire.validate_capabilities(capabilities)
+        skipped: List[bytes] = []
         if self._cluster:
-            found = self._discover_pipelined(self._registration_keys(), set(wanted))
+            found = self._discover_pipelined(self._registration_keys(), set(wanted), skipped)
         else:
-            found = self._discover_scripted(wanted)
+            found = self._discover_scripted(wanted, skipped)
+        if skipped and self._on_skip is not None:
+            self._on_skip(len(skipped))
         found.sort(key=lambda r: r["id"])
         return found
 
@@ -417,11 +479,17 @@ class AgentRegistry:
     # -- for the registry service ----------------------------------------------
 
     def _id_batches(self) -> Iterable[List[str]]:
-        """The ids of the registration hashes, in batches of at most _SCAN_COUNT."""
+        """The ids of the registration hashes, in batches of at most _SCAN_COUNT.
+
+        Keys whose name is not UTF-8 are logged and skipped.
+        """
         batch: List[str] = []
-        for key in self._redis.scan_iter(
-            match=_wire.AGENT_KEY_PATTERN, count=_SCAN_COUNT, _type="hash"
-        ):
+        for raw in self._registration_keys():
+            try:
+                key = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self._log_skip(raw, "its name is not UTF-8")
+                continue
             agent_id = _wire.agent_id_from_key(key)
             if agent_id is not None:
                 batch.append(agent_id)
@@ -432,11 +500,15 @@ class AgentRegistry:
             yield batch
 
     def _read_liveness(self, agent_ids: List[str]) -> List[Liveness]:
-        """Status, token, heartbeat and TTL of each registration, in one pipeline."""
+        """Status, token, heartbeat and TTL of each registration, in one pipeline.
+
+        A key that fails (no longer a hash) is skipped; one whose status or
+        token is not UTF-8 is logged and skipped.
+        """
         pipe = self._redis.pipeline(transaction=False)
         for agent_id in agent_ids:
             agent_key = _wire.agent_key(agent_id)
-            pipe.hmget(agent_key, "status", "token")
+            pipe.execute_command("HMGET", agent_key, "status", "token", **_RAW)
             pipe.exists(_wire.heartbeat_key(agent_id))
             pipe.pttl(agent_key)
         replies = pipe.execute(raise_on_error=False)
@@ -444,9 +516,14 @@ class AgentRegistry:
         for n, agent_id in enumerate(agent_ids):
             fields, beating, ttl = replies[3 * n:3 * n + 3]
             if isinstance(fields, Exception) or isinstance(beating, Exception):
-                log.debug("Registry: skipping %s: %s", agent_id, fields)
+                log.debug("Registry: skipping %s: %s", agent_id, fields or beating)
                 continue
-            status, token = fields
+            try:
+                status, token = (None if v is None else v.decode("utf-8") for v in fields)
+            except UnicodeDecodeError:
+                self._log_skip(_wire.agent_key(agent_id).encode("utf-8"),
+                               "its status or token is not UTF-8")
+                continue
             found.append(Liveness(
                 agent_id, status, token or "", bool(beating),
                 ttl if isinstance(ttl, int) else -1,
@@ -477,11 +554,16 @@ class AgentRegistry:
             return []
         args = ["1" if mark else "0", _wire.STATUS_ACTIVE, _wire.STATUS_INACTIVE,
                 "" if expire_ms is None else str(expire_ms)]
+        replies: List[Any] = []
         if self._cluster:
-            replies = [
-                self._redis.eval(_CONDEMN, 1, _wire.agent_key(item.agent_id), item.token, *args)
-                for item in dead
-            ]
+            # One script per key, each on its own slot: a key that fails
+            # does not stop the others.
+            for item in dead:
+                try:
+                    replies.append(self._redis.eval(
+                        _CONDEMN, 1, _wire.agent_key(item.agent_id), item.token, *args))
+                except redis.ResponseError as exc:
+                    replies.append(exc)
         else:
             pipe = self._redis.pipeline(transaction=False)
             for item in dead:
@@ -490,69 +572,156 @@ class AgentRegistry:
                     args=[item.token, *args],
                     client=pipe,
                 )
-            replies = pipe.execute()
-        return [(bool(marked), bool(scheduled)) for marked, scheduled in replies]
+            replies = pipe.execute(raise_on_error=False)
+        outcomes = []
+        for item, reply in zip(dead, replies):
+            if isinstance(reply, Exception):
+                log.debug("Registry: could not judge %s: %s", item.agent_id, reply)
+                outcomes.append((False, False))
+            else:
+                outcomes.append((bool(reply[0]), bool(reply[1])))
+        return outcomes
 
-    def _registration_keys(self) -> List[str]:
-        # For a cluster. SCAN returns only hashes: the heartbeat strings
-        # under the same prefix stay on the server.
-        return [
-            key
-            for key in self._redis.scan_iter(
-                match=_wire.AGENT_KEY_PATTERN, count=_SCAN_COUNT, _type="hash"
-            )
-            if _wire.agent_id_from_key(key) is not None
-        ]
+    def _registration_keys(self) -> List[bytes]:
+        # The names of the hashes under agent:, as bytes (a name need not be
+        # UTF-8). SCAN returns only hashes: the heartbeat strings under the
+        # same prefix, and foreign keys of other types, stay on the server.
+        return list(self._redis.scan_iter(
+            match=_wire.AGENT_KEY_PATTERN, count=_SCAN_COUNT, _type="hash", **_RAW
+        ))
 
-    def _discover_scripted(self, wanted: List[str]) -> List[Dict[str, Any]]:
-        # The server scans, reads and filters; one round trip a SCAN page.
+    def _log_skip(self, key: bytes, reason: object) -> None:
+        """Log that ``key`` was skipped: a warning the first time, then at debug level."""
+        with self._logged_lock:
+            first = key not in self._logged
+            self._logged[key] = None
+            self._logged.move_to_end(key)
+            if len(self._logged) > _LOGGED_KEYS:
+                self._logged.popitem(last=False)
+        if first:
+            log.warning("Registry: skipped %r, which is not a registration mas_sync can read:"
+                        " %s (logged once)", _wire.shown_key(key), reason)
+        else:
+            log.debug("Registry: skipped %r: %s", _wire.shown_key(key), reason)
+
+    def _read_entries(
+        self, entries: Sequence[Any], wanted: Set[str], skipped: List[bytes]
+    ) -> List[Dict[str, Any]]:
+        """Parse ``key, id, capabilities, metadata, ...`` (bytes) one registration at a time."""
         found = []
-        cursor = "0"
-        while True:
-            cursor, text = self._select_page(
-                args=[cursor, _SCAN_COUNT, _wire.HEARTBEAT_KEY_SUFFIX, *wanted]
-            )
-            for agent_id, caps, metadata in json.loads(text):
-                if isinstance(caps, list) and isinstance(metadata, dict):
-                    found.append({"id": agent_id, "capabilities": caps, "metadata": metadata})
-            if str(cursor) == "0":
-                return found
-
-    def _discover_pipelined(self, keys: List[str], wanted: Set[str]) -> List[Dict[str, Any]]:
-        # A cluster spreads the keys over slots and nodes, which one script
-        # cannot span: the hashes are read with pipelined HMGETs, and the
-        # heartbeat keys of the matching ones with pipelined EXISTS.
-        found = []
-        for first in range(0, len(keys), _SCAN_COUNT):
-            matching = []
-            for record in self._fetch(keys[first:first + _SCAN_COUNT]):
-                if record["status"] != _wire.STATUS_ACTIVE:
-                    continue
-                if wanted and not wanted.intersection(record["capabilities"]):
-                    continue
-                del record["status"]
-                matching.append(record)
-            if not matching:
+        for n in range(0, len(entries) - 3, 4):
+            key, agent_id, caps, metadata = entries[n:n + 4]
+            try:
+                record = _wire.parse_registration(key, agent_id, caps, metadata)
+            except ValueError as exc:
+                self._log_skip(key, exc)
+                skipped.append(key)
                 continue
-            pipe = self._redis.pipeline(transaction=False)
-            for record in matching:
-                pipe.exists(_wire.heartbeat_key(record["id"]))
-            found.extend(r for r, beating in zip(matching, pipe.execute()) if beating)
+            if not wanted or wanted.intersection(record["capabilities"]):
+                found.append(record)
         return found
 
-    def _fetch(self, keys: List[str]) -> Iterable[Dict[str, Any]]:
-        pipe = self._redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.hmget(key, "id", "capabilities", "metadata", "status")
-        for key, values in zip(keys, pipe.execute(raise_on_error=False)):
-            if isinstance(values, Exception):  # not a hash: a foreign key
-                log.debug("Registry: skipping %s: %s", key, values)
-                continue
-            record = _wire.parse_agent_record(
-                dict(zip(("id", "capabilities", "metadata", "status"), values))
+    def _run_raw(self, script: Any, args: Sequence[Any]) -> Any:
+        """Run a script with no keys; its reply as bytes, whatever the client decodes."""
+        try:
+            return self._redis.execute_command(
+                "EVALSHA", script.sha, 0, *args, **_RAW)
+        except redis.exceptions.NoScriptError:
+            return self._redis.execute_command(
+                "EVAL", script.script, 0, *args, **_RAW)
+
+    def _discover_scripted(self, wanted: List[str], skipped: List[bytes]) -> List[Dict[str, Any]]:
+        # The server scans, reads and filters; one round trip a SCAN page
+        # (two for a page holding a registration the client cannot read).
+        found: List[Dict[str, Any]] = []
+        wanted_set = set(wanted)
+        cursor: Any = b"0"
+        mode = "page"
+        while True:
+            reply = self._run_raw(
+                self._select_page,
+                [cursor, _SCAN_COUNT, _wire.HEARTBEAT_KEY_SUFFIX, mode, *wanted],
             )
-            if record is not None:
-                yield record
+            if reply[1] == b"page":
+                page = _read_page(reply[2], reply[3], wanted_set)
+                if page is None:  # something only Python refuses: again, entry by entry
+                    mode = "entries"
+                    continue
+                found.extend(page)
+            else:
+                found.extend(self._read_entries(reply[2:], wanted_set, skipped))
+            mode = "page"
+            cursor = reply[0]
+            if cursor in (b"0", 0):
+                return found
+
+    def _discover_pipelined(
+        self, keys: List[bytes], wanted: Set[str], skipped: List[bytes]
+    ) -> List[Dict[str, Any]]:
+        # A cluster spreads the keys over slots and nodes, which one script
+        # cannot span: the hashes are read with pipelined HMGETs, and the
+        # heartbeat keys of the matching ones with pipelined EXISTS. As on
+        # one server, a registration that cannot be read is counted only if
+        # it is ACTIVE and beating.
+        found = []
+        suffix = _wire.HEARTBEAT_KEY_SUFFIX.encode("ascii")
+        for first in range(0, len(keys), _SCAN_COUNT):
+            batch = [k for k in keys[first:first + _SCAN_COUNT]
+                     if len(k) > 6 and b":" not in k[6:]]
+            pipe = self._redis.pipeline(transaction=False)
+            for key in batch:
+                pipe.execute_command(
+                    "HMGET", key, "id", "capabilities", "metadata", "status", **_RAW)
+            candidates: List[Tuple[bytes, Any]] = []
+            for key, values in zip(batch, pipe.execute(raise_on_error=False)):
+                if isinstance(values, Exception):  # no longer a hash
+                    log.debug("Registry: skipping %r: %s", _wire.shown_key(key), values)
+                    continue
+                agent_id, caps, metadata, status = values
+                if status != _wire.STATUS_ACTIVE.encode("ascii"):
+                    continue
+                try:
+                    record: Any = _wire.parse_registration(key, agent_id, caps, metadata)
+                except ValueError as exc:
+                    candidates.append((key, exc))
+                    continue
+                if not wanted or wanted.intersection(record["capabilities"]):
+                    candidates.append((key, record))
+            if not candidates:
+                continue
+            pipe = self._redis.pipeline(transaction=False)
+            for key, _ in candidates:
+                pipe.exists(key + suffix)
+            for (key, outcome), beating in zip(candidates, pipe.execute(raise_on_error=False)):
+                if isinstance(beating, Exception) or not beating:
+                    continue
+                if isinstance(outcome, Exception):
+                    self._log_skip(key, outcome)
+                    skipped.append(key)
+                else:
+                    found.append(outcome)
+        return found
+
+
+def _read_page(count: Any, text: bytes, wanted: Set[str]) -> Optional[List[Dict[str, Any]]]:
+    """The registrations of a page document, or None if any entry does not read strictly."""
+    try:
+        entries = _wire.loads_strict(text)
+    except ValueError:
+        return None
+    if not isinstance(entries, list) or len(entries) != int(count):
+        return None
+    found = []
+    for entry in entries:
+        if not (isinstance(entry, list) and len(entry) == 3):
+            return None
+        agent_id, caps, metadata = entry
+        if not (isinstance(agent_id, str) and agent_id and isinstance(caps, list)
+                and all(isinstance(cap, str) for cap in caps) and isinstance(metadata, dict)):
+            return None
+        if not wanted or wanted.intersection(caps):
+            found.append({"id": agent_id, "capabilities": caps, "metadata": metadata})
+    return found
 
 
 def _ttl_ms(seconds: object, what: str) -> int:

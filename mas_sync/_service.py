@@ -89,6 +89,7 @@ class MASService:
         self.prune_after: Optional[float] = None if prune_after is None else float(prune_after)
         self._lock = threading.Lock()
         self._client: Optional[redis.Redis] = None
+        self._registry: Optional[AgentRegistry] = None
         self._listener: Optional[ChannelListener] = None
         self._health: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -129,12 +130,15 @@ class MASService:
                 close_client(client)
                 raise
             self._client = client
+            # One registry a run: it logs each unreadable key once, not every check.
+            self._registry = AgentRegistry(client)
             self._listener = listener
             if is_sentinel_url(self.redis_url):
                 self._unfollow = follow_master(self.redis_url, self._master_moved)
             self._stop = threading.Event()
             self._health = threading.Thread(
-                target=self._health_loop, args=(client,), name="mas-service-health", daemon=True
+                target=self._health_loop, args=(client, self._registry), name="mas-service-health",
+                daemon=True,
             )
             self._health.start()
         log.info("MASService: started on %s", redact_url(self.redis_url))
@@ -185,11 +189,11 @@ class MASService:
                 the check.
             RedisCommandError: Redis refused a command of the check.
         """
-        client = self._client
-        if client is None:
+        client, registry = self._client, self._registry
+        if client is None or registry is None:
             raise RuntimeError("MASService is not running")
         try:
-            return self._check(client)
+            return self._check(client, registry)
         except REDIS_ERRORS as exc:
             raise MASConnectionError(
                 f"MASService: Redis at {redact_url(self.redis_url)} failed: {exc}"
@@ -199,8 +203,7 @@ class MASService:
                 f"MASService: Redis at {redact_url(self.redis_url)} refused a command: {exc}"
             ) from exc
 
-    def _check(self, client: redis.Redis) -> List[str]:
-        registry = AgentRegistry(client)
+    def _check(self, client: redis.Redis, registry: AgentRegistry) -> List[str]:
         expire_ms = None if self.prune_after is None else _ttl_ms(self.prune_after, "prune_after")
         marked: List[str] = []
         scheduled: List[str] = []
@@ -264,11 +267,11 @@ class MASService:
         if listener is not None:
             listener.reset()
 
-    def _health_loop(self, client: redis.Redis) -> None:
+    def _health_loop(self, client: redis.Redis, registry: AgentRegistry) -> None:
         failing = False
         while not self._stop.wait(self.check_interval):
             try:
-                self._check(client)
+                self._check(client, registry)
             except ANY_REDIS_ERROR as exc:
                 if not failing:
                     log.warning("MASService: health check failed: %s", exc)

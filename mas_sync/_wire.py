@@ -8,10 +8,11 @@ one deployment. See ``WIRE.md`` of the MAS framework for the contract itself.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 #: Prefix of the registration hash ``agent:{id}``; also the SCAN pattern stem.
 AGENT_KEY_PREFIX = "agent:"
@@ -163,29 +164,82 @@ def deregister_event(agent_id: str) -> str:
     return json.dumps({"type": "DEREGISTER", "agent_id": agent_id})
 
 
-def parse_agent_record(fields: Mapping[str, Optional[str]]) -> Optional[Dict[str, Any]]:
-    """Decode a registration hash into ``{"id", "capabilities", "metadata", "status"}``.
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
-    Returns None when the hash is missing or malformed (a half-written or
-    foreign key), so that one bad key never breaks discovery.
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"{text[:40]} is beyond the range of a float")
+    return value
+
+
+# Strict JSON: NaN, Infinity and numbers that overflow a float are refused.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+
+
+def loads_strict(data: Union[bytes, str]) -> Any:
+    """Parse ``data`` as strict JSON (UTF-8 when bytes).
+
+    Refuses what Python's own parser accepts beyond the standard (``NaN``,
+    ``Infinity``) and numbers that overflow a float (``1e999``).
+
+    Raises:
+        ValueError: ``data`` is not UTF-8, not strict JSON, or nested too deeply
+            to parse.
     """
-    agent_id = fields.get("id")
-    status = fields.get("status")
-    if not agent_id or not status:
-        return None
     try:
-        capabilities = json.loads(fields.get("capabilities") or "[]")
-        metadata = json.loads(fields.get("metadata") or "{}")
-    except ValueError:
-        return None
-    if not isinstance(capabilities, list) or not isinstance(metadata, dict):
-        return None
-    return {
-        "id": agent_id,
-        "capabilities": capabilities,
-        "metadata": metadata,
-        "status": status,
-    }
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return _STRICT_DECODER.decode(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def parse_registration(
+    key: bytes,
+    agent_id: Optional[bytes],
+    capabilities: Optional[bytes],
+    metadata: Optional[bytes],
+) -> Dict[str, Any]:
+    """Read the fields of the registration hash ``key``, as Redis holds them.
+
+    Returns:
+        ``{"id", "capabilities", "metadata"}``. A missing ``capabilities``
+        field reads as ``[]``, a missing ``metadata`` as ``{}``.
+
+    Raises:
+        ValueError: not a registration anyone can read, with the reason: no
+            ``id``, an ``id`` that is not UTF-8 or does not name ``key``,
+            ``capabilities`` that are not a strict JSON list of strings,
+            ``metadata`` that is not a strict JSON object.
+    """
+    if not agent_id:
+        raise ValueError("it has no id")
+    try:
+        text_id = agent_id.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("its id is not UTF-8") from None
+    if agent_key(text_id).encode("utf-8") != key:
+        raise ValueError(f"its id {text_id[:100]!r} names another key")
+    try:
+        caps = loads_strict(capabilities or b"[]")
+    except ValueError as exc:
+        raise ValueError(f"its capabilities are not JSON: {exc}") from None
+    if not isinstance(caps, list) or not all(isinstance(cap, str) for cap in caps):
+        raise ValueError("its capabilities are not a list of strings")
+    try:
+        meta = loads_strict(metadata or b"{}")
+    except ValueError as exc:
+        raise ValueError(f"its metadata is not JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError("its metadata is not a JSON object")
+    return {"id": text_id, "capabilities": caps, "metadata": meta}
+
+
+def shown_key(key: bytes) -> str:
+    """``key`` as text for a log line: bytes that are not UTF-8 escaped, cut at 200."""
+    return key[:200].decode("utf-8", "backslashreplace")
 
 
 # --- agent messages ----------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any, Iterator, List
 import pytest
 import redis
 
-from mas_sync import Agent, MASConnectionError, MASService
+from mas_sync import Agent, AgentRegistry, MASConnectionError, MASService
 from mas_sync._sequence import GapTracker
 from mas_sync.testing import RedisServer, wait_until
 
@@ -258,13 +258,22 @@ def test_gap_tracker_tolerates_overtaking_and_bounds_its_memory() -> None:
     assert tracker.missed == 2 + 999_999
 
 
-def test_service_resumes_after_a_restart(server, agents, caplog) -> None:
+def test_service_resumes_after_a_restart(server, agents, r_of, caplog) -> None:
+    # The restart loses every key. The service must subscribe again and its
+    # own health loop (no check_health() call here) must go on marking: a
+    # registration made after the restart whose heartbeat then dies is marked.
     caplog.set_level(logging.INFO, logger="mas_sync")
-    with MASService(server.url, heartbeat_timeout=0, check_interval=0.2) as service:
+    r = r_of(server)
+    with MASService(server.url, heartbeat_timeout=0, check_interval=0.2):
         start(agents, Agent("a", ["x"], server.url, **FAST))
         server.restart(down_for=0.3)
         wait_until(lambda: "MASService: resubscribed to mas.system" in caplog.text, 15)
-        wait_until(lambda: service.check_health() == [] and True, 5)
+        wait_until(lambda: r.hget("agent:a", "status") == "ACTIVE", 10,
+                   message="the agent registered again on the empty server")
+        AgentRegistry(r).register("doomed", ["x"], heartbeat_ttl=0.5)
+        wait_until(lambda: r.hget("agent:doomed", "status") == "INACTIVE", 5,
+                   message="the service's loop marks an agent that died after the restart")
+        assert r.hget("agent:a", "status") == "ACTIVE"
         start(agents, Agent("late", ["x"], server.url, **FAST))
         wait_until(lambda: "agent late registered" in caplog.text, 5)
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from mas_sync import MASConnectionError, MASService
+from mas_sync import AgentRegistry, MASConnectionError, MASService
 from mas_sync.testing import free_port, wait_until
 
 
@@ -53,10 +53,51 @@ def test_new_registration_gets_a_grace_period(redis_url, r) -> None:
         assert service.check_health() == []
 
 
-def test_health_check_never_recreates_a_deleted_registration(redis_url, r) -> None:
-    with MASService(redis_url, heartbeat_timeout=0, check_interval=60) as service:
+def _between_read_and_mark(monkeypatch, action) -> list:
+    """Run ``action`` in each check after it read the registrations and before it marks any.
+
+    Returns the ids each read found, as the check saw them, for the test to
+    show that the race took place.
+    """
+    real = AgentRegistry._read_liveness
+    seen: list = []
+
+    def read_then_act(self, agent_ids):
+        found = real(self, agent_ids)
+        seen.append({item.agent_id: item.beating for item in found})
+        action()
+        return found
+
+    monkeypatch.setattr(AgentRegistry, "_read_liveness", read_then_act)
+    return seen
+
+
+@pytest.mark.parametrize("change", ["deleted", "taken-over", "beating-again"])
+def test_health_check_marks_only_what_is_still_dead_when_it_writes(
+    redis_url, r, monkeypatch, change
+) -> None:
+    # The check reads "ghost" as dead; before it writes, the agent deletes
+    # its registration (a clean stop), a new run takes the id over, or the
+    # heartbeat comes back. The write must see that: no hash recreated, no
+    # mark, no removal scheduled.
+    def act() -> None:
+        if change == "deleted":
+            r.delete("agent:ghost")
+        elif change == "taken-over":
+            r.hset("agent:ghost", "token", "a-new-run")
+        else:
+            r.set("agent:ghost:heartbeat", "1", ex=60)
+
+    with MASService(redis_url, heartbeat_timeout=0, check_interval=60, prune_after=30) as service:
+        _ghost(r, "ghost", time.time())
+        seen = _between_read_and_mark(monkeypatch, act)
         assert service.check_health() == []
+        assert seen == [{"ghost": False}], "the check read the registration as dead"
+    if change == "deleted":
         assert r.keys("agent:*") == []
+    else:
+        assert r.hget("agent:ghost", "status") == "ACTIVE"
+        assert r.pttl("agent:ghost") == -1
 
 
 def test_killed_agent_drops_out_of_discovery(make_agent, redis_url) -> None:
@@ -90,11 +131,21 @@ def test_killed_agent_drops_out_of_discovery(make_agent, redis_url) -> None:
 
 
 def test_a_live_agent_stays_active_under_the_service(make_agent, redis_url, r) -> None:
+    # Only the agent's heartbeats can keep it ACTIVE past its 1 s heartbeat
+    # TTL: checks run, by the service's loop and here, for three TTLs.
+    ttl = 1.0
     with MASService(redis_url, heartbeat_timeout=0, check_interval=0.1) as service:
-        make_agent("steady", capabilities=["s"])
-        for _ in range(5):
-            service.check_health()
-        assert r.hget("agent:steady", "status") == "ACTIVE"
+        agent = make_agent("steady", capabilities=["s"], heartbeat_interval=0.2, heartbeat_ttl=ttl)
+        beats = {r.get("agent:steady:heartbeat")}
+        started = time.monotonic()
+        pause = threading.Event()
+        while time.monotonic() - started < 3 * ttl:
+            assert service.check_health() == [], "marked INACTIVE: its heartbeat stopped"
+            assert r.hget("agent:steady", "status") == "ACTIVE"
+            beats.add(r.get("agent:steady:heartbeat"))
+            pause.wait(0.05)
+        assert len(beats) >= 4, "the heartbeat key was renewed"
+        assert [a["id"] for a in agent.discover(["s"])] == ["steady"]
 
 
 def test_service_start_fails_promptly_without_redis() -> None:

@@ -103,15 +103,38 @@ def test_registration_fields_follow_the_contract() -> None:
     float(fields["registered_at"])
 
 
-def test_parse_agent_record_refuses_malformed_hashes() -> None:
-    good = {"id": "a", "capabilities": '["x"]', "metadata": "{}", "status": "ACTIVE"}
-    assert _wire.parse_agent_record(good) == {
-        "id": "a", "capabilities": ["x"], "metadata": {}, "status": "ACTIVE"
-    }
-    assert _wire.parse_agent_record({}) is None
-    assert _wire.parse_agent_record({**good, "capabilities": "not json"}) is None
-    assert _wire.parse_agent_record({**good, "capabilities": '"x"'}) is None
-    assert _wire.parse_agent_record({**good, "metadata": "[]"}) is None
+def test_parse_registration_refuses_what_no_agent_writes() -> None:
+    def parse(**fields: bytes) -> dict:
+        good = {"agent_id": b"a", "capabilities": b'["x"]', "metadata": b'{"v": 1.5}'}
+        return _wire.parse_registration(b"agent:a", **{**good, **fields})
+
+    assert parse() == {"id": "a", "capabilities": ["x"], "metadata": {"v": 1.5}}
+    assert parse(capabilities=None, metadata=None) == {"id": "a", "capabilities": [],
+                                                       "metadata": {}}
+    for bad, reason in [
+        (dict(agent_id=None), "no id"),
+        (dict(agent_id=b"b"), "names another key"),
+        (dict(agent_id=b"a\xff"), "id is not UTF-8"),
+        (dict(capabilities=b"not json"), "capabilities are not JSON"),
+        (dict(capabilities=b'["x", 0x10]'), "capabilities are not JSON"),
+        (dict(capabilities=b'["\xff"]'), "capabilities are not JSON.*utf-8"),
+        (dict(capabilities=b'"x"'), "not a list of strings"),
+        (dict(capabilities=b'["x", 1]'), "not a list of strings"),
+        (dict(metadata=b"[]"), "not a JSON object"),
+        (dict(metadata=b'{"a": NaN}'), "NaN is not JSON"),
+        (dict(metadata=b'{"a": Infinity}'), "Infinity is not JSON"),
+        (dict(metadata=b'{"a": nan}'), "metadata is not JSON"),
+        (dict(metadata=b'{"a": -1e999}'), "beyond the range of a float"),
+        (dict(metadata=b"[" * 100_000 + b"]" * 100_000), "nested too deeply"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            parse(**bad)
+
+
+def test_loads_strict_keeps_what_strict_json_allows() -> None:
+    assert _wire.loads_strict(b'{"n": 1e308, "i": 100000000000000000000, "s": "\\u00e9"}') == {
+        "n": 1e308, "i": 10**20, "s": "\u00e9"}
+    assert _wire.shown_key(b"agent:\xffx") == "agent:\\xffx"
 
 
 def test_state_values_are_encoded_like_the_async_framework() -> None:
