@@ -15,7 +15,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.utils import str_if_bytes
 
-from mas_sync import Agent, _wire
+from mas_sync import Agent, MASService, _wire
 from mas_sync._connection import CLUSTER_MIN_REDIS_PY, close_client, make_client
 from mas_sync._listener import ChannelListener
 from mas_sync.testing import LocalCluster, RedisServer, redis_version
@@ -62,6 +62,21 @@ def test_stop_publishes_nothing_on_the_agents_channel(redis_url: str) -> None:
         # published there arrives before the marker.
         watcher.publish("agent.quiet", b"marker")
         assert received_before_marker(pubsub) == []
+    finally:
+        pubsub.close()
+        watcher.close()
+
+
+def test_the_service_stop_publishes_nothing_on_the_system_channel(redis_url: str) -> None:
+    watcher = redis.Redis.from_url(redis_url)
+    pubsub = watcher.pubsub()
+    try:
+        pubsub.subscribe(_wire.SYSTEM_CHANNEL)
+        assert str_if_bytes(pubsub.get_message(timeout=5)["type"]) == "subscribe"
+        with MASService(redis_url, check_interval=60):
+            pass
+        watcher.publish(_wire.SYSTEM_CHANNEL, b"marker")
+        assert received_before_marker(pubsub) == []  # every agent reads this channel
     finally:
         pubsub.close()
         watcher.close()
