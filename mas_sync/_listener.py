@@ -6,12 +6,12 @@ import logging
 import random
 import threading
 import time
-import uuid
 from typing import Callable, Optional
 
 import redis
 from redis.exceptions import RedisClusterException
 
+from . import _wire
 from ._connection import (
     COMMAND_TIMEOUT,
     close_client,
@@ -25,7 +25,7 @@ from ._errors import MASConnectionError
 log = logging.getLogger(__name__)
 
 #: Seconds one read blocks; bounds how late the thread notices a stop when
-#: the wake-up message cannot be published.
+#: the wake-up cannot be published.
 POLL_INTERVAL = 1.0
 #: Longest pause between two attempts to resubscribe after a lost connection.
 MAX_BACKOFF = 5.0
@@ -47,8 +47,14 @@ class ChannelListener:
     """Owns a daemon thread that subscribes to ``channel`` and passes on each message.
 
     The thread alone owns its PubSub object, as redis-py requires. It reads
-    with a bounded wait, so it notices :meth:`stop` promptly; :meth:`stop`
-    also publishes a wake-up token on the channel so that it returns at once.
+    with a bounded wait, so it notices :meth:`stop` promptly; to make it
+    return at once, the same connection also subscribes to a private wake-up
+    channel (:func:`~mas_sync._wire.wake_channel`, in the same cluster slot)
+    on which :meth:`stop` publishes. Nothing is ever published on
+    ``channel`` itself, so its other subscribers see only real messages.
+    When Redis refuses the wake-up channel (an ACL that does not allow
+    ``&mas_sync:wake:*``), a warning says so once and the thread reads
+    without it: a stop then waits for the end of the current bounded read.
 
     Watchdog: when nothing has arrived for ``probe_interval`` seconds, the
     thread sends PING on its own connection; when neither the answer nor any
@@ -121,7 +127,11 @@ class ChannelListener:
         self._lost = False  # between a lost connection and its resubscription
         self._backoff = 0.1
         self._reset = False
-        self._wake = f"mas_sync:wake:{uuid.uuid4().hex}".encode()
+        self._wake_channel = _wire.wake_channel(channel)
+        self._wake_bytes = self._wake_channel.encode()
+        self._use_wake = True  # until Redis refuses the wake-up channel
+        self._wake_confirmed = False  # in the current subscription
+        self._channel = channel.encode()
         self.error: Optional[BaseException] = None
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -163,9 +173,9 @@ class ChannelListener:
         """
         self._stop.set()
         self._kick.set()
-        if publisher is not None and self.thread.is_alive():
+        if publisher is not None and self._use_wake and self.thread.is_alive():
             try:
-                publish(publisher, self.channel, self._wake)
+                publish(publisher, self._wake_channel, b"stop")
             except ANY_REDIS_ERROR:
                 pass  # the thread notices the stop within POLL_INTERVAL anyway
         if self.thread.ident is not None and self.thread is not threading.current_thread():
@@ -185,10 +195,14 @@ class ChannelListener:
         while not self._stop.is_set():
             pubsub = self._client.pubsub()
             try:
-                if self._sharded:
-                    pubsub.ssubscribe(self.channel)
-                else:
-                    pubsub.subscribe(self.channel)
+                # One command per channel, the wake-up channel first: a refusal
+                # that comes before its confirmation is about it, and once
+                # ``channel`` is confirmed, stop() can wake the thread.
+                subscribe = pubsub.ssubscribe if self._sharded else pubsub.subscribe
+                self._wake_confirmed = False
+                if self._use_wake:
+                    subscribe(self._wake_channel)
+                subscribe(self.channel)
                 self._read(pubsub)
             except REDIS_ERRORS as exc:
                 self._receiving = False
@@ -211,6 +225,8 @@ class ChannelListener:
                 self._receiving = False
                 if self._stop.is_set():
                     break
+                if self._refuses_wake(exc):
+                    continue  # at once, without the wake-up channel
                 if not self._subscribed:
                     self.error = exc
                     self._ready.set()
@@ -239,6 +255,23 @@ class ChannelListener:
                     pubsub.close()
                 except Exception:  # pragma: no cover - the connection is gone anyway
                     pass
+
+    def _refuses_wake(self, exc: Exception) -> bool:
+        """True, once, when ``exc`` is Redis refusing the wake-up channel; stop using it."""
+        if not (
+            self._use_wake
+            and not self._wake_confirmed
+            and isinstance(exc, redis.exceptions.NoPermissionError)
+        ):
+            return False
+        self._use_wake = False
+        log.warning(
+            "%s: Redis refuses the wake-up channel (%s); allow the channels"
+            " mas_sync:wake:* (ACL: &mas_sync:wake:*) for a prompt stop(),"
+            " which otherwise takes up to %s s",
+            self._owner, exc, POLL_INTERVAL,
+        )
+        return True
 
     def _pause(self) -> None:
         """Wait before the next attempt: backoff with jitter, cut short by stop() or reset()."""
@@ -279,10 +312,12 @@ class ChannelListener:
             kind = message["type"]
             if isinstance(kind, bytes):
                 kind = kind.decode()
+            if message["channel"] != self._channel:
+                if message["channel"] == self._wake_bytes:
+                    self._wake_confirmed = True  # or the wake-up: the loop checks the stop
+                continue  # (a PONG has no channel)
             if kind == "message" or kind == "smessage":
-                data = message["data"]
-                if data != self._wake:
-                    self._on_data(data)
+                self._on_data(message["data"])
             elif kind == "subscribe" or kind == "ssubscribe":
                 self._subscribed = True
                 self._receiving = True

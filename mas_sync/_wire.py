@@ -7,12 +7,15 @@ one deployment. See ``WIRE.md`` of the MAS framework for the contract itself.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
 import time
 import uuid
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from redis.crc import key_slot
 
 #: Prefix of the registration hash ``agent:{id}``; also the SCAN pattern stem.
 AGENT_KEY_PREFIX = "agent:"
@@ -114,6 +117,36 @@ def state_key(agent_id: str) -> str:
 def agent_channel(agent_id: str) -> str:
     """Pub/sub channel on which an agent receives messages: ``agent.{id}``."""
     return f"agent.{agent_id}"
+
+
+#: Prefix of the private channels on which a stopping agent wakes its own
+#: listener; mas_sync alone uses them and no peer ever subscribes there.
+WAKE_CHANNEL_PREFIX = "mas_sync:wake:"
+
+
+def wake_channel(channel: str) -> str:
+    """A fresh private channel, ``mas_sync:wake:{<tag>}:<random hex>``, for ``channel``'s listener.
+
+    The hash tag puts it in the same Redis Cluster slot as ``channel``, so
+    that one sharded pub/sub connection (on the node that owns that slot)
+    reads both.
+    """
+    nonce = uuid.uuid4().hex
+    slot = key_slot(channel.encode())
+    tag = _hashed_part(channel)
+    if "}" in tag:  # cannot be wrapped in braces: find another tag in the slot
+        tag = next(str(n) for n in itertools.count() if key_slot(str(n).encode()) == slot)
+    return f"{WAKE_CHANNEL_PREFIX}{{{tag}}}:{nonce}"
+
+
+def _hashed_part(name: str) -> str:
+    """The part of ``name`` that Redis Cluster hashes: its hash tag if it has one."""
+    start = name.find("{")
+    if start != -1:
+        end = name.find("}", start + 1)
+        if end > start + 1:
+            return name[start + 1:end]
+    return name
 
 
 def agent_id_from_key(key: str) -> Optional[str]:

@@ -254,3 +254,22 @@ def test_async_agent_answers_a_sync_request(make_agent, async_agent) -> None:
     assert reply.sender_id == "async-answerer"
     assert reply.payload == {"answer": 42}
     assert reply.is_reply
+
+
+def test_stopping_sync_agents_and_services_sends_the_async_service_nothing_odd(
+    redis_url, make_agent, aloop, r, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="mas")
+    service = mas.MASService(redis_url=redis_url)
+    aloop.run(service.start())
+    try:
+        wait_until(lambda: r.pubsub_numsub("mas.system")[0][1] == 1, 5,
+                   message="the async service's subscription to mas.system")
+        with MASService(redis_url, check_interval=60):
+            pass  # its stop() used to publish a wake-up token on mas.system
+        agent = make_agent("sync-visitor")
+        agent.stop()
+        wait_until(lambda: "Agent deregistered" in caplog.text, 5)
+        assert "Failed to handle system message" not in caplog.text
+    finally:
+        aloop.run(service.stop())

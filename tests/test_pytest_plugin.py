@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import configparser
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
 import time
 from importlib.metadata import entry_points
+
+import redis
+
+from mas_sync.testing import RedisServer
 
 SAMPLE = '''
 import threading
@@ -60,7 +66,10 @@ def test_that_forgets_to_stop_its_agent(mas_redis_url):
 
 
 def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
-    found = [ep for ep in entry_points(group="pytest11") if ep.name == "mas_sync"]
+    every = entry_points()
+    # Python 3.9's entry_points() takes no arguments and returns a dict.
+    group = every.select(group="pytest11") if hasattr(every, "select") else every.get("pytest11", [])
+    found = [ep for ep in group if ep.name == "mas_sync"]
     assert [ep.value for ep in found] == ["mas_sync.pytest_plugin"]
 
 
@@ -97,3 +106,191 @@ def test_the_readme_example_passes(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+# -- An external Redis -------------------------------------------------------------
+
+EXTERNAL_SAMPLE = '''
+import redis
+import pytest
+
+from mas_sync import Agent
+
+
+def test_agents_run_on_it(mas_agents, mas_redis_url):
+    mas_agents("client")
+    mas_agents("echo")
+    db = redis.Redis.from_url(mas_redis_url)
+    try:
+        assert db.exists("agent:client", "agent:echo") == 2
+    finally:
+        db.close()
+
+
+def test_each_test_finds_its_database_empty(mas_redis_url):
+    db = redis.Redis.from_url(mas_redis_url)
+    try:
+        assert db.dbsize() == 0
+    finally:
+        db.close()
+
+
+def test_that_needs_a_server_of_its_own(mas_redis_server):
+    mas_redis_server.restart()
+
+
+def test_that_forgets_to_stop_its_agent(mas_redis_url):
+    Agent("forgotten", redis_url=mas_redis_url).start()
+
+
+def test_zz_leaves_a_mark(mas_redis_url):
+    db = redis.Redis.from_url(mas_redis_url)
+    try:
+        db.set("mark", mas_redis_url)
+    finally:
+        db.close()
+'''
+
+
+def _run_pytest(tmp_path, files, args=(), env_extra=None, timeout=45):
+    for name, text in files.items():
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.pop("MAS_SYNC_TEST_REDIS_URL", None)
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def _marks(server) -> dict:
+    """db number -> the ``mark`` key of that database, for the databases that have one."""
+    found = {}
+    for db in range(16):
+        client = redis.Redis(host="127.0.0.1", port=server.port, db=db, decode_responses=True)
+        try:
+            if client.exists("mark"):
+                found[db] = client.get("mark")
+        finally:
+            client.close()
+    return found
+
+
+def test_the_fixtures_use_an_external_redis_named_by_the_environment(tmp_path) -> None:
+    with RedisServer() as server:
+        outside = redis.Redis(host="127.0.0.1", port=server.port, db=0)
+        outside.set("other-data", "kept")
+        url = f"redis://127.0.0.1:{server.port}/15"
+        result = _run_pytest(
+            tmp_path, {"test_external.py": EXTERNAL_SAMPLE},
+            # Starting a server of its own would fail: there is no such binary.
+            env_extra={"MAS_SYNC_TEST_REDIS_URL": url,
+                       "MAS_SYNC_REDIS_SERVER": str(tmp_path / "no-redis-server")},
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert "4 passed, 1 skipped" in output
+        assert f"mas_sync: Redis at {url} (from $MAS_SYNC_TEST_REDIS_URL)" in output
+        assert "mas_redis_server: the fixtures use the Redis at" in output  # the skip reason
+        assert "agents still running at the end of the session were stopped: forgotten" in output
+        assert _marks(server) == {15: url}  # the tests ran on that database
+        assert outside.get("other-data") == b"kept"  # FLUSHDB, not FLUSHALL
+        assert not redis.Redis(host="127.0.0.1", port=server.port, db=15).exists("agent:forgotten")
+        outside.close()
+
+
+def test_the_command_line_beats_the_environment_which_beats_the_ini_file(tmp_path) -> None:
+    sample = '''
+    import redis
+
+
+    def test_mark(mas_redis_url):
+        db = redis.Redis.from_url(mas_redis_url)
+        try:
+            db.set("mark", mas_redis_url)
+        finally:
+            db.close()
+    '''
+    with RedisServer() as server:
+        ini = f"redis://127.0.0.1:{server.port}/13"
+        env = f"redis://127.0.0.1:{server.port}/14"
+        cli = f"redis://127.0.0.1:{server.port}/15"
+        files = {"test_mark.py": sample, "pytest.ini": f"[pytest]\nmas_redis_url = {ini}\n"}
+        for args, env_extra, expected in [
+            ([f"--mas-redis-url={cli}"], {"MAS_SYNC_TEST_REDIS_URL": env}, {15: cli}),
+            ([], {"MAS_SYNC_TEST_REDIS_URL": env}, {14: env}),
+            ([], {}, {13: ini}),
+        ]:
+            for db in range(16):
+                redis.Redis(host="127.0.0.1", port=server.port, db=db).flushdb()
+            result = _run_pytest(tmp_path, files, args, env_extra)
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert _marks(server) == expected
+
+
+def test_an_unreachable_external_redis_is_reported_plainly(tmp_path) -> None:
+    with RedisServer() as server:
+        url = f"redis://:secret@127.0.0.1:{server.port}/15"
+    sample = '''
+    def test_needs_redis(mas_redis_url):
+        pass
+    '''
+    result = _run_pytest(tmp_path, {"test_down.py": sample}, env_extra={"MAS_SYNC_TEST_REDIS_URL": url})
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "1 error" in output
+    assert "mas_sync: cannot reach the Redis at redis://:***@127.0.0.1" in output
+    assert "secret" not in output
+
+
+# -- pytest-timeout: what each method does to a session ------------------------------
+
+HANGING_SAMPLE = '''
+import threading
+
+
+def test_a_hangs(mas_agents):
+    mas_agents("stuck")
+    threading.Event().wait()
+
+
+def test_b_runs_after(mas_agents):
+    assert not [t for t in threading.enumerate() if t.name.startswith("mas-agent[stuck]")]
+'''
+
+
+def test_the_signal_method_fails_only_the_test_that_hangs(tmp_path) -> None:
+    result = _run_pytest(
+        tmp_path, {"test_hang.py": HANGING_SAMPLE}, ["--timeout=2", "--timeout-method=signal"]
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Timeout (>2.0s) from pytest-timeout" in output
+    # The stuck test's agent was stopped by the fixture's teardown; the next test ran.
+    assert "1 failed, 1 passed" in output
+    assert "agents still running" not in output
+
+
+def test_the_thread_method_ends_the_session_at_the_first_timeout(tmp_path) -> None:
+    result = _run_pytest(
+        tmp_path, {"test_hang.py": HANGING_SAMPLE}, ["--timeout=2", "--timeout-method=thread"]
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Timeout" in output and "Stack of" in output  # the stacks of all threads
+    assert "test_b_runs_after" not in output and "passed" not in output
+
+
+# -- The extra --------------------------------------------------------------------------
+
+
+def test_the_pytest_extra_brings_only_what_the_plugin_needs() -> None:
+    config = configparser.ConfigParser()
+    config.read(pathlib.Path(__file__).resolve().parent.parent / "setup.cfg")
+    extras = {
+        name: [line.strip() for line in value.splitlines() if line.strip()]
+        for name, value in config["options.extras_require"].items()
+    }
+    assert extras["pytest"] == ["pytest>=7"]
+    assert set(extras["pytest"]) <= set(extras["test"])  # CI's extra still has it
