@@ -28,6 +28,7 @@ from ._connection import (
     make_client,
     ping,
     publish,
+    redact_text,
     redact_url,
     retire_connections,
 )
@@ -959,7 +960,7 @@ class _Runtime:
                     if left <= 0:
                         raise MASConnectionError(
                             f"agent {self.agent.id!r}: cannot reach Redis at"
-                            f" {redact_url(self.url)}: {exc}"
+                            f" {redact_url(self.url)}: {redact_text(str(exc), self.url)}"
                         ) from exc
                     self.closing.wait(min(delay, left))
                     delay = min(delay * 2, 1.0)
@@ -971,12 +972,12 @@ class _Runtime:
                     raise MASConnectionError(
                         f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} failed"
                         f" after the command was sent (it may have run, and is not sent"
-                        f" again): {exc}"
+                        f" again): {redact_text(str(exc), self.url)}"
                     ) from exc
                 except ANY_REDIS_ERROR as exc:
                     raise RedisCommandError(
                         f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} refused"
-                        f" the command: {exc}"
+                        f" the command: {redact_text(str(exc), self.url)}"
                     ) from exc
                 except Exception as exc:
                     if self.closed:  # a connection closed under the call by stop()

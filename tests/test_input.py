@@ -194,3 +194,113 @@ def test_error_key_in_a_plain_message_or_request_reaches_the_handler(make_agent)
     assert tx.request("rx", {"_error": 1, "token": "t"}, timeout=5).payload == {"pong": "t"}
     wait_until(lambda: len(rx.payloads()) == 2, 5)
     assert rx.payloads() == [{"_error": "not ours"}, {"_error": 1, "token": "t"}]
+
+
+# -- credentials in URLs ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, secrets, shown",
+    [
+        ("redis://user:hunter2@h:1/0", ["hunter2"], "redis://user:***@h:1/0"),
+        ("redis://:hunter2@h:1/0", ["hunter2"], "redis://:***@h:1/0"),
+        ("redis://u:hun@ter2@h:1/0", ["hun", "ter2"], "redis://u:***@h:1/0"),
+        ("redis://u:a:b@c@h:1", ["a:b", "b@c"], "redis://u:***@h:1"),
+        ("redis://u:p%40ss@h:1", ["p%40ss"], "redis://u:***@h:1"),
+        ("rediss://h:1/0?password=hunter2", ["hunter2"], "rediss://h:1/0?password=***"),
+        ("redis://h:1/0?db=2&password=hun%40ter2&x=1", ["hun", "ter2"],
+         "redis://h:1/0?db=2&password=***&x=1"),
+        ("redis://h:1/0?password=hun@ter2", ["hun", "ter2"], "redis://h:1/0?password=***"),
+        ("redis://h:1/?pass%77ord=hunter2", ["hunter2"], "redis://h:1/?pass%77ord=***"),
+        ("redis://h:1/?ssl_password=hunter2&password=b2", ["hunter2", "b2"],
+         "redis://h:1/?ssl_password=***&password=***"),
+        ("redis://h:1/?username=alice&password=hunter2", ["hunter2"],
+         "redis://h:1/?username=alice&password=***"),
+        ("redis://:hunter2@h:1/0?password=other2", ["hunter2", "other2"],
+         "redis://:***@h:1/0?password=***"),
+        ("unix://:hunter2@/tmp/redis.sock?db=1", ["hunter2"], "unix://:***@/tmp/redis.sock?db=1"),
+        ("unix:///tmp/redis.sock?password=hunter2", ["hunter2"],
+         "unix:///tmp/redis.sock?password=***"),
+        ("redis+sentinel://u:hun@ter2@s1:26379,s2:26380/mymaster/0", ["hun", "ter2"],
+         "redis+sentinel://u:***@s1:26379,s2:26380/mymaster/0"),
+        ("redis+cluster://:hunter2@n1:7000,n2:7001", ["hunter2"],
+         "redis+cluster://:***@n1:7000,n2:7001"),
+        # Not read by redis-py as a password (the netloc ends at "/", "?" or
+        # "#"), but a password all the same: hidden too.
+        ("redis://:hun/ter2@h:1/0", ["hun", "ter2"], "redis://:***@h:1/0"),
+        ("redis://:hun#ter2@h:1/0", ["hun", "ter2"], "redis://:***@h:1/0"),
+        ("redis://:hun?ter2@h:1/0", ["hun", "ter2"], "redis://:***@h:1/0"),
+        ("REDIS://:hunter2@h:1/0", ["hunter2"], "REDIS://:***@h:1/0"),
+        ("redis://h:1/0", [], "redis://h:1/0"),
+        # A userinfo without ":" is read as a user name; often a password
+        # written in the wrong place: hidden.
+        ("redis://hunter2@h:1/0", ["hunter2"], "redis://***@h:1/0"),
+    ],
+)
+def test_redact_url_hides_every_password_form(url: str, secrets: List[str], shown: str) -> None:
+    redacted = redact_url(url)
+    assert redacted == shown
+    for secret in secrets:
+        assert secret not in redacted
+
+
+def test_redis_py_reads_those_passwords_where_redact_url_hides_them() -> None:
+    from redis.connection import parse_url
+
+    assert parse_url("redis://u:hun@ter2@h:1/0")["password"] == "hun@ter2"
+    assert parse_url("redis://h:1/0?password=hun@ter2")["password"] == "hun@ter2"
+    assert parse_url("redis://h:1/?pass%77ord=hunter2")["password"] == "hunter2"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:{port}/0?password=hunter2",
+        "redis://user:hun@ter2@127.0.0.1:{port}/0",
+        "redis://127.0.0.1:{port}/0?username=u&password=hun@ter2",
+    ],
+)
+def test_connection_errors_and_logs_never_show_the_password(url: str, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="mas_sync")
+    url = url.format(port=free_port())
+    agent = Agent("lonely", redis_url=url, retry_timeout=0, command_timeout=1)
+    with pytest.raises(MASConnectionError) as caught:
+        agent.start()
+    service = MASService(url)
+    with pytest.raises(MASConnectionError) as caught_service:
+        service.start()
+    texts = [str(caught.value), str(caught_service.value), caplog.text]
+    assert "127.0.0.1" in texts[0] and "127.0.0.1" in texts[1]
+    for text in texts:
+        assert "hunter2" not in text and "ter2" not in text and "hun@" not in text
+
+
+def test_a_url_redis_py_cannot_parse_is_refused_without_its_password() -> None:
+    # urlparse ends the netloc at "/": redis-py reads "pass" as the port and
+    # says so in its error.
+    with pytest.raises(ValueError) as caught:
+        Agent("a", redis_url="redis://user:pass/word@127.0.0.1:1").start()
+    assert "pass" not in str(caught.value) and "word" not in str(caught.value)
+
+
+def test_a_refused_password_is_not_shown(redis_server, r, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="mas_sync")
+    r.execute_command("ACL", "SETUSER", "guarded", "on", ">right", "~*", "&*", "+@all")
+    try:
+        url = f"redis://guarded:wro@ng2@127.0.0.1:{redis_server.port}/0"
+        with pytest.raises(MASConnectionError) as caught:
+            Agent("a", redis_url=url, retry_timeout=0).start()
+        assert "wro" not in str(caught.value) and "ng2" not in str(caught.value)
+        assert "wro" not in caplog.text and "ng2" not in caplog.text
+        assert "guarded:***@" in str(caught.value)
+    finally:
+        r.execute_command("ACL", "DELUSER", "guarded")
+
+
+def test_the_demo_does_not_print_the_password(capsys) -> None:
+    from mas_sync import _demo
+
+    with pytest.raises(MASConnectionError):
+        _demo.run(f"redis://:hunter2@127.0.0.1:{free_port()}/0")
+    out = capsys.readouterr().out
+    assert "Redis at redis://:***@127.0.0.1:" in out and "hunter2" not in out
