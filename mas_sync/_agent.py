@@ -454,8 +454,8 @@ class Agent:
                 infinity, a circular reference, a string that is not valid
                 UTF-8 text (a lone surrogate such as ``"\\ud800"``), or a
                 reserved key: ``_correlation_id``, ``_expects_reply`` or
-                ``_is_reply``, which the library sets on requests and replies.
-                Nothing is published.
+                ``_is_reply``, which the library sets on requests and replies;
+                or one nested too deeply to encode. Nothing is published.
             MASConnectionError: Redis could not be reached.
         """
         runtime = self._mas_require_runtime()

@@ -250,7 +250,7 @@ def dumps_object(
         ValueError: it holds NaN or infinity (not valid JSON), a circular
             reference, a string that is not valid UTF-8 text (a lone
             surrogate: no receiver could decode it), or a key of
-            ``reserved``.
+            ``reserved``; or it is nested too deeply to encode.
     """
     if not isinstance(value, dict):
         raise TypeError(f"{what} must be a dict (a JSON object), not {type(value).__name__}")
@@ -265,11 +265,16 @@ def dumps_object(
         raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply to encode") from None
     # The text is ASCII, every character beyond it escaped as \uXXXX: a lone
     # surrogate can only be there if some surrogate is (a character beyond
     # the BMP is a pair of them), which few payloads hold.
     if "\\ud" in text:
-        where = _lone_surrogate(value, what)
+        try:
+            where = _lone_surrogate(value, what)
+        except RecursionError:
+            raise ValueError(f"{what} is nested too deeply to encode") from None
         if where is not None:
             raise ValueError(f"{where} is not valid UTF-8 text (lone surrogate)")
     return text

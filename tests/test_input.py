@@ -275,12 +275,21 @@ def test_connection_errors_and_logs_never_show_the_password(url: str, caplog) ->
         assert "hunter2" not in text and "ter2" not in text and "hun@" not in text
 
 
-def test_a_url_redis_py_cannot_parse_is_refused_without_its_password() -> None:
-    # urlparse ends the netloc at "/": redis-py reads "pass" as the port and
-    # says so in its error.
+@pytest.mark.parametrize(
+    "url",
+    [
+        # urlparse ends the netloc at "/": redis-py reads "pass" as the port
+        # and says so in its error.
+        "redis://user:pass/word@127.0.0.1:1",
+        # The sentinel URL's parser quotes the address it cannot read.
+        "redis+sentinel://:pass/word@127.0.0.1:1/mymaster",
+    ],
+)
+def test_a_url_that_cannot_be_parsed_is_refused_without_its_password(url: str) -> None:
     with pytest.raises(ValueError) as caught:
-        Agent("a", redis_url="redis://user:pass/word@127.0.0.1:1").start()
+        Agent("a", redis_url=url).start()
     assert "pass" not in str(caught.value) and "word" not in str(caught.value)
+    assert "***" in str(caught.value)
 
 
 def test_a_refused_password_is_not_shown(redis_server, r, caplog) -> None:
@@ -304,3 +313,13 @@ def test_the_demo_does_not_print_the_password(capsys) -> None:
         _demo.run(f"redis://:hunter2@127.0.0.1:{free_port()}/0")
     out = capsys.readouterr().out
     assert "Redis at redis://:***@127.0.0.1:" in out and "hunter2" not in out
+
+
+def test_a_payload_too_deep_to_encode_is_a_value_error(make_agent, channel) -> None:
+    deep: Dict[str, Any] = {}
+    for _ in range(100_000):
+        deep = {"a": deep}
+    tx = make_agent("tx")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        tx.send("rx", deep)
+    assert_nothing_published_before(tx, channel)
