@@ -292,8 +292,9 @@ def redact_url(url: str) -> str:
     any name holding ``pass``, ``pwd``, ``secret``, ``token`` or ``auth``,
     percent-encoded or not). The same goes for the ``unix://``,
     ``redis+sentinel://`` and ``redis+cluster://`` forms. A password holding
-    an unencoded ``/``, ``?`` or ``#`` (which redis-py does not read as one)
-    is hidden too, as long as it holds no ``=``. User names are shown.
+    an unencoded ``/`` or ``#`` (which redis-py does not read as one) is
+    hidden too, and one holding ``?`` unless a ``=`` follows it in the
+    password. User names are shown.
     """
     return _redact(url)[0]
 
@@ -322,8 +323,7 @@ def _redact(url: str) -> Tuple[str, List[str]]:
     if not sep:
         return url, []
     hidden = []
-    # The user info ends at the last "@" before the query's values begin.
-    at = rest.split("=", 1)[0].rfind("@")
+    at = _user_info_end(rest)
     if at >= 0:
         user, colon, password = rest[:at].partition(":")
         hidden.append(password if colon else user)
@@ -342,6 +342,27 @@ def _redact(url: str) -> Tuple[str, List[str]]:
 
 
 _SECRET_NAME = re.compile(r"pass|pwd|secret|token|auth", re.IGNORECASE)
+
+
+def _user_info_end(rest: str) -> int:
+    """Where the user info of ``rest`` (a URL less its ``scheme://``) ends: its "@", or -1."""
+    # As redis-py (urlparse) reads it: the last "@" of the netloc, which ends
+    # at the first "/", "?" or "#".
+    netloc_end = min([i for i in map(rest.find, "/?#") if i >= 0], default=len(rest))
+    at = rest.rfind("@", 0, netloc_end)
+    if at >= 0:
+        return at
+    # A password holding an unencoded "/", "#" or "?", which redis-py does not
+    # read as one: the last "@" before the query, or in the query before its
+    # first "=" (a "?" of the password).
+    question = rest.find("?")
+    if question < 0:
+        return rest.rfind("@")
+    at = rest.rfind("@", 0, question)
+    if at >= 0:
+        return at
+    equals = rest.find("=", question)
+    return rest.rfind("@", question, len(rest) if equals < 0 else equals)
 
 
 def make_client(

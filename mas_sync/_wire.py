@@ -231,7 +231,8 @@ def _encode_strict(value: object) -> str:
     """``_STRICT.encode(value)``, faster."""
     if _make_c_encoder is None:  # pragma: no cover - Pythons without the C accelerator
         return _STRICT.encode(value)
-    return "".join(_make_c_encoder({}, _default, _quote, None, ":", ",", False, False, False)(value, 0))
+    encode = _make_c_encoder({}, _default, _quote, None, ":", ",", False, False, False)
+    return "".join(encode(value, 0))
 
 
 def dumps_object(

@@ -230,6 +230,10 @@ def test_error_key_in_a_plain_message_or_request_reaches_the_handler(make_agent)
         ("redis://:hun/ter2@h:1/0", ["hun", "ter2"], "redis://:***@h:1/0"),
         ("redis://:hun#ter2@h:1/0", ["hun", "ter2"], "redis://:***@h:1/0"),
         ("redis://:hun?ter2@h:1/0", ["hun", "ter2"], "redis://:***@h:1/0"),
+        # Base64 passwords hold "=", "+" and "/".
+        ("redis://:abc123==@h:1", ["abc123"], "redis://:***@h:1"),
+        ("redis://u:ab+c/d12==@h:1/0?password=x@yz", ["ab+c", "d12", "x@yz"],
+         "redis://u:***@h:1/0?password=***"),
         ("REDIS://:hunter2@h:1/0", ["hunter2"], "REDIS://:***@h:1/0"),
         ("redis://h:1/0", [], "redis://h:1/0"),
         # A userinfo without ":" is read as a user name; often a password
