@@ -327,3 +327,11 @@ def test_a_payload_too_deep_to_encode_is_a_value_error(make_agent, channel) -> N
     with pytest.raises(ValueError, match="nested too deeply"):
         tx.send("rx", deep)
     assert_nothing_published_before(tx, channel)
+
+
+def test_capabilities_changed_after_the_constructor_are_checked_by_start(make_agent, r) -> None:
+    agent = make_agent("late", start=False)
+    agent.capabilities = ["nlp", "x" + LONE]
+    with pytest.raises(ValueError, match=r"capabilities\[1\] .*not valid UTF-8"):
+        agent.start()
+    assert r.keys("*") == [] and not agent.is_running
