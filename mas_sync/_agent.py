@@ -488,9 +488,8 @@ class Agent:
                     f"send_many() takes (target_id, payload) pairs; item {n} is {item!r}"
                 ) from None
             _wire.validate_agent_id(target_id, f"target id of item {n}")
-            checked.append(
-                (target_id, _wire.dumps_object(payload, f"payload of item {n}", _wire.RESERVED_KEYS))
-            )
+            body = _wire.dumps_object(payload, f"payload of item {n}", _wire.RESERVED_KEYS)
+            checked.append((target_id, body))
         ids = []
         batch = []
         for target_id, body in checked:

@@ -309,7 +309,8 @@ def redact_text(text: str, url: str) -> str:
     """
     secrets = set()
     for secret in _redact(url)[1]:
-        for piece in [secret, unquote(secret), unquote_plus(secret), *re.split(r"[/?#@:&]", secret)]:
+        pieces = [secret, unquote(secret), unquote_plus(secret), *re.split(r"[/?#@:&]", secret)]
+        for piece in pieces:
             if len(piece) >= 3:  # shorter pieces would mangle the text, and tell little
                 secrets.add(piece)
     for secret in sorted(secrets, key=len, reverse=True):
