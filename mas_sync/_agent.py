@@ -28,6 +28,7 @@ from ._connection import (
     make_client,
     ping,
     publish,
+    redact_text,
     redact_url,
     retire_connections,
 )
@@ -188,8 +189,9 @@ class Agent:
 
     Args:
         agent_id: Unique id; may not contain ``:``, ``*``, ``?``, ``[``, ``]``,
-            ``\\``, white space or control characters.
-        capabilities: What the agent can do, for :meth:`discover`.
+            ``\\``, white space, control characters or lone surrogates.
+        capabilities: What the agent can do, for :meth:`discover`: non-empty
+            strings that are valid UTF-8 text.
         redis_url: Where Redis is, as redis-py's ``from_url`` reads it.
         state_model: A pydantic model class for typed state; None for a
             mapping of strings.
@@ -455,12 +457,16 @@ class Agent:
             TypeError: ``payload`` is not a dict with string keys, or holds a
                 value JSON cannot carry.
             ValueError: a bad ``target_id``, or a payload holding NaN,
-                infinity or a circular reference. Nothing is published.
+                infinity, a circular reference, a string that is not valid
+                UTF-8 text (a lone surrogate such as ``"\\ud800"``), or a
+                reserved key: ``_correlation_id``, ``_expects_reply`` or
+                ``_is_reply``, which the library sets on requests and replies;
+                or one nested too deeply to encode. Nothing is published.
             MASConnectionError: Redis could not be reached.
         """
         runtime = self._mas_require_runtime()
         _wire.validate_agent_id(target_id, "target id")
-        body = _wire.dumps_object(payload)
+        body = _wire.dumps_object(payload, reserved=_wire.RESERVED_KEYS)
         message_id, data = runtime.frame(target_id, body)
         runtime.command(runtime.publish, _wire.agent_channel(target_id), data)
         return message_id
@@ -488,7 +494,8 @@ class Agent:
                     f"send_many() takes (target_id, payload) pairs; item {n} is {item!r}"
                 ) from None
             _wire.validate_agent_id(target_id, f"target id of item {n}")
-            checked.append((target_id, _wire.dumps_object(payload, f"payload of item {n}")))
+            body = _wire.dumps_object(payload, f"payload of item {n}", _wire.RESERVED_KEYS)
+            checked.append((target_id, body))
         ids = []
         batch = []
         for target_id, body in checked:
@@ -520,7 +527,8 @@ class Agent:
                 raised, or refused the payload (``kind == "validation_error"``).
             AgentNotRunningError: this agent is not started, or was stopped
                 while waiting.
-            TypeError, ValueError, MASConnectionError: as :meth:`send`.
+            TypeError, ValueError, MASConnectionError: as :meth:`send` (the
+                payload may not hold the markers this call adds).
         """
         runtime = self._mas_require_runtime()
         _wire.validate_agent_id(target_id, "target id")
@@ -571,6 +579,7 @@ class Agent:
         Raises:
             AgentNotRunningError: the agent is not started.
             TypeError: ``capabilities`` is a bare string or holds non-strings.
+            ValueError: a capability is empty or not valid UTF-8 text.
             MASConnectionError: Redis could not be reached.
         """
         runtime = self._mas_require_runtime()
@@ -642,7 +651,9 @@ class Agent:
         """Metadata published with the registration, for discovery.
 
         Called in the thread that calls :meth:`start`. Must return a
-        JSON-serializable dict.
+        JSON-serializable dict whose strings are valid UTF-8 text; otherwise
+        :meth:`start` raises ``TypeError`` or ``ValueError`` before anything
+        is written.
         """
         return {}
 
@@ -678,14 +689,18 @@ class Agent:
 
     # -- internals -------------------------------------------------------------
 
-    def _mas_reply(self, message: AgentMessage, payload: Dict[str, Any]) -> str:
+    def _mas_reply(
+        self, message: AgentMessage, payload: Dict[str, Any], error: bool = False
+    ) -> str:
         runtime = self._mas_require_runtime()
         if isinstance(payload, BaseModel):
             payload = payload.model_dump(mode="json")
         if not isinstance(payload, dict):
             raise TypeError(f"a reply must be a dict (a JSON object), not {type(payload).__name__}")
         assert message.correlation_id is not None
-        body = _wire.dumps_object(_wire.reply_payload(payload, message.correlation_id), "reply")
+        body = _wire.dumps_object(
+            _wire.reply_payload(payload, message.correlation_id, error=error), "reply"
+        )
         message_id, data = runtime.frame(message.sender_id, body)
         runtime.command(runtime.publish, _wire.agent_channel(message.sender_id), data)
         message._replied = True
@@ -952,7 +967,7 @@ class _Runtime:
                     if left <= 0:
                         raise MASConnectionError(
                             f"agent {self.agent.id!r}: cannot reach Redis at"
-                            f" {redact_url(self.url)}: {exc}"
+                            f" {redact_url(self.url)}: {redact_text(str(exc), self.url)}"
                         ) from exc
                     self.closing.wait(min(delay, left))
                     delay = min(delay * 2, 1.0)
@@ -964,12 +979,12 @@ class _Runtime:
                     raise MASConnectionError(
                         f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} failed"
                         f" after the command was sent (it may have run, and is not sent"
-                        f" again): {exc}"
+                        f" again): {redact_text(str(exc), self.url)}"
                     ) from exc
                 except ANY_REDIS_ERROR as exc:
                     raise RedisCommandError(
                         f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} refused"
-                        f" the command: {exc}"
+                        f" the command: {redact_text(str(exc), self.url)}"
                     ) from exc
                 except Exception as exc:
                     if self.closed:  # a connection closed under the call by stop()
@@ -1213,7 +1228,7 @@ class _Runtime:
         if not message.expects_reply or message._replied:
             return
         try:
-            message.reply(_wire.error_payload(kind, text, details))
+            self.agent._mas_reply(message, _wire.error_payload(kind, text, details), error=True)
         except Exception as exc:
             log.warning(
                 "Agent %s: could not send the error reply to %s: %s",

@@ -9,6 +9,7 @@ from typing import Optional
 from pydantic import BaseModel
 
 from ._agent import Agent
+from ._connection import redact_url
 from ._errors import RequestError
 from ._handlers import handler
 from ._message import AgentMessage
@@ -44,7 +45,7 @@ def run(redis_url: Optional[str] = None, tasks: int = 6) -> int:
         else contextlib.nullcontext()
     )
     with signals, local_redis(redis_url) as url:
-        where = url if redis_url else f"{url} (a private redis-server)"
+        where = redact_url(url) if redis_url else f"{url} (a private redis-server)"
         print(f"mas_sync demo: Redis at {where}")
         with MASService(url), Adder("adder-1", ["math"], url) as a1, Adder(
             "adder-2", ["math"], url

@@ -18,6 +18,7 @@ from ._connection import (
     is_cluster,
     make_client,
     publish,
+    redact_text,
     redact_url,
 )
 from ._errors import MASConnectionError
@@ -149,7 +150,8 @@ class ChannelListener:
             self._close()
             raise MASConnectionError(
                 f"{self._owner}: could not subscribe to {self.channel!r} at"
-                f" {redact_url(self.url)}: {self.error or 'timed out'}"
+                f" {redact_url(self.url)}:"
+                f" {redact_text(str(self.error), self.url) if self.error else 'timed out'}"
             ) from self.error
 
     @property

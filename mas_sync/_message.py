@@ -127,7 +127,12 @@ class AgentMessage(BaseModel):
                 it was received by another process (before a ``fork()``).
                 Also a ``RuntimeError``.
             AgentNotRunningError: the agent that received it has stopped.
-            TypeError, ValueError: ``payload`` is not a JSON object.
+            TypeError, ValueError: ``payload`` is not a JSON object, holds a
+                string that is not valid UTF-8 text (a lone surrogate), or
+                holds a reserved key: ``_correlation_id``, ``_expects_reply``,
+                ``_is_reply`` (set by the library) or ``_error`` (which the
+                library sets on the error replies of a failed handler).
+                Nothing is sent.
         """
         if not self.expects_reply or not self.correlation_id:
             raise CannotReplyError(

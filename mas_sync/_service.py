@@ -12,7 +12,8 @@ import redis
 
 from . import _wire
 from ._checks import check_seconds
-from ._connection import close_client, is_cluster, make_client, ping, redact_url, retire_connections
+from ._connection import close_client, is_cluster, make_client, ping, redact_text, redact_url
+from ._connection import retire_connections
 from ._errors import MASConnectionError, RedisCommandError
 from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
 from ._registry import AgentRegistry, Liveness, _ttl_ms
@@ -196,11 +197,13 @@ class MASService:
             return self._check(client, registry)
         except REDIS_ERRORS as exc:
             raise MASConnectionError(
-                f"MASService: Redis at {redact_url(self.redis_url)} failed: {exc}"
+                f"MASService: Redis at {redact_url(self.redis_url)} failed:"
+                f" {redact_text(str(exc), self.redis_url)}"
             ) from exc
         except ANY_REDIS_ERROR as exc:
             raise RedisCommandError(
-                f"MASService: Redis at {redact_url(self.redis_url)} refused a command: {exc}"
+                f"MASService: Redis at {redact_url(self.redis_url)} refused a command:"
+                f" {redact_text(str(exc), self.redis_url)}"
             ) from exc
 
     def _check(self, client: redis.Redis, registry: AgentRegistry) -> List[str]:

@@ -13,7 +13,7 @@ import math
 import re
 import time
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import AbstractSet, Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from redis.crc import key_slot
 
@@ -36,6 +36,15 @@ IS_REPLY = "_is_reply"
 #: mas_sync's own marker: a reply that reports an error instead of a result,
 #: ``{"type": ..., "message": ..., "details": [...]}``. Async peers see a key.
 ERROR = "_error"
+#: Payload keys that only the library sets, and that a caller's payload may
+#: not hold. In any message, the request/reply markers would be taken out of
+#: the payload by a mas_sync receiver (or make it drop the message, or take it
+#: for a request or a reply), and in a request or a reply they would be
+#: overwritten.
+RESERVED_KEYS = frozenset((CORRELATION_ID, EXPECTS_REPLY, IS_REPLY))
+#: Reserved in a reply only, where a mas_sync requester reads it as an error
+#: reply; elsewhere it is an ordinary key.
+RESERVED_REPLY_KEYS = RESERVED_KEYS | {ERROR}
 #: Payload key that names the action, for typed handlers.
 ACTION = "action"
 
@@ -52,8 +61,9 @@ def validate_agent_id(agent_id: object, what: str = "agent id") -> str:
 
     Raises:
         TypeError: ``agent_id`` is not a string.
-        ValueError: it is empty, too long, or holds a character that would
-            break the key scheme or a SCAN pattern.
+        ValueError: it is empty, too long, holds a character that would
+            break the key scheme or a SCAN pattern, or is not valid UTF-8
+            text (a lone surrogate).
     """
     if not isinstance(agent_id, str):
         raise TypeError(f"{what} must be a str, not {type(agent_id).__name__}")
@@ -67,7 +77,21 @@ def validate_agent_id(agent_id: object, what: str = "agent id") -> str:
             f"{what} {agent_id!r} contains {bad.group()!r}; ids may not contain"
             " ':', '*', '?', '[', ']', '\\', white space or control characters"
         )
+    if not agent_id.isascii():
+        check_text(agent_id, f"{what} {agent_id!r}")
     return agent_id
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse a string that cannot be encoded as UTF-8 (it holds a lone surrogate).
+
+    Raises:
+        ValueError: it does, naming ``what``.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8 text (lone surrogate)") from None
 
 
 def validate_capabilities(capabilities: object, what: str = "capabilities") -> List[str]:
@@ -76,7 +100,8 @@ def validate_capabilities(capabilities: object, what: str = "capabilities") -> L
     Raises:
         TypeError: not a list/tuple/set of strings (a bare string is refused,
             since ``"nlp"`` would otherwise read as three capabilities).
-        ValueError: a capability is empty.
+        ValueError: a capability is empty, or is not valid UTF-8 text (a
+            lone surrogate).
     """
     if capabilities is None:
         return []
@@ -92,6 +117,8 @@ def validate_capabilities(capabilities: object, what: str = "capabilities") -> L
             raise TypeError(f"{what} must be strings, got {type(cap).__name__}")
         if not cap:
             raise ValueError(f"{what} must not contain an empty string")
+        if not cap.isascii():
+            check_text(cap, f"{what}[{len(result)}] {cap!r}")
         result.append(cap)
     return result
 
@@ -280,28 +307,103 @@ def shown_key(key: bytes) -> str:
 
 _STRICT = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 _quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
+# The C encoder that _STRICT.encode() makes on every call, made here with less
+# Python around it (the send path is hot); a fresh one per call, since its
+# table of the containers being encoded (for circular references) is its own.
+_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+_default = _STRICT.default
 
 
-def dumps_object(value: object, what: str = "payload") -> str:
+def _encode_strict(value: object) -> str:
+    """``_STRICT.encode(value)``, faster."""
+    if _make_c_encoder is None:  # pragma: no cover - Pythons without the C accelerator
+        return _STRICT.encode(value)
+    encode = _make_c_encoder({}, _default, _quote, None, ":", ",", False, False, False)
+    return "".join(encode(value, 0))
+
+
+def dumps_object(
+    value: object, what: str = "payload", reserved: AbstractSet[str] = frozenset()
+) -> str:
     """Serialize a JSON object strictly.
+
+    Args:
+        value: The object.
+        what: What it is, for the errors (``payload``, ``reply``, ...).
+        reserved: Keys it may not hold at its top level.
 
     Raises:
         TypeError: ``value`` is not a dict with string keys, or holds a value
             JSON cannot carry.
-        ValueError: it holds NaN or infinity (not valid JSON) or a circular
-            reference.
+        ValueError: it holds NaN or infinity (not valid JSON), a circular
+            reference, a string that is not valid UTF-8 text (a lone
+            surrogate: no receiver could decode it), or a key of
+            ``reserved``; or it is nested too deeply to encode.
     """
     if not isinstance(value, dict):
         raise TypeError(f"{what} must be a dict (a JSON object), not {type(value).__name__}")
     for key in value:
         if not isinstance(key, str):
             raise TypeError(f"{what} keys must be strings, got {key!r}")
+    if reserved:
+        check_reserved(value, what, reserved)
     try:
-        return _STRICT.encode(value)
+        text = _encode_strict(value)
     except TypeError as exc:
         raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply to encode") from None
+    # The text is ASCII, every character beyond it escaped as \uXXXX: a lone
+    # surrogate can only be there if some surrogate is (a character beyond
+    # the BMP is a pair of them), which few payloads hold.
+    if "\\ud" in text:
+        try:
+            where = _lone_surrogate(value, what)
+        except RecursionError:
+            raise ValueError(f"{what} is nested too deeply to encode") from None
+        if where is not None:
+            raise ValueError(f"{where} is not valid UTF-8 text (lone surrogate)")
+    return text
+
+
+def check_reserved(payload: Mapping[str, Any], what: str, reserved: AbstractSet[str]) -> None:
+    """Refuse a payload that holds one of the ``reserved`` keys at its top level.
+
+    Raises:
+        ValueError: it does, naming the keys.
+    """
+    if not reserved.isdisjoint(payload):
+        keys = ", ".join(repr(k) for k in sorted(reserved.intersection(payload)))
+        raise ValueError(
+            f"{what} holds the reserved key(s) {keys}: the library sets them on requests"
+            " and replies (use request() and message.reply()); choose another key"
+        )
+
+
+def _lone_surrogate(value: object, where: str) -> Optional[str]:
+    """Where in ``value`` a string that UTF-8 cannot encode is, or None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and _lone_surrogate(key, where) is not None:
+                return f"a key of {where} ({key!r})"
+            found = _lone_surrogate(item, f"{where}[{key!r}]")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for n, item in enumerate(value):
+            found = _lone_surrogate(item, f"{where}[{n}]")
+            if found is not None:
+                return found
+    return None
 
 
 def new_message_id() -> str:
@@ -371,12 +473,31 @@ def split_markers(payload: Dict[str, Any]) -> Tuple[Optional[str], bool, bool]:
 
 
 def request_payload(payload: Mapping[str, Any], correlation_id: str) -> Dict[str, Any]:
-    """``payload`` with the markers of a request."""
+    """``payload`` with the markers of a request.
+
+    Raises:
+        ValueError: ``payload`` holds a key of :data:`RESERVED_KEYS`.
+    """
+    check_reserved(payload, "payload", RESERVED_KEYS)
     return {**payload, CORRELATION_ID: correlation_id, EXPECTS_REPLY: True}
 
 
-def reply_payload(payload: Mapping[str, Any], correlation_id: str) -> Dict[str, Any]:
-    """``payload`` with the markers of the reply to request ``correlation_id``."""
+def reply_payload(
+    payload: Mapping[str, Any], correlation_id: str, error: bool = False
+) -> Dict[str, Any]:
+    """``payload`` with the markers of the reply to request ``correlation_id``.
+
+    Args:
+        payload: What the replier passed, or (``error=True``) an
+            :func:`error_payload` made by the library.
+        correlation_id: The request's.
+        error: ``payload`` is the library's error reply, whose ``_error`` key
+            is allowed.
+
+    Raises:
+        ValueError: ``payload`` holds a key of :data:`RESERVED_REPLY_KEYS`.
+    """
+    check_reserved(payload, "reply", RESERVED_KEYS if error else RESERVED_REPLY_KEYS)
     return {**payload, CORRELATION_ID: correlation_id, IS_REPLY: True}
 
 

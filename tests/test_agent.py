@@ -184,22 +184,25 @@ def test_on_start_failure_stops_the_agent_and_reraises(make_agent, r) -> None:
 
 def test_messages_wait_until_on_start_returns(make_agent) -> None:
     order: List[str] = []
-    release = threading.Event()
+    handled = threading.Event()
 
     class Slow(Agent):
         def on_start(self) -> None:
-            # A message sent to itself now is handled only after on_start.
+            # A message sent to itself now is handled only after on_start...
             self.send(self.id, {"early": True})
-            release.wait(0.3)
+            # ... even once it has arrived, when a worker would take it at once.
+            wait_until(lambda: self.stats.received == 1, 5, message="the message arrived")
+            handled.wait(1.0)
             order.append("on_start done")
 
         def on_message(self, message: AgentMessage) -> None:
             order.append("message")
-            release.set()
+            handled.set()
 
     agent = make_agent("slowstart", cls=Slow)
-    wait_until(lambda: len(order) == 2, 5)
+    assert handled.wait(5)
     assert order == ["on_start done", "message"]
+    assert agent.stats.handled == 1
     agent.stop()
 
 
@@ -437,3 +440,61 @@ def test_a_child_forked_while_the_agent_locks_are_held_does_not_hang(make_agent)
     assert rx.stats.handled == 1
     tx.send("held", {"n": 2})
     wait_until(lambda: rx.stats.handled == 2, 5)
+
+
+def test_send_racing_stop_publishes_or_raises_not_running(make_agent, r) -> None:
+    pubsub = r.pubsub()
+    pubsub.subscribe("agent.rx")
+    confirmed = pubsub.get_message(timeout=5)
+    assert confirmed is not None and confirmed["type"] == "subscribe"
+    tx = make_agent("tx")
+    lock = threading.Lock()
+    sent: List[str] = []
+    refused: List[int] = []
+    others: List[BaseException] = []
+    go = threading.Barrier(9, timeout=5)
+
+    def sender(n: int) -> None:
+        go.wait()
+        i = 0
+        while True:
+            try:
+                message_id = tx.send("rx", {"n": n, "i": i})
+            except AgentNotRunningError:
+                with lock:
+                    refused.append(n)
+                return
+            except BaseException as exc:  # anything else is a failure of the test
+                with lock:
+                    others.append(exc)
+                return
+            with lock:
+                sent.append(message_id)
+            i += 1
+
+    threads = [
+        threading.Thread(target=sender, args=(n,), name=f"test-sender-{n}", daemon=True)
+        for n in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    go.wait()
+    wait_until(lambda: len(sent) >= 200, 10, message="sends under way")
+    tx.stop(timeout=5)
+    for thread in threads:
+        thread.join(10)
+    assert [t.name for t in threads if t.is_alive()] == []
+    assert others == []
+    assert sorted(refused) == list(range(8))  # every sender ended on AgentNotRunningError
+    published: set = set()
+
+    def all_published() -> bool:
+        while True:
+            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+            if message is None:
+                return published >= set(sent)
+            published.add(json.loads(message["data"])["message_id"])
+
+    wait_until(all_published, 10, message="every id send() returned was published")
+    assert published == set(sent)  # and nothing was published that send() did not return
+    pubsub.close()

@@ -43,13 +43,27 @@ def test_items_of_one_key_run_in_order_and_keys_in_parallel() -> None:
 
 
 def test_nothing_runs_before_open() -> None:
-    ran = threading.Event()
-    pool = make_pool(lambda item: ran.set())
-    pool.submit("k", 1)
-    assert not ran.wait(0.1)
-    assert pool.threads() == []
+    opened = threading.Event()
+    ran: List[Tuple[int, bool]] = []  # (item, whether open() had been called)
+    both = threading.Event()
+
+    def handler(item: int) -> None:
+        ran.append((item, opened.is_set()))
+        if len(ran) == 2:
+            both.set()
+
+    pool = make_pool(handler)
+    assert pool.submit("k", 1)
+    # Queued with no worker; an open pool starts one within submit().
+    assert (pool.pending, pool.threads()) == (1, [])
+    # However late an early run would come, the handler records it as early.
+    assert not both.wait(0.5)
+    assert pool.submit("k", 2)  # a late item, still before open()
+    assert (pool.pending, pool.threads(), ran) == (2, [], [])
+    opened.set()
     pool.open()
-    assert ran.wait(5)
+    assert both.wait(5)
+    assert ran == [(1, True), (2, True)]
     finish(pool)
 
 

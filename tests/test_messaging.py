@@ -144,9 +144,16 @@ def test_messages_beyond_max_pending_are_dropped_and_counted(make_agent, caplog)
         json.dumps({"sender_id": "x", "target_id": "rx", "payload": [1]}).encode(),
         json.dumps({"sender_id": "x", "target_id": "rx", "payload": {}, "timestamp": "soon"}).encode(),
         b"{" * 10000,
+        # Valid JSON, nested deeper than any JSON parser here recurses.
+        b'{"sender_id": "x", "target_id": "rx", "payload": '
+        + b'{"a": [' * 5000 + b"1" + b"]}" * 5000
+        + b', "timestamp": 1.0, "message_id": "m"}',
         b'{"sender_id": "x", "target_id": "rx", "payload": {"big": "' + b"x" * 300_000 + b'"}}',
     ],
-    ids=["text", "bad-utf8", "array", "missing-fields", "int-sender", "list-payload", "bad-timestamp", "deep", "huge"],
+    ids=[
+        "text", "bad-utf8", "array", "missing-fields", "int-sender", "list-payload",
+        "bad-timestamp", "truncated", "deep", "huge",
+    ],
 )
 def test_garbage_is_counted_and_the_listener_goes_on(make_agent, r, garbage, caplog) -> None:
     rx = make_agent("rx", cls=Collector, max_message_bytes=200_000)
