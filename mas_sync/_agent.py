@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type
 
 import redis
-from redis.exceptions import RedisClusterException
 from pydantic import BaseModel, ValidationError
 
 from . import _wire

@@ -18,7 +18,6 @@ import redis
 
 from mas_sync import (
     Agent,
-    AgentMessage,
     AgentNotRunningError,
     MASConnectionError,
     MASError,
