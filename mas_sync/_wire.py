@@ -307,21 +307,6 @@ def shown_key(key: bytes) -> str:
 
 _STRICT = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 _quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
-# The C encoder that _STRICT.encode() makes on every call, made here with less
-# Python around it (the send path is hot); a fresh one per call, since its
-# table of the containers being encoded (for circular references) is its own.
-_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
-_default = _STRICT.default
-
-
-def _encode_strict(value: object) -> str:
-    """``_STRICT.encode(value)``, faster."""
-    if _make_c_encoder is None:  # pragma: no cover - Pythons without the C accelerator
-        return _STRICT.encode(value)
-    encode = _make_c_encoder({}, _default, _quote, None, ":", ",", False, False, False)
-    return "".join(encode(value, 0))
-
-
 def dumps_object(
     value: object, what: str = "payload", reserved: AbstractSet[str] = frozenset()
 ) -> str:
@@ -348,7 +333,7 @@ def dumps_object(
     if reserved:
         check_reserved(value, what, reserved)
     try:
-        text = _encode_strict(value)
+        text = _STRICT.encode(value)
     except TypeError as exc:
         raise TypeError(f"{what} is not JSON-serializable: {exc}") from None
     except ValueError as exc:
