@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from . import _wire
 from ._connection import (
     NotConnected,
+    check_redis_url,
     close_client,
     deadlines,
     is_cluster,
@@ -191,7 +192,8 @@ class Agent:
             ``\\``, white space, control characters or lone surrogates.
         capabilities: What the agent can do, for :meth:`discover`: non-empty
             strings that are valid UTF-8 text.
-        redis_url: Where Redis is, as redis-py's ``from_url`` reads it.
+        redis_url: Where Redis is, as redis-py's ``from_url`` reads it; a scheme
+            mas_sync does not take (see README, Production) is a ValueError.
         state_model: A pydantic model class for typed state; None for a
             mapping of strings.
         heartbeat_interval: Seconds between heartbeats.
@@ -240,6 +242,7 @@ class Agent:
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
         if not isinstance(redis_url, str) or not redis_url:
             raise TypeError("redis_url must be a non-empty str")
+        check_redis_url(redis_url)
         self.redis_url: str = redis_url
         if state_model is not None and not (
             isinstance(state_model, type) and issubclass(state_model, BaseModel)
@@ -624,6 +627,8 @@ class Agent:
                 state cannot hold.
             StateError: a field unknown to ``state_model`` or a value that
                 does not validate.
+            ValueError: a key or a string value that is not valid UTF-8
+                text (a lone surrogate).
             MASConnectionError: Redis could not be reached.
         """
         runtime = self._mas_require_runtime()

@@ -12,8 +12,8 @@ import redis
 
 from . import _wire
 from ._checks import check_seconds
-from ._connection import close_client, is_cluster, make_client, ping, redact_text, redact_url
-from ._connection import retire_connections
+from ._connection import check_redis_url, close_client, is_cluster, make_client, ping
+from ._connection import redact_text, redact_url, retire_connections
 from ._errors import MASConnectionError, RedisCommandError
 from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
 from ._registry import AgentRegistry, Liveness, _ttl_ms
@@ -84,6 +84,7 @@ class MASService:
         check_seconds("check_interval", check_interval)
         if prune_after is not None:
             _ttl_ms(prune_after, "prune_after")
+        check_redis_url(redis_url)
         self.redis_url = redis_url
         self.heartbeat_timeout = float(heartbeat_timeout)
         self.check_interval = float(check_interval)

@@ -346,6 +346,8 @@ class StateManager:
                 a value that cannot be stored.
             StateError: a key is not a field of ``state_model``, or a value
                 does not validate. Nothing is written.
+            ValueError: a key or a string value is not valid UTF-8 text (a
+                lone surrogate). Nothing is written.
             AgentNotRunningError: the state was never loaded.
             redis.RedisError: the write failed (its outcome may be unknown).
         """
@@ -384,6 +386,9 @@ class StateManager:
                 new_value = self._codec.build(merged)
                 new_encoded = self._codec.encode(new_value)
             changed = {k: v for k, v in new_encoded.items() if self._encoded.get(k) != v}
+            for key, text in changed.items():  # before anything is written
+                _wire.check_text(key, f"state key {key!r}")
+                _wire.check_text(text, f"state value for {key!r}")
             if changed:
                 self._write(lambda: self._redis.hset(self._key, mapping=changed), changed)
             self._value = new_value

@@ -271,9 +271,9 @@ def test_redis_urls_are_checked_against_every_scheme_mas_sync_takes() -> None:
     assert listed in str(from_client.value)
     from mas_sync import MASService
 
-    for starts in (Agent("a", redis_url="http://bad").start, MASService("http://bad").start):
+    for make in (lambda: Agent("a", redis_url="http://bad"), lambda: MASService("http://bad")):
         with pytest.raises(ValueError) as refused:
-            starts()
+            make()
         assert listed in str(refused.value)
     with pytest.raises(ValueError, match="http://u:") as secret:
         check_redis_url("http://u:hunter2@host")

@@ -335,3 +335,32 @@ def test_capabilities_changed_after_the_constructor_are_checked_by_start(make_ag
     with pytest.raises(ValueError, match=r"capabilities\[1\] .*not valid UTF-8"):
         agent.start()
     assert r.keys("*") == [] and not agent.is_running
+
+
+@pytest.mark.parametrize("make", [lambda url: Agent("a", redis_url=url), lambda url: MASService(url)])
+def test_a_url_scheme_mas_sync_does_not_take_is_refused_by_the_constructor(make) -> None:
+    from mas_sync._connection import REDIS_URL_SCHEMES
+
+    with pytest.raises(ValueError) as caught:
+        make("http://user:hunter2@example.com")
+    assert ", ".join(REDIS_URL_SCHEMES) in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_update_state_refuses_a_lone_surrogate_and_writes_nothing(make_agent, r) -> None:
+    from pydantic import BaseModel
+
+    class Notes(BaseModel):
+        text: str = ""
+
+    untyped = make_agent("untyped")
+    untyped.update_state({"kept": "yes"})
+    for updates in ({"text": "a\ud800"}, {"k\udfff": "v"}):
+        with pytest.raises(ValueError, match="lone surrogate"):
+            untyped.update_state(updates)
+    assert r.hgetall("agent.state:untyped") == {"kept": "yes"}
+    assert dict(untyped.state) == {"kept": "yes"}
+    typed = make_agent("typed", state_model=Notes)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        typed.update_state({"text": "a\ud800"})
+    assert typed.state.text == "" and r.hget("agent.state:typed", "text") in (None, "")
