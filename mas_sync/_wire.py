@@ -307,6 +307,8 @@ def shown_key(key: bytes) -> str:
 
 _STRICT = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 _quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
+
+
 def dumps_object(
     value: object, what: str = "payload", reserved: AbstractSet[str] = frozenset()
 ) -> str:
