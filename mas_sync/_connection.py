@@ -365,6 +365,7 @@ def _user_info_end(rest: str) -> int:
     equals = rest.find("=", question)
     return rest.rfind("@", question, len(rest) if equals < 0 else equals)
 
+
 #: The URL schemes mas_sync takes, as written (case matters): redis-py's
 #: three, whose URLs redis-py reads, then Sentinel and Cluster.
 REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
