@@ -1,163 +1,23 @@
-"""The blocking agent: a listener thread, a worker pool and a heartbeat thread."""
+"""The public face of an agent: its settings, its calls and the hooks a subclass overrides."""
 
 from __future__ import annotations
 
-import atexit
-import itertools
-import json
-import logging
-import os
-import threading
-import time
-import uuid
-import weakref
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type
+import threading
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
-import redis
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from . import _wire
-from ._connection import (
-    NotConnected,
-    check_redis_url,
-    close_client,
-    deadlines,
-    is_cluster,
-    make_client,
-    ping,
-    publish,
-    redact_text,
-    redact_url,
-    retire_connections,
-)
+from . import _lifecycle, _process, _wire
 from ._checks import check_seconds
-from ._dispatch import OrderedPool
-from ._errors import (
-    AgentIdInUseError,
-    AgentNotRunningError,
-    MASConnectionError,
-    MASError,
-    RedisCommandError,
-    RequestError,
-    RequestTimeout,
-)
-from ._handlers import HandlerSpec, action_of, body_of, collect_handlers
-from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
-from ._message import AgentMessage, weak_reply_sender
-from ._registry import REFRESH_GONE, REFRESH_REACTIVATED, REFRESH_TAKEN, AgentRegistry
-from ._requests import PendingRequests
-from ._sentinel import follow_master, is_sentinel_url
-from ._sequence import GapTracker, Numbering
+from ._connection import check_redis_url
+from ._errors import AgentNotRunningError
+from ._handlers import HandlerSpec, collect_handlers
+from ._message import AgentMessage
+from ._options import AgentOptions
+from ._run import AgentRun
 from ._state import StateManager
-
-log = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class AgentStats:
-    """Counters of one agent since it was created.
-
-    Attributes:
-        received: Messages read from the agent's channel.
-        handled: Messages whose ``on_message`` returned.
-        handler_errors: Messages whose ``on_message`` raised.
-        invalid: Messages dropped because they were not valid agent messages
-            (not JSON, wrong shape or types, or larger than
-            ``max_message_bytes``).
-        dropped_overflow: Messages dropped because ``max_pending`` messages
-            were already waiting for a worker.
-        dropped_on_stop: Messages still queued when ``stop()`` gave up waiting.
-        rejected: Messages a typed handler refused: the payload did not
-            validate into its model.
-        replies_dropped: Replies that matched no waiting request: late (after
-            the request timed out), or not from the agent that was asked.
-        missed: Messages from mas_sync senders that never arrived, told by
-            gaps in their sequence numbers (pub/sub drops what is published
-            while a subscriber is disconnected).
-        disconnects: Times the listener lost its connection (or found it
-            dead: no answer to PING).
-        reconnects: Times the listener resubscribed after losing Redis.
-        listener_restarts: Times the listener failed for another reason
-            (Redis refused to subscribe, an unexpected error) and was
-            started again.
-        skipped_registrations: Registrations that ``discover()`` skipped,
-            summed over calls, because they could not be read (fields that
-            are not strict JSON of the right shape or not UTF-8, an ``id``
-            that does not name its key); each such key is also logged once
-            per run.
-    """
-
-    received: int = 0
-    handled: int = 0
-    handler_errors: int = 0
-    invalid: int = 0
-    dropped_overflow: int = 0
-    dropped_on_stop: int = 0
-    rejected: int = 0
-    replies_dropped: int = 0
-    missed: int = 0
-    disconnects: int = 0
-    reconnects: int = 0
-    listener_restarts: int = 0
-    skipped_registrations: int = 0
-
-
-class _Counters:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: Dict[str, int] = dict.fromkeys(AgentStats.__dataclass_fields__, 0)
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._values[name] += n
-
-    def snapshot(self) -> AgentStats:
-        with self._lock:
-            return AgentStats(**self._values)
-
-
-_running_agents: "weakref.WeakSet[Agent]" = weakref.WeakSet()
-_agents: "weakref.WeakSet[Agent]" = weakref.WeakSet()  # every agent, for fork()
-
-
-def running_agents() -> List["Agent"]:
-    """The agents started, and not yet stopped, in this process."""
-    return list(_running_agents)
-
-
-def _forget_agents_after_fork() -> None:
-    # Threads do not survive fork(): in the child, an agent that was running in
-    # the parent is stopped, and may be started again, with counters from
-    # zero. Its connections belong to the parent and are left alone. Any
-    # agent's locks may have been held by a parent thread, so they are made
-    # anew. (The GapTracker renews its own lock; Sentinel watchers are
-    # forgotten by their module.)
-    for agent in list(_agents):
-        agent._mas_lock = threading.RLock()
-        if agent._mas_runtime is not None:
-            agent._mas_runtime = None
-            agent._mas_counters = _Counters()
-            agent._mas_gaps = GapTracker()
-        else:
-            agent._mas_counters._lock = threading.Lock()
-    _running_agents.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_agents_after_fork)
-
-
-@atexit.register
-def _stop_running_agents() -> None:
-    # Deregister cleanly when the interpreter exits with agents still running.
-    for agent in list(_running_agents):
-        try:
-            agent.stop(timeout=2.0)
-        except Exception:  # pragma: no cover - best effort at exit
-            log.exception("Agent %s: stop at exit failed", agent.id)
+from ._stats import AgentStats, Counters, GapTracker
 
 
 class Agent:
@@ -244,45 +104,16 @@ class Agent:
             raise TypeError("redis_url must be a non-empty str")
         check_redis_url(redis_url)
         self.redis_url: str = redis_url
-        if state_model is not None and not (
-            isinstance(state_model, type) and issubclass(state_model, BaseModel)
-        ):
-            raise TypeError(f"state_model must be a pydantic BaseModel class, not {state_model!r}")
-        check_seconds("heartbeat_interval", heartbeat_interval)
-        check_seconds("probe_interval", probe_interval)
-        check_seconds("retry_timeout", retry_timeout, zero=True)
-        check_seconds("command_timeout", command_timeout)
-        check_seconds("heartbeat_ttl", heartbeat_ttl)
-        if heartbeat_ttl <= heartbeat_interval:
-            raise ValueError(
-                f"heartbeat_ttl ({heartbeat_ttl}) must be longer than heartbeat_interval"
-                f" ({heartbeat_interval}), or the agent would flicker out of discovery"
-            )
-        for name, value, most in (
-            ("max_workers", max_workers, _MAX_WORKERS),
-            ("max_pending", max_pending, _MAX_COUNT),
-            ("max_message_bytes", max_message_bytes, _MAX_MESSAGE_BYTES),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
-                raise ValueError(f"{name} must be an int from 1 to {most}, not {value!r}")
-        if not isinstance(take_over, bool):
-            raise TypeError(f"take_over must be a bool, not {take_over!r}")
-        self._mas_take_over = take_over
-        self._mas_state_model = state_model
-        self._mas_heartbeat_interval = float(heartbeat_interval)
-        self._mas_heartbeat_ttl = float(heartbeat_ttl)
-        self._mas_max_workers = max_workers
-        self._mas_max_pending = max_pending
-        self._mas_max_message_bytes = max_message_bytes
-        self._mas_retry_timeout = float(retry_timeout)
-        self._mas_command_timeout = float(command_timeout)
-        self._mas_probe_interval = float(probe_interval)
+        self._mas_options = AgentOptions(
+            state_model, heartbeat_interval, heartbeat_ttl, max_workers, max_pending,
+            max_message_bytes, retry_timeout, command_timeout, probe_interval, take_over,
+        )
         self._mas_lock = threading.RLock()
-        self._mas_runtime: Optional[_Runtime] = None
+        self._mas_run: Optional[AgentRun] = None
         self._mas_state: Optional[StateManager] = None
-        self._mas_counters = _Counters()
+        self._mas_counters = Counters()
         self._mas_gaps = GapTracker()
-        _agents.add(self)
+        _process.track(self)
 
     _mas_handlers: Dict[str, HandlerSpec] = {}
 
@@ -318,42 +149,7 @@ class Agent:
             Exception: whatever :meth:`on_start` raised, after the agent was
                 stopped again.
         """
-        with self._mas_lock:
-            if self._mas_runtime is not None:
-                raise AgentNotRunningError(f"agent {self.id!r} is already started")
-            runtime = self._mas_runtime = _Runtime(self)
-        try:
-            runtime.start()
-        except BaseException as exc:
-            with self._mas_lock:
-                self._mas_runtime = None
-                runtime.start_done = True
-            runtime.started.set()
-            runtime.stopped.set()
-            if runtime.stopping and not isinstance(exc, MASError):
-                raise AgentNotRunningError(f"agent {self.id!r} was stopped while starting") from None
-            raise
-        self._mas_state = runtime.state
-        _running_agents.add(self)
-        try:
-            if not runtime.stopping:
-                self.on_start()
-        except BaseException:
-            log.error("Agent %s: on_start raised; stopping", self.id)
-            self.stop()
-            raise
-        finally:
-            with self._mas_lock:
-                runtime.start_done = True
-                if not runtime.stopping:
-                    runtime.pool.open()
-                hand_over = runtime.stop_by_starter
-            runtime.started.set()
-        if hand_over:
-            self._mas_finish_stop(runtime, time.monotonic() + runtime.stop_timeout)
-        if runtime.stopping:
-            raise AgentNotRunningError(f"agent {self.id!r} was stopped while starting")
-        log.info("Agent %s: started", self.id)
+        _lifecycle.start(self)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the agent; safe to call twice, from any thread, even from a handler.
@@ -378,52 +174,7 @@ class Agent:
             ValueError: ``timeout`` is not a number of seconds.
         """
         check_seconds("timeout", timeout, zero=True)
-        deadline = time.monotonic() + timeout
-        current = threading.current_thread()
-        with self._mas_lock:
-            runtime = self._mas_runtime
-            if runtime is None:
-                return
-            second = runtime.stopping
-            if second:
-                nested = (
-                    runtime.stopper is current
-                    or runtime.starter is current
-                    or runtime.owns_current_thread()
-                )
-            else:
-                runtime.stopping = True
-                runtime.stopper = current
-                runtime.stop_timeout = float(timeout)
-                wait_for_start = not runtime.start_done and runtime.starter is not current
-        if second:
-            if not nested:
-                runtime.stopped.wait(timeout)
-            return
-        if wait_for_start:
-            runtime.started.wait(timeout)
-            with self._mas_lock:
-                if not runtime.start_done:
-                    runtime.stop_by_starter = True
-                    log.warning(
-                        "Agent %s: start() still busy after %.1f s; it stops the agent when done",
-                        self.id, timeout,
-                    )
-                    return
-        self._mas_finish_stop(runtime, deadline)
-
-    def _mas_finish_stop(self, runtime: "_Runtime", deadline: float) -> None:
-        if runtime.stopped.is_set():
-            return  # start() failed, and cleaned up after itself
-        try:
-            runtime.stop(deadline)
-        finally:
-            with self._mas_lock:
-                if self._mas_runtime is runtime:
-                    self._mas_runtime = None
-                _running_agents.discard(self)
-            runtime.stopped.set()
-        log.info("Agent %s: stopped", self.id)
+        _lifecycle.stop(self, timeout)
 
     def __enter__(self) -> "Agent":
         self.start()
@@ -435,8 +186,8 @@ class Agent:
     @property
     def is_running(self) -> bool:
         """True between a successful :meth:`start` and :meth:`stop`."""
-        runtime = self._mas_runtime
-        return runtime is not None and not runtime.stopping
+        run = self._mas_run
+        return run is not None and not run.stopping
 
     @property
     def stats(self) -> AgentStats:
@@ -466,12 +217,10 @@ class Agent:
                 or one nested too deeply to encode. Nothing is published.
             MASConnectionError: Redis could not be reached.
         """
-        runtime = self._mas_require_runtime()
+        run = self._mas_require_run()
         _wire.validate_agent_id(target_id, "target id")
         body = _wire.dumps_object(payload, reserved=_wire.RESERVED_KEYS)
-        message_id, data = runtime.frame(target_id, body)
-        runtime.command(runtime.publish, _wire.agent_channel(target_id), data)
-        return message_id
+        return run.outbox.send(target_id, body)
 
     def send_many(self, messages: Iterable[Tuple[str, Dict[str, Any]]]) -> List[str]:
         """Publish a batch of ``(target_id, payload)`` messages in one round trip.
@@ -486,7 +235,7 @@ class Agent:
             AgentNotRunningError, TypeError, ValueError, MASConnectionError: as
                 :meth:`send`.
         """
-        runtime = self._mas_require_runtime()
+        run = self._mas_require_run()
         checked = []
         for n, item in enumerate(messages):
             try:
@@ -498,15 +247,7 @@ class Agent:
             _wire.validate_agent_id(target_id, f"target id of item {n}")
             body = _wire.dumps_object(payload, f"payload of item {n}", _wire.RESERVED_KEYS)
             checked.append((target_id, body))
-        ids = []
-        batch = []
-        for target_id, body in checked:
-            message_id, data = runtime.frame(target_id, body)
-            ids.append(message_id)
-            batch.append((_wire.agent_channel(target_id), data))
-        if batch:
-            runtime.command(runtime.publish_many, batch)
-        return ids
+        return run.outbox.send_many(checked)
 
     def request(
         self, target_id: str, payload: Dict[str, Any], timeout: float = 30.0
@@ -532,41 +273,12 @@ class Agent:
             TypeError, ValueError, MASConnectionError: as :meth:`send` (the
                 payload may not hold the markers this call adds).
         """
-        runtime = self._mas_require_runtime()
+        run = self._mas_require_run()
         _wire.validate_agent_id(target_id, "target id")
         check_seconds("timeout", timeout)
-        deadline = time.monotonic() + timeout
         if not isinstance(payload, dict):
             raise TypeError(f"payload must be a dict (a JSON object), not {type(payload).__name__}")
-        correlation_id = str(uuid.uuid4())
-        body = _wire.dumps_object(_wire.request_payload(payload, correlation_id))
-        _, data = runtime.frame(target_id, body)
-        pending = runtime.requests.add(correlation_id, target_id)
-        try:
-            runtime.command(
-                runtime.publish, _wire.agent_channel(target_id), data, deadline=deadline
-            )
-            if not pending.event.wait(max(0.0, deadline - time.monotonic())):
-                raise RequestTimeout(
-                    f"agent {self.id!r}: no reply from {target_id!r} within {timeout} s"
-                    f" (request {correlation_id})"
-                )
-        finally:
-            runtime.requests.discard(correlation_id)
-        if pending.error is not None:
-            raise pending.error
-        reply = pending.reply
-        assert reply is not None
-        error = reply.payload.get(_wire.ERROR)
-        if isinstance(error, dict):
-            raise RequestError(
-                f"{target_id!r} answered request {correlation_id} with an error:"
-                f" {error.get('type')}: {error.get('message')}",
-                reply=reply,
-                kind=str(error.get("type")),
-                details=error.get("details") or [],
-            )
-        return reply
+        return run.outbox.request(target_id, payload, timeout)
 
     def discover(self, capabilities: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         """The ACTIVE agents having at least one of ``capabilities``.
@@ -584,8 +296,8 @@ class Agent:
             ValueError: a capability is empty or not valid UTF-8 text.
             MASConnectionError: Redis could not be reached.
         """
-        runtime = self._mas_require_runtime()
-        return runtime.command(runtime.registry.discover, capabilities)
+        run = self._mas_require_run()
+        return run.calls.run(run.registry.discover, capabilities)
 
     # -- state -----------------------------------------------------------------
 
@@ -631,8 +343,8 @@ class Agent:
                 text (a lone surrogate).
             MASConnectionError: Redis could not be reached.
         """
-        runtime = self._mas_require_runtime()
-        runtime.command(runtime.state.update, updates)
+        run = self._mas_require_run()
+        run.calls.run(run.state.update, updates)
 
     def reset_state(self) -> None:
         """Replace the persisted state by the defaults, atomically.
@@ -646,8 +358,8 @@ class Agent:
                 is changed.
             MASConnectionError: Redis could not be reached.
         """
-        runtime = self._mas_require_runtime()
-        runtime.command(runtime.state.reset)
+        run = self._mas_require_run()
+        run.calls.run(run.state.reset)
 
     # -- hooks -----------------------------------------------------------------
 
@@ -693,562 +405,8 @@ class Agent:
 
     # -- internals -------------------------------------------------------------
 
-    def _mas_reply(
-        self, message: AgentMessage, payload: Dict[str, Any], error: bool = False
-    ) -> str:
-        runtime = self._mas_require_runtime()
-        if isinstance(payload, BaseModel):
-            payload = payload.model_dump(mode="json")
-        if not isinstance(payload, dict):
-            raise TypeError(f"a reply must be a dict (a JSON object), not {type(payload).__name__}")
-        assert message.correlation_id is not None
-        body = _wire.dumps_object(
-            _wire.reply_payload(payload, message.correlation_id, error=error), "reply"
-        )
-        message_id, data = runtime.frame(message.sender_id, body)
-        runtime.command(runtime.publish, _wire.agent_channel(message.sender_id), data)
-        message._replied = True
-        return message_id
-
-    def _mas_require_runtime(self) -> "_Runtime":
-        runtime = self._mas_runtime
-        if runtime is None or runtime.closed or not runtime.ready:
+    def _mas_require_run(self) -> AgentRun:
+        run = self._mas_run
+        if run is None or run.calls.closed or not run.ready:
             raise AgentNotRunningError(f"agent {self.id!r} is not started")
-        return runtime
-
-
-#: Bounds of the constructor's counts: beyond them, a typo rather than a plan.
-_MAX_WORKERS = 10_000
-_MAX_COUNT = 100_000_000
-_MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # Redis's own limit for one string
-
-
-class _Runtime:
-    """What one run of an agent owns: clients, threads and their stop signal."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.name = f"mas-agent[{agent.id}]"
-        self.url = agent.redis_url
-        self.counters = agent._mas_counters
-        self.stop_event = threading.Event()
-        self.beat_now = threading.Event()
-        # Lifecycle, guarded by the agent's lock: who starts, who stops.
-        self.starter = threading.current_thread()
-        self.started = threading.Event()  # start() is done, one way or the other
-        self.start_done = False
-        self.ready = False  # connected: calls may use the clients
-        self.stopping = False
-        self.stopper: Optional[threading.Thread] = None
-        self.stop_timeout = 10.0
-        self.stop_by_starter = False
-        self.stopped = threading.Event()
-        # Calls in flight, so that stop() closes no connection under them.
-        self.calls = threading.Condition(threading.Lock())
-        self.in_flight = 0
-        self.closed = False
-        self.closing = threading.Event()
-        self.pool = OrderedPool(
-            self.name, self.handle, agent._mas_max_workers, agent._mas_max_pending
-        )
-        self.requests = PendingRequests()
-        self.run_id = uuid.uuid4().hex[:16]
-        self.message_numbers = itertools.count(1)  # next() is atomic in CPython
-        self.numbering = Numbering()
-        self.gaps = agent._mas_gaps
-        self.listener: Optional[ChannelListener] = None
-        self.unfollow: Callable[[], None] = lambda: None
-        self.heartbeat: Optional[threading.Thread] = None
-        self.token: Optional[str] = None  # of this run's registration
-        self.overflowing = 0
-
-    # -- start and stop --------------------------------------------------------
-
-    def start(self) -> None:
-        """Connect and subscribe; undone, and raised, on any failure or a stop() meanwhile."""
-        agent = self.agent
-        self.client: redis.Redis = make_client(
-            self.url,
-            agent._mas_max_workers + 4,
-            timeout=agent._mas_command_timeout,
-            client_name=_client_name(agent.id),
-        )
-        # PUBLISH, or SPUBLISH on a cluster: chosen once, not on every send.
-        self.publish = self.client.spublish if is_cluster(self.client) else self.client.publish
-        self.registry = AgentRegistry(
-            self.client, on_skip=lambda n: self.counters.add("skipped_registrations", n)
-        )
-        self.state = StateManager(agent.id, self.client, agent._mas_state_model)
-        try:
-            ping(self.client, self.url)
-            metadata = agent.get_metadata()
-            _wire.dumps_object(metadata, "get_metadata() result")
-            self.metadata = metadata
-            self.ready = True
-            self.abort_if_stopping()
-            self.command(self.state.load)
-            self.abort_if_stopping()
-            self.listener = ChannelListener(
-                self.url,
-                _wire.agent_channel(agent.id),
-                self.receive,
-                name=f"{self.name}-listener",
-                owner=f"Agent {agent.id}",
-                on_disconnect=self.disconnected,
-                on_reconnect=self.reconnected,
-                on_restart=self.listener_restarted,
-                on_fatal=self.fail,
-                probe_interval=agent._mas_probe_interval,
-                probe_timeout=min(2.0, agent._mas_probe_interval),
-                client_name=_client_name(agent.id),
-            )
-            self.listener.start()
-            if is_sentinel_url(self.url):
-                self.unfollow = follow_master(self.url, self.master_moved)
-            self.abort_if_stopping()
-            self.command(self.register)
-            self.heartbeat = threading.Thread(
-                target=self.beat_loop, name=f"{self.name}-heartbeat", daemon=True
-            )
-            self.heartbeat.start()
-        except BaseException:
-            self.unfollow()
-            self.stop_event.set()
-            self.beat_now.set()
-            self.pool.close()
-            deadline = time.monotonic() + 5.0
-            if self.listener is not None:
-                self.listener.stop(self.client, deadline)
-            self.join_threads(deadline)
-            self.close(deadline)
-            raise
-
-    def abort_if_stopping(self) -> None:
-        if self.stopping:
-            raise AgentNotRunningError(f"agent {self.agent.id!r} was stopped while starting")
-
-    def stop(self, deadline: float) -> None:
-        self.unfollow()
-        self.stop_event.set()
-        self.beat_now.set()
-        # A fresh connection whose timeout fits the stop's: the pooled ones may
-        # hang on a dead network for a whole command timeout. (A cluster
-        # client asks a node for the slot map as it is made; with none
-        # answering, the pooled client has to do.)
-        left = deadline - time.monotonic()
-        try:
-            quick: Optional[redis.Redis] = make_client(
-                self.url, 1, timeout=max(0.5, min(left, 2.0))
-            )
-        except (MASConnectionError, redis.RedisError, OSError) as exc:
-            log.warning("Agent %s: stopping without Redis: %s", self.agent.id, exc)
-            quick = None
-        try:
-            self.finish(quick or self.client, deadline)
-        finally:
-            if quick is not None:
-                close_client(quick)
-            self.close(max(deadline, time.monotonic() + 0.5))
-
-    def finish(self, quick: redis.Redis, deadline: float) -> None:
-        agent = self.agent
-        if self.listener is not None:
-            self.listener.stop(quick, deadline)
-        # No reply can arrive any more: fail the waiting requests now, so that
-        # handlers blocked in request() return before the drain below.
-        self.requests.close(f"agent {agent.id!r} stopped")
-        if not self.pool.drain(max(0.0, deadline - time.monotonic())):
-            log.warning(
-                "Agent %s: handlers still busy at the stop's deadline; dropping %d queued messages",
-                agent.id, self.pool.pending,
-            )
-        dropped = self.pool.close()
-        if dropped:
-            self.counters.add("dropped_on_stop", dropped)
-        try:
-            agent.on_stop()
-        except Exception:
-            log.exception("Agent %s: on_stop raised", agent.id)
-        if self.heartbeat is not None and self.heartbeat is not threading.current_thread():
-            self.heartbeat.join(max(0.0, deadline - time.monotonic()))
-        try:
-            if self.token is not None and not AgentRegistry(quick).deregister(
-                agent.id, token=self.token
-            ):
-                log.warning(
-                    "Agent %s: the registration belongs to another run; left in place", agent.id
-                )
-        except ANY_REDIS_ERROR as exc:
-            log.warning("Agent %s: could not deregister: %s", agent.id, exc)
-        self.join_threads(max(deadline, time.monotonic() + 1.0))
-
-    def close(self, deadline: float) -> None:
-        """Refuse new calls, let those in flight end (until ``deadline``), close every connection."""
-        with self.calls:
-            self.closed = True
-            self.closing.set()
-            while self.in_flight:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    log.warning(
-                        "Agent %s: closing the connections under %d call(s) still running",
-                        self.agent.id, self.in_flight,
-                    )
-                    break
-                self.calls.wait(left)
-        client = getattr(self, "client", None)
-        if client is None:
-            return
-        try:
-            close_client(client)
-        except Exception:  # pragma: no cover - closing is best effort
-            log.debug("Agent %s: error closing the client", self.agent.id, exc_info=True)
-
-    def join_threads(self, deadline: float) -> None:
-        current = threading.current_thread()
-        alive = self.pool.join(deadline)
-        listener = self.listener.thread if self.listener is not None else None
-        for thread in (listener, self.heartbeat):
-            if thread is not None and thread.ident is not None and thread is not current:
-                thread.join(max(0.0, deadline - time.monotonic()))
-                if thread.is_alive():
-                    alive.append(thread)
-        if alive:
-            log.error(
-                "Agent %s: threads still running after stop: %s (daemon threads;"
-                " a handler that never returns keeps its worker)",
-                self.agent.id, ", ".join(t.name for t in alive),
-            )
-
-    def owns_current_thread(self) -> bool:
-        current = threading.current_thread()
-        listener = self.listener.thread if self.listener is not None else None
-        return current is listener or current is self.heartbeat or self.pool.in_worker()
-
-    # -- Redis -----------------------------------------------------------------
-
-    def command(self, func: Any, *args: Any, deadline: Optional[float] = None) -> Any:
-        """Run a Redis operation for a public call; every failure comes out as a MASError.
-
-        Only a connection that could not be made (nothing was sent) is tried
-        again, with capped exponential backoff, for ``retry_timeout`` seconds
-        (or until ``deadline``); the first attempt may take
-        ``command_timeout`` to connect, however short that window. A command
-        that may have run is never sent twice. The answer is waited for at
-        most ``command_timeout`` (or until ``deadline``).
-
-        Raises:
-            AgentNotRunningError: the agent stopped (before or during the call).
-            MASConnectionError: no connection in the retry window; or the
-                connection failed or timed out once the command was sent (it
-                may have run).
-            RedisCommandError: Redis refused the command.
-        """
-        with self.calls:
-            if self.closed:
-                raise self.not_running()
-            self.in_flight += 1
-        try:
-            began = time.monotonic()
-            connect_by = began + self.agent._mas_retry_timeout
-            # The first attempt may take a whole command timeout to connect,
-            # however short the retry window (retry_timeout=0: one attempt).
-            first_by = max(connect_by, began + self.agent._mas_command_timeout)
-            if deadline is not None:
-                connect_by = min(connect_by, deadline)
-                first_by = min(first_by, deadline)
-            delay = 0.05
-            attempt_by = first_by
-            while True:
-                try:
-                    with deadlines(attempt_by, deadline):
-                        return func(*args)
-                except NotConnected as exc:
-                    if self.closed:
-                        raise self.not_running() from exc
-                    attempt_by = connect_by
-                    left = connect_by - time.monotonic()
-                    if left <= 0:
-                        raise MASConnectionError(
-                            f"agent {self.agent.id!r}: cannot reach Redis at"
-                            f" {redact_url(self.url)}: {redact_text(str(exc), self.url)}"
-                        ) from exc
-                    self.closing.wait(min(delay, left))
-                    delay = min(delay * 2, 1.0)
-                except MASError:
-                    raise
-                except REDIS_ERRORS as exc:
-                    if self.closed:
-                        raise self.not_running() from exc
-                    raise MASConnectionError(
-                        f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} failed"
-                        f" after the command was sent (it may have run, and is not sent"
-                        f" again): {redact_text(str(exc), self.url)}"
-                    ) from exc
-                except ANY_REDIS_ERROR as exc:
-                    raise RedisCommandError(
-                        f"agent {self.agent.id!r}: Redis at {redact_url(self.url)} refused"
-                        f" the command: {redact_text(str(exc), self.url)}"
-                    ) from exc
-                except Exception as exc:
-                    if self.closed:  # a connection closed under the call by stop()
-                        raise self.not_running() from exc
-                    raise
-        finally:
-            with self.calls:
-                self.in_flight -= 1
-                if not self.in_flight:
-                    self.calls.notify_all()
-
-    def not_running(self) -> AgentNotRunningError:
-        return AgentNotRunningError(f"agent {self.agent.id!r} is not started")
-
-    def frame(self, target_id: str, body: str) -> Tuple[str, str]:
-        """A new message id, and the message to publish, numbered for ``target_id``."""
-        message_id = f"{self.run_id}-{next(self.message_numbers)}"
-        data = _wire.frame_message(
-            self.agent.id,
-            target_id,
-            body,
-            message_id,
-            seq=self.numbering.next(target_id),
-            sender_run=self.run_id,
-        )
-        return message_id, data
-
-    def publish_many(self, batch: List[Tuple[str, str]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for channel, data in batch:
-            publish(pipe, channel, data)
-        pipe.execute()
-
-    def register(self, renew: bool = False) -> None:
-        """Register (refused if the id is live elsewhere), or register again with our token."""
-        agent = self.agent
-        self.token = self.registry.register(
-            agent.id,
-            agent.capabilities,
-            self.metadata,
-            heartbeat_ttl=agent._mas_heartbeat_ttl,
-            take_over=agent._mas_take_over and not renew,
-            token=self.token if renew else None,
-        )
-
-    # -- heartbeat thread ------------------------------------------------------
-
-    def master_moved(self, address: Tuple[str, int]) -> None:
-        """Sentinel watcher thread: a failover happened; move every connection."""
-        retire_connections(self.client)
-        if self.listener is not None:
-            self.listener.reset()
-
-    def disconnected(self) -> None:
-        """Listener thread: the subscription was lost or found dead.
-
-        The command connections were most likely lost too: new calls get new
-        connections; those in use are closed when their call ends.
-        """
-        self.counters.add("disconnects")
-        retire_connections(self.client)
-
-    def listener_restarted(self, error: BaseException) -> None:
-        """Listener thread: it failed (not a lost connection) and starts again."""
-        self.counters.add("listener_restarts")
-
-    def fail(self, error: BaseException) -> None:
-        """An agent thread: the agent cannot go on (it cannot receive, or its id
-        was taken over); report it and stop."""
-        agent = self.agent
-        log.error("Agent %s: cannot go on (%s); stopping the agent", agent.id, error)
-        try:
-            agent.on_error(None, error)
-        except Exception:
-            log.exception("Agent %s: on_error raised", agent.id)
-        agent.stop(timeout=5.0)
-
-    def reconnected(self) -> None:
-        """Listener thread: resubscribed after an outage; beat (and re-register) now."""
-        self.counters.add("reconnects")
-        self.beat_now.set()
-
-    def beat_loop(self) -> None:
-        failing = False
-        while True:
-            self.beat_now.wait(self.agent._mas_heartbeat_interval)
-            self.beat_now.clear()
-            if self.stop_event.is_set():
-                return
-            listener = self.listener
-            if listener is None or not listener.receiving:
-                continue  # never claim to be alive while deaf
-            try:
-                if not self.beat():
-                    self.fail(
-                        AgentIdInUseError(
-                            f"agent id {self.agent.id!r} was taken over by another run",
-                            agent_id=self.agent.id,
-                            expires_in=None,
-                        )
-                    )
-                    return
-            except ANY_REDIS_ERROR as exc:
-                if not failing:
-                    log.warning("Agent %s: heartbeat failed: %s", self.agent.id, exc)
-                failing = True
-            except Exception:
-                log.exception("Agent %s: heartbeat failed", self.agent.id)
-                failing = True
-            else:
-                if failing:
-                    log.info("Agent %s: heartbeat resumed", self.agent.id)
-                failing = False
-
-    def beat(self) -> bool:
-        """One heartbeat, on this run's registration only; False: stop beating."""
-        agent = self.agent
-        assert self.token is not None
-        outcome = self.registry.refresh(agent.id, self.token, agent._mas_heartbeat_ttl)
-        if outcome == REFRESH_GONE and not self.stop_event.is_set():
-            log.warning("Agent %s: registration was gone; registering again", agent.id)
-            try:
-                self.register(renew=True)
-            except AgentIdInUseError:
-                outcome = REFRESH_TAKEN
-        elif outcome == REFRESH_REACTIVATED:
-            log.info("Agent %s: was marked INACTIVE; marked ACTIVE again", agent.id)
-        if outcome == REFRESH_TAKEN:
-            return False
-        return True
-
-    # -- listener thread -------------------------------------------------------
-
-    def receive(self, data: bytes) -> None:
-        """Parse one raw message and queue it; runs in the listener thread."""
-        agent = self.agent
-        self.counters.add("received")
-        if len(data) > agent._mas_max_message_bytes:
-            self.counters.add("invalid")
-            log.warning(
-                "Agent %s: dropped a message of %d bytes (max_message_bytes is %d)",
-                agent.id, len(data), agent._mas_max_message_bytes,
-            )
-            return
-        try:
-            message = AgentMessage.model_validate_json(data)
-            message._take_markers()
-        except (ValidationError, ValueError) as exc:
-            self.counters.add("invalid")
-            log.warning(
-                "Agent %s: dropped an invalid message %.200r: %s",
-                agent.id, data, _first_error(exc),
-            )
-            return
-        message._reply = weak_reply_sender(agent._mas_reply)
-        if message.seq is not None and message.sender_run is not None:
-            self.gaps.observe(message.sender_id, message.sender_run, message.seq)
-        if message.is_reply:
-            # Replies go to the thread waiting in request(), never to on_message.
-            assert message.correlation_id is not None
-            if not self.requests.resolve(message.correlation_id, message):
-                self.counters.add("replies_dropped")
-                log.warning(
-                    "Agent %s: dropped reply %s from %s: no request %s waits for it"
-                    " from that agent (late, or not from the agent asked)",
-                    agent.id, message.message_id, message.sender_id, message.correlation_id,
-                )
-            return
-        if self.pool.submit(message.sender_id, message):
-            if self.overflowing:
-                log.warning(
-                    "Agent %s: queue has room again; %d messages were dropped",
-                    agent.id, self.overflowing,
-                )
-                self.overflowing = 0
-            return
-        self.counters.add("dropped_overflow")
-        if not self.overflowing:
-            log.warning(
-                "Agent %s: %d messages wait for a worker (max_pending); dropping"
-                " message %s from %s and those that follow until there is room",
-                agent.id, agent._mas_max_pending, message.message_id, message.sender_id,
-            )
-        self.overflowing += 1
-
-    # -- worker threads --------------------------------------------------------
-
-    def handle(self, message: AgentMessage) -> None:
-        agent = self.agent
-        spec = agent._mas_handlers.get(action_of(message) or "")
-        try:
-            if spec is None:
-                result = agent.on_message(message)
-            elif spec.model is None:
-                result = getattr(agent, spec.method)(message)
-            else:
-                try:
-                    body = spec.model.model_validate(body_of(message))
-                except ValidationError as exc:
-                    self.reject(message, spec, exc)
-                    return
-                result = getattr(agent, spec.method)(message, body)
-            if result is not None and message.expects_reply and not message._replied:
-                message.reply(result)
-        except Exception as exc:
-            self.counters.add("handler_errors")
-            where = f"{spec.method}()" if spec is not None else "on_message"
-            log.exception(
-                "Agent %s: %s failed for message %s from %s",
-                agent.id, where, message.message_id, message.sender_id,
-            )
-            self.reply_error(message, "handler_error", f"{type(exc).__name__}: {exc}")
-            try:
-                agent.on_error(message, exc)
-            except Exception:
-                log.exception("Agent %s: on_error raised", agent.id)
-        else:
-            self.counters.add("handled")
-
-    def reject(self, message: AgentMessage, spec: HandlerSpec, exc: ValidationError) -> None:
-        agent = self.agent
-        self.counters.add("rejected")
-        log.warning(
-            "Agent %s: rejected message %s from %s: payload does not fit %s for action %r: %s",
-            agent.id, message.message_id, message.sender_id,
-            spec.model.__name__ if spec.model else "?", spec.action, _first_error(exc),
-        )
-        details = json.loads(exc.json(include_url=False, include_input=False))
-        self.reply_error(
-            message,
-            "validation_error",
-            f"payload does not fit {spec.model.__name__ if spec.model else '?'}"
-            f" for action {spec.action!r}",
-            details,
-        )
-
-    def reply_error(
-        self, message: AgentMessage, kind: str, text: str, details: Optional[List[Any]] = None
-    ) -> None:
-        """Tell a requester that its request failed, instead of letting it time out."""
-        if not message.expects_reply or message._replied:
-            return
-        try:
-            self.agent._mas_reply(message, _wire.error_payload(kind, text, details), error=True)
-        except Exception as exc:
-            log.warning(
-                "Agent %s: could not send the error reply to %s: %s",
-                self.agent.id, message.sender_id, exc,
-            )
-
-
-def _client_name(agent_id: str) -> str:
-    """What ``CLIENT LIST`` shows for the agent's connections."""
-    # Redis takes names of printable ASCII without spaces.
-    return "mas-agent:" + "".join(c if "!" <= c <= "~" else "?" for c in agent_id)
-
-
-def _first_error(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err.get("loc", ())) or "message"
-        return f"{where}: {err.get('msg')}"
-    return str(exc)
+        return run

@@ -29,7 +29,8 @@ class AgentMessage(BaseModel):
     reply: only the message an agent received (and handed to its handler) can
     :meth:`reply`, and only in the process that received it (not in a child
     forked after), so that a request is answered once. That message holds a
-    weak reference to its agent, not the agent.
+    weak reference to the reply function of the agent's run that received it
+    (see :meth:`reply`), never the agent; the reference is not pickled.
 
     Attributes:
         sender_id: Id of the agent that sent the message.
@@ -52,7 +53,7 @@ class AgentMessage(BaseModel):
     seq: Optional[int] = None
     sender_run: Optional[str] = None
 
-    # Set by the agent that received the message; never pickled or copied.
+    # Set by the run that received the message; never pickled or copied.
     _reply: Optional[ReplySender] = PrivateAttr(default=None)
     _correlation_id: Optional[str] = PrivateAttr(default=None)
     _expects_reply: bool = PrivateAttr(default=False)

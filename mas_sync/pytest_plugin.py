@@ -44,7 +44,8 @@ import pytest
 import redis
 from redis.exceptions import RedisClusterException
 
-from ._agent import Agent, running_agents
+from ._agent import Agent
+from ._process import running_agents
 from ._connection import close_client, make_client, redact_url
 from ._errors import MASError
 from .testing import RedisServer, wait_until

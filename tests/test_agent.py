@@ -412,13 +412,13 @@ def test_a_child_forked_while_the_agent_locks_are_held_does_not_hang(make_agent)
     tx.send("held", {"n": 1})
     assert rx.got.wait(5)
     wait_until(lambda: rx.stats.handled == 1, 5)
-    runtime = tx._mas_runtime
-    assert runtime is not None
+    run = tx._mas_run
+    assert run is not None
     holder = HeldLocks(
         rx._mas_gaps._lock,  # the listener holds it while it counts a message
         rx._mas_counters._lock,
         rx._mas_lock,
-        runtime.numbering._lock,
+        run.outbox.numbering._lock,
         idle._mas_gaps._lock,
         idle._mas_counters._lock,
         idle._mas_lock,

@@ -6,7 +6,7 @@ import threading
 import time
 from typing import List, Tuple
 
-from mas_sync._dispatch import OrderedPool
+from mas_sync._workers import OrderedPool
 from mas_sync.testing import wait_until
 
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from mas_sync import Agent, AgentRegistry, MASConnectionError, MASService
-from mas_sync._sequence import GapTracker
+from mas_sync._stats import GapTracker
 from mas_sync.testing import RedisServer, wait_until
 
 from .proxy import FreezableProxy

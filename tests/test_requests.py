@@ -39,7 +39,7 @@ class Silent(Agent):
 
 
 def pending_count(agent: Agent) -> int:
-    return len(agent._mas_runtime.requests)
+    return len(agent._mas_run.requests)
 
 
 def test_request_returns_the_reply_without_markers(make_agent) -> None:

@@ -1,4 +1,4 @@
-"""Per-sender sequence numbers: what a receiver missed while pub/sub dropped it.
+"""An agent's statistics: its counters, and the sequence numbers that tell what it missed.
 
 Pub/sub delivers at most once: what is published while a subscriber is
 disconnected is gone. Each mas_sync sender stamps its messages to one target
@@ -9,11 +9,78 @@ jump knows how many messages it missed.
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Dict, Set, Tuple, Union
+
+
+@dataclass(frozen=True)
+class AgentStats:
+    """Counters of one agent since it was created.
+
+    Attributes:
+        received: Messages read from the agent's channel.
+        handled: Messages whose ``on_message`` returned.
+        handler_errors: Messages whose ``on_message`` raised.
+        invalid: Messages dropped because they were not valid agent messages
+            (not JSON, wrong shape or types, or larger than
+            ``max_message_bytes``).
+        dropped_overflow: Messages dropped because ``max_pending`` messages
+            were already waiting for a worker.
+        dropped_on_stop: Messages still queued when ``stop()`` gave up waiting.
+        rejected: Messages a typed handler refused: the payload did not
+            validate into its model.
+        replies_dropped: Replies that matched no waiting request: late (after
+            the request timed out), or not from the agent that was asked.
+        missed: Messages from mas_sync senders that never arrived, told by
+            gaps in their sequence numbers (pub/sub drops what is published
+            while a subscriber is disconnected).
+        disconnects: Times the listener lost its connection (or found it
+            dead: no answer to PING).
+        reconnects: Times the listener resubscribed after losing Redis.
+        listener_restarts: Times the listener failed for another reason
+            (Redis refused to subscribe, an unexpected error) and was
+            started again.
+        skipped_registrations: Registrations that ``discover()`` skipped,
+            summed over calls, because they could not be read (fields that
+            are not strict JSON of the right shape or not UTF-8, an ``id``
+            that does not name its key); each such key is also logged once
+            per run.
+    """
+
+    received: int = 0
+    handled: int = 0
+    handler_errors: int = 0
+    invalid: int = 0
+    dropped_overflow: int = 0
+    dropped_on_stop: int = 0
+    rejected: int = 0
+    replies_dropped: int = 0
+    missed: int = 0
+    disconnects: int = 0
+    reconnects: int = 0
+    listener_restarts: int = 0
+    skipped_registrations: int = 0
+
+
+class Counters:
+    """The live counters behind :class:`AgentStats`. Thread-safe, and fork-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: Dict[str, int] = dict.fromkeys(AgentStats.__dataclass_fields__, 0)
+        _locked.add(self)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[name] += n
+
+    def snapshot(self) -> AgentStats:
+        with self._lock:
+            return AgentStats(**self._values)
+
 
 #: Senders (runs) remembered per receiver; the oldest are forgotten first.
 MAX_STREAMS = 10_000
@@ -86,17 +153,15 @@ class GapTracker:
             return self._given_up + sum(len(m) for _, m in self._streams.values())
 
 
-#: Every Numbering and GapTracker of the process, for the after-fork handler.
-_locked: "weakref.WeakSet[Union[Numbering, GapTracker]]" = weakref.WeakSet()
+#: Every Counters, Numbering and GapTracker of the process, for the after-fork handler.
+_locked: "weakref.WeakSet[Union[Counters, Numbering, GapTracker]]" = weakref.WeakSet()
 
 
-def _renew_locks_after_fork() -> None:
+def renew_locks_after_fork() -> None:
+    """Make every Counters', Numbering's and GapTracker's lock anew, in a child after ``fork()``."""
     # Runs in the child, which has only the thread that called fork(): a lock
     # that another thread of the parent held (the listener counting a message)
     # would stay held for ever. The numbers themselves are kept.
     for instance in list(_locked):
         instance._lock = threading.Lock()
 
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_locks_after_fork)

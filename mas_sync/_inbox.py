@@ -1,0 +1,117 @@
+"""The receive side of a run: size check, parsing, markers, gap counting, routing replies."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+from ._message import AgentMessage, ReplySender, weak_reply_sender
+from ._requests import PendingRequests
+from ._stats import Counters, GapTracker
+from ._workers import OrderedPool
+
+log = logging.getLogger(__name__)
+
+
+class Inbox:
+    """Takes apart each raw message that reaches the agent, and sends it on its way.
+
+    A reply goes to the request that waits for it (never to a handler);
+    anything else is queued for the workers, in order per sender, or dropped
+    and counted when ``max_pending`` messages already wait. :meth:`receive`
+    runs on the transport's thread, and never blocks on a handler.
+
+    Args:
+        agent_id: Whose messages, for log lines.
+        max_message_bytes: Larger messages are dropped unread.
+        max_pending: The workers' queue bound, for log lines.
+        pool: The workers that run the handlers.
+        requests: The run's requests waiting for replies.
+        counters: The agent's counters.
+        gaps: The agent's gap tracker.
+        reply: The run's reply function; each message gets a weak reference to it.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        max_message_bytes: int,
+        max_pending: int,
+        pool: OrderedPool,
+        requests: PendingRequests,
+        counters: Counters,
+        gaps: GapTracker,
+        reply: ReplySender,
+    ) -> None:
+        self.agent_id = agent_id
+        self.max_message_bytes = max_message_bytes
+        self.max_pending = max_pending
+        self.pool = pool
+        self.requests = requests
+        self.counters = counters
+        self.gaps = gaps
+        self._reply = weak_reply_sender(reply)
+        self._overflowing = 0
+
+    def receive(self, data: bytes) -> None:
+        """Parse one raw message and route or queue it."""
+        agent_id = self.agent_id
+        self.counters.add("received")
+        if len(data) > self.max_message_bytes:
+            self.counters.add("invalid")
+            log.warning(
+                "Agent %s: dropped a message of %d bytes (max_message_bytes is %d)",
+                agent_id, len(data), self.max_message_bytes,
+            )
+            return
+        try:
+            message = AgentMessage.model_validate_json(data)
+            message._take_markers()
+        except (ValidationError, ValueError) as exc:
+            self.counters.add("invalid")
+            log.warning(
+                "Agent %s: dropped an invalid message %.200r: %s",
+                agent_id, data, first_error(exc),
+            )
+            return
+        message._reply = self._reply
+        if message.seq is not None and message.sender_run is not None:
+            self.gaps.observe(message.sender_id, message.sender_run, message.seq)
+        if message.is_reply:
+            # Replies go to the thread waiting in request(), never to on_message.
+            assert message.correlation_id is not None
+            if not self.requests.resolve(message.correlation_id, message):
+                self.counters.add("replies_dropped")
+                log.warning(
+                    "Agent %s: dropped reply %s from %s: no request %s waits for it"
+                    " from that agent (late, or not from the agent asked)",
+                    agent_id, message.message_id, message.sender_id, message.correlation_id,
+                )
+            return
+        if self.pool.submit(message.sender_id, message):
+            if self._overflowing:
+                log.warning(
+                    "Agent %s: queue has room again; %d messages were dropped",
+                    agent_id, self._overflowing,
+                )
+                self._overflowing = 0
+            return
+        self.counters.add("dropped_overflow")
+        if not self._overflowing:
+            log.warning(
+                "Agent %s: %d messages wait for a worker (max_pending); dropping"
+                " message %s from %s and those that follow until there is room",
+                agent_id, self.max_pending, message.message_id, message.sender_id,
+            )
+        self._overflowing += 1
+
+
+def first_error(exc: Exception) -> str:
+    """The first problem a parse or validation error names, in one line."""
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err.get("loc", ())) or "message"
+        return f"{where}: {err.get('msg')}"
+    return str(exc)
+

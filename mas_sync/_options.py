@@ -1,0 +1,61 @@
+"""An agent's settings, checked once, in the thread that builds the agent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Type
+
+from pydantic import BaseModel
+
+from ._checks import check_seconds
+
+#: Bounds of the constructor's counts: beyond them, a typo rather than a plan.
+MAX_WORKERS = 10_000
+MAX_COUNT = 100_000_000
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # Redis's own limit for one string
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """The keyword settings of :class:`~mas_sync.Agent`, as its docstring describes them."""
+
+    state_model: Optional[Type[BaseModel]] = None
+    heartbeat_interval: float = 30.0
+    heartbeat_ttl: float = 60.0
+    max_workers: int = 8
+    max_pending: int = 1000
+    max_message_bytes: int = 1024 * 1024
+    retry_timeout: float = 5.0
+    command_timeout: float = 5.0
+    probe_interval: float = 5.0
+    take_over: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse a bad setting, named in the message (TypeError, ValueError)."""
+        state_model = self.state_model
+        if state_model is not None and not (
+            isinstance(state_model, type) and issubclass(state_model, BaseModel)
+        ):
+            raise TypeError(f"state_model must be a pydantic BaseModel class, not {state_model!r}")
+        check_seconds("heartbeat_interval", self.heartbeat_interval)
+        check_seconds("probe_interval", self.probe_interval)
+        check_seconds("retry_timeout", self.retry_timeout, zero=True)
+        check_seconds("command_timeout", self.command_timeout)
+        check_seconds("heartbeat_ttl", self.heartbeat_ttl)
+        if self.heartbeat_ttl <= self.heartbeat_interval:
+            raise ValueError(
+                f"heartbeat_ttl ({self.heartbeat_ttl}) must be longer than heartbeat_interval"
+                f" ({self.heartbeat_interval}), or the agent would flicker out of discovery"
+            )
+        for name, value, most in (
+            ("max_workers", self.max_workers, MAX_WORKERS),
+            ("max_pending", self.max_pending, MAX_COUNT),
+            ("max_message_bytes", self.max_message_bytes, MAX_MESSAGE_BYTES),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+                raise ValueError(f"{name} must be an int from 1 to {most}, not {value!r}")
+        if not isinstance(self.take_over, bool):
+            raise TypeError(f"take_over must be a bool, not {self.take_over!r}")
+        for name in ("heartbeat_interval", "heartbeat_ttl", "retry_timeout",
+                     "command_timeout", "probe_interval"):
+            object.__setattr__(self, name, float(getattr(self, name)))

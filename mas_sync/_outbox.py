@@ -1,0 +1,131 @@
+"""The send side of a run: message ids, numbering, framing, requests and replies."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from typing import Any, Dict, List, Sequence, Tuple
+
+from pydantic import BaseModel
+
+from . import _wire
+from ._calls import CallGate
+from ._errors import RequestError, RequestTimeout
+from ._message import AgentMessage
+from ._requests import PendingRequests
+from ._stats import Numbering
+from ._transport import Transport
+
+
+class Outbox:
+    """Frames one run's messages and hands them to its transport, under its call policy.
+
+    Every message gets an id (``{run}-{n}``) and, per target, the next
+    sequence number, so that receivers can count what they missed. Callable
+    from any thread at once. Payloads arrive here already checked and encoded
+    (:func:`~mas_sync._wire.dumps_object`), except a reply's.
+
+    Args:
+        agent_id: The sender.
+        transport: What carries the framed messages.
+        calls: The run's call policy (retries, and the stop's gate).
+        requests: The run's table of requests waiting for a reply.
+    """
+
+    def __init__(
+        self, agent_id: str, transport: Transport, calls: CallGate, requests: PendingRequests
+    ) -> None:
+        self.agent_id = agent_id
+        self.transport = transport
+        self.calls = calls
+        self.requests = requests
+        self.run_id = uuid.uuid4().hex[:16]
+        self._message_numbers = itertools.count(1)  # next() is atomic in CPython
+        self.numbering = Numbering()
+
+    def frame(self, target_id: str, body: str) -> Tuple[str, str]:
+        """A new message id, and the message to send, numbered for ``target_id``."""
+        message_id = f"{self.run_id}-{next(self._message_numbers)}"
+        data = _wire.frame_message(
+            self.agent_id,
+            target_id,
+            body,
+            message_id,
+            seq=self.numbering.next(target_id),
+            sender_run=self.run_id,
+        )
+        return message_id, data
+
+    def send(self, target_id: str, body: str) -> str:
+        """Send one encoded payload; returns its message id."""
+        message_id, data = self.frame(target_id, body)
+        self.calls.run(self.transport.send, [(target_id, data)])
+        return message_id
+
+    def send_many(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
+        """Send ``(target_id, body)`` pairs in one round trip; returns their ids, in order."""
+        ids = []
+        batch = []
+        for target_id, body in checked:
+            message_id, data = self.frame(target_id, body)
+            ids.append(message_id)
+            batch.append((target_id, data))
+        if batch:
+            self.calls.run(self.transport.send, batch)
+        return ids
+
+    def request(self, target_id: str, payload: Dict[str, Any], timeout: float) -> AgentMessage:
+        """Send a request and wait for its reply, as :meth:`mas_sync.Agent.request` says."""
+        deadline = time.monotonic() + timeout
+        correlation_id = str(uuid.uuid4())
+        body = _wire.dumps_object(_wire.request_payload(payload, correlation_id))
+        _, data = self.frame(target_id, body)
+        pending = self.requests.add(correlation_id, target_id)
+        try:
+            self.calls.run(self.transport.send, [(target_id, data)], deadline=deadline)
+            if not pending.event.wait(max(0.0, deadline - time.monotonic())):
+                raise RequestTimeout(
+                    f"agent {self.agent_id!r}: no reply from {target_id!r} within {timeout} s"
+                    f" (request {correlation_id})"
+                )
+        finally:
+            self.requests.discard(correlation_id)
+        if pending.error is not None:
+            raise pending.error
+        reply = pending.reply
+        assert reply is not None
+        error = reply.payload.get(_wire.ERROR)
+        if isinstance(error, dict):
+            raise RequestError(
+                f"{target_id!r} answered request {correlation_id} with an error:"
+                f" {error.get('type')}: {error.get('message')}",
+                reply=reply,
+                kind=str(error.get("type")),
+                details=error.get("details") or [],
+            )
+        return reply
+
+    def reply(self, message: AgentMessage, payload: Dict[str, Any], error: bool = False) -> str:
+        """Answer the request ``message`` with ``payload``; returns the reply's id.
+
+        The reply function of every message this run receives (a weak
+        reference to it: see :func:`~mas_sync._message.weak_reply_sender`).
+
+        Raises:
+            TypeError, ValueError: as :meth:`mas_sync.AgentMessage.reply`.
+            AgentNotRunningError, MASConnectionError: as a send.
+        """
+        if self.calls.closed:
+            raise self.calls.not_running()
+        if isinstance(payload, BaseModel):
+            payload = payload.model_dump(mode="json")
+        if not isinstance(payload, dict):
+            raise TypeError(f"a reply must be a dict (a JSON object), not {type(payload).__name__}")
+        assert message.correlation_id is not None
+        body = _wire.dumps_object(
+            _wire.reply_payload(payload, message.correlation_id, error=error), "reply"
+        )
+        message_id = self.send(message.sender_id, body)
+        message._replied = True
+        return message_id

@@ -1,0 +1,282 @@
+"""One run of an agent, from start() to stop(): its clients, its parts and threads, their order."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Optional, Tuple
+
+import redis
+
+from . import _wire
+from ._calls import CallGate
+from ._connection import close_client, make_client, ping, retire_connections
+from ._errors import AgentNotRunningError, MASConnectionError
+from ._handling import AgentHooks, Handling
+from ._heartbeat import Heartbeat
+from ._inbox import Inbox
+from ._options import AgentOptions
+from ._outbox import Outbox
+from ._pubsub import PubSubTransport
+from ._registry import AgentRegistry
+from ._requests import PendingRequests
+from ._sentinel import follow_master, is_sentinel_url
+from ._state import StateManager
+from ._stats import Counters, GapTracker
+from ._transport import Transport
+from ._workers import OrderedPool
+
+log = logging.getLogger(__name__)
+
+
+class AgentRun:
+    """What one run of an agent owns, and the order in which it starts and stops them.
+
+    Threads (daemon, named ``mas-agent[{id}]-...``): the transport's receiver
+    (``-listener``), the workers (``-worker-{n}``) and the heartbeat
+    (``-heartbeat``). The lifecycle flags are guarded by the agent's lock
+    (see :mod:`._lifecycle`).
+
+    Args:
+        agent: Whose run.
+        url: The Redis URL.
+        capabilities: Registered for discovery.
+        options: The agent's settings.
+        counters: The agent's counters (they outlive the run).
+        gaps: The agent's gap tracker (it outlives the run).
+    """
+
+    def __init__(
+        self,
+        agent: AgentHooks,
+        url: str,
+        capabilities: Any,
+        options: AgentOptions,
+        counters: Counters,
+        gaps: GapTracker,
+    ) -> None:
+        self.agent = agent
+        self.agent_id = agent.id
+        self.name = f"mas-agent[{agent.id}]"
+        self.url = url
+        self.capabilities = capabilities
+        self.options = options
+        self.counters = counters
+        # Lifecycle, guarded by the agent's lock: who starts, who stops.
+        self.starter = threading.current_thread()
+        self.started = threading.Event()  # start() is done, one way or the other
+        self.start_done = False
+        self.ready = False  # connected: calls may use the clients
+        self.stopping = False
+        self.stopper: Optional[threading.Thread] = None
+        self.stop_timeout = 10.0
+        self.stop_by_starter = False
+        self.stopped = threading.Event()
+        self.calls = CallGate(agent.id, url, options.retry_timeout, options.command_timeout)
+        self.requests = PendingRequests()
+        self.client: Optional[redis.Redis] = None
+        self.unfollow: Callable[[], None] = lambda: None
+        self.gaps = gaps
+        # Made by start(), in this order.
+        self.transport: Optional[Transport] = None
+        self.pool: Optional[OrderedPool] = None
+        self.heartbeat: Optional[Heartbeat] = None
+
+    # -- start and stop --------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect and subscribe; undone, and raised, on any failure or a stop() meanwhile."""
+        options = self.options
+        client_name = _client_name(self.agent_id)
+        self.client = client = make_client(
+            self.url, options.max_workers + 4, timeout=options.command_timeout,
+            client_name=client_name,
+        )
+        self.registry = AgentRegistry(
+            client, on_skip=lambda n: self.counters.add("skipped_registrations", n)
+        )
+        self.state = StateManager(self.agent_id, client, options.state_model)
+        self.transport = transport = PubSubTransport(
+            client, self.url, self.agent_id, self, f"{self.name}-listener",
+            options.probe_interval, client_name,
+        )
+        self.outbox = Outbox(self.agent_id, transport, self.calls, self.requests)
+        handling = Handling(self.agent, self.counters, self.outbox)
+        self.pool = pool = OrderedPool(
+            self.name, handling.handle, options.max_workers, options.max_pending
+        )
+        self.inbox = Inbox(
+            self.agent_id, options.max_message_bytes, options.max_pending, pool,
+            self.requests, self.counters, self.gaps, self.outbox.reply,
+        )
+        try:
+            ping(client, self.url)
+            metadata = self.agent.get_metadata()
+            _wire.dumps_object(metadata, "get_metadata() result")
+            self.heartbeat = Heartbeat(
+                self.registry, self.agent_id, self.capabilities, metadata,
+                options.heartbeat_interval, options.heartbeat_ttl, options.take_over,
+                lambda: transport.receiving, self.failed, f"{self.name}-heartbeat",
+            )
+            self.ready = True
+            self.abort_if_stopping()
+            self.calls.run(self.state.load)
+            self.abort_if_stopping()
+            transport.start()
+            if is_sentinel_url(self.url):
+                self.unfollow = follow_master(self.url, self.master_moved)
+            self.abort_if_stopping()
+            self.calls.run(self.heartbeat.register)
+            self.heartbeat.start()
+        except BaseException:
+            self.unfollow()
+            if self.heartbeat is not None:
+                self.heartbeat.stop()
+            pool.close()
+            deadline = time.monotonic() + 5.0
+            transport.stop(client, deadline)
+            self.join_threads(deadline)
+            self.close(deadline)
+            raise
+
+    def abort_if_stopping(self) -> None:
+        """Raise when a stop() came while starting."""
+        if self.stopping:
+            raise AgentNotRunningError(f"agent {self.agent_id!r} was stopped while starting")
+
+    def stop(self, deadline: float) -> None:
+        """Stop in order (see :meth:`mas_sync.Agent.stop`), by ``deadline``."""
+        self.unfollow()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        # A fresh connection whose timeout fits the stop's: the pooled ones may
+        # hang on a dead network for a whole command timeout. (A cluster
+        # client asks a node for the slot map as it is made; with none
+        # answering, the pooled client has to do.)
+        left = deadline - time.monotonic()
+        try:
+            quick: Optional[redis.Redis] = make_client(
+                self.url, 1, timeout=max(0.5, min(left, 2.0))
+            )
+        except (MASConnectionError, redis.RedisError, OSError) as exc:
+            log.warning("Agent %s: stopping without Redis: %s", self.agent_id, exc)
+            quick = None
+        try:
+            self.finish(quick or self.client, deadline)
+        finally:
+            if quick is not None:
+                close_client(quick)
+            self.close(max(deadline, time.monotonic() + 0.5))
+
+    def finish(self, quick: Any, deadline: float) -> None:
+        """Stop receiving, drain the workers, call on_stop, deregister, join."""
+        agent_id = self.agent_id
+        pool, transport = self.pool, self.transport
+        assert pool is not None and transport is not None
+        transport.stop(quick, deadline)
+        # No reply can arrive any more: fail the waiting requests now, so that
+        # handlers blocked in request() return before the drain below.
+        self.requests.close(f"agent {agent_id!r} stopped")
+        if not pool.drain(max(0.0, deadline - time.monotonic())):
+            log.warning(
+                "Agent %s: handlers still busy at the stop's deadline; dropping %d queued messages",
+                agent_id, pool.pending,
+            )
+        dropped = pool.close()
+        if dropped:
+            self.counters.add("dropped_on_stop", dropped)
+        try:
+            self.agent.on_stop()
+        except Exception:
+            log.exception("Agent %s: on_stop raised", agent_id)
+        if self.heartbeat is not None:
+            self.heartbeat.join(deadline)
+            self.heartbeat.deregister(quick)
+        self.join_threads(max(deadline, time.monotonic() + 1.0))
+
+    def close(self, deadline: float) -> None:
+        """Refuse new calls, let those in flight end (until ``deadline``), close every connection."""
+        self.calls.close(deadline)
+        if self.client is None:
+            return
+        try:
+            close_client(self.client)
+        except Exception:  # pragma: no cover - closing is best effort
+            log.debug("Agent %s: error closing the client", self.agent_id, exc_info=True)
+
+    def join_threads(self, deadline: float) -> None:
+        """Join every thread of the run until ``deadline``; log those still alive."""
+        current = threading.current_thread()
+        alive = self.pool.join(deadline) if self.pool is not None else []
+        others = self.transport.threads() if self.transport is not None else []
+        if self.heartbeat is not None:
+            others.append(self.heartbeat.thread)
+        for thread in others:
+            if thread.ident is not None and thread is not current:
+                thread.join(max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    alive.append(thread)
+        if alive:
+            log.error(
+                "Agent %s: threads still running after stop: %s (daemon threads;"
+                " a handler that never returns keeps its worker)",
+                self.agent_id, ", ".join(t.name for t in alive),
+            )
+
+    def owns_current_thread(self) -> bool:
+        """True in a thread of this run."""
+        current = threading.current_thread()
+        if self.heartbeat is not None and current is self.heartbeat.thread:
+            return True
+        if self.transport is not None and current in self.transport.threads():
+            return True
+        return self.pool is not None and self.pool.in_worker()
+
+    # -- what the transport and the Sentinel watcher report ---------------------
+
+    def received(self, data: bytes) -> None:
+        """Transport thread: one raw message for the agent."""
+        self.inbox.receive(data)
+
+    def disconnected(self) -> None:
+        """Transport thread: the subscription was lost or found dead.
+
+        The command connections were most likely lost too: new calls get new
+        connections; those in use are closed when their call ends.
+        """
+        self.counters.add("disconnects")
+        retire_connections(self.client)
+
+    def reconnected(self) -> None:
+        """Transport thread: receiving again after an outage; beat (and re-register) now."""
+        self.counters.add("reconnects")
+        if self.heartbeat is not None:
+            self.heartbeat.beat_now()
+
+    def restarted(self, error: BaseException) -> None:
+        """Transport thread: receiving failed (not a lost connection) and starts again."""
+        self.counters.add("listener_restarts")
+
+    def failed(self, error: BaseException) -> None:
+        """A thread of the run: the agent cannot go on (it cannot receive, or its id
+        was taken over); report it and stop."""
+        agent = self.agent
+        log.error("Agent %s: cannot go on (%s); stopping the agent", agent.id, error)
+        try:
+            agent.on_error(None, error)
+        except Exception:
+            log.exception("Agent %s: on_error raised", agent.id)
+        agent.stop(timeout=5.0)
+
+    def master_moved(self, address: Tuple[str, int]) -> None:
+        """Sentinel watcher thread: a failover happened; move every connection."""
+        retire_connections(self.client)
+        if self.transport is not None:
+            self.transport.moved()
+
+
+def _client_name(agent_id: str) -> str:
+    """What ``CLIENT LIST`` shows for the agent's connections."""
+    # Redis takes names of printable ASCII without spaces.
+    return "mas-agent:" + "".join(c if "!" <= c <= "~" else "?" for c in agent_id)

@@ -1,0 +1,69 @@
+"""The seam between an agent's run and how its messages travel (pub/sub today).
+
+A run frames its messages (:mod:`._outbox`) and takes apart what arrives
+(:mod:`._inbox`); a transport only moves bytes. It hands framed messages to
+Redis for their targets, and passes each raw message that arrives for the
+agent to :meth:`TransportEvents.received`, on a thread of its own. The run
+knows a transport only through :class:`Transport`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, List, Protocol, Sequence, Tuple
+
+#: Framed messages to send: ``(target_id, data)`` pairs.
+Batch = Sequence[Tuple[str, str]]
+
+
+class TransportEvents(Protocol):
+    """What a transport tells its run; each is called on the transport's own thread."""
+
+    def received(self, data: bytes) -> None:
+        """One raw message for the agent. Must not block for long, nor raise."""
+
+    def disconnected(self) -> None:
+        """The connection that receives was lost (or found dead)."""
+
+    def reconnected(self) -> None:
+        """Receiving again after an outage; messages sent meanwhile may be lost."""
+
+    def restarted(self, error: BaseException) -> None:
+        """Receiving failed for another reason than a lost connection, and starts over."""
+
+    def failed(self, error: BaseException) -> None:
+        """Receiving cannot go on: the agent must stop."""
+
+
+class Transport(Protocol):
+    """How one run's messages leave for their targets and reach the agent."""
+
+    def send(self, batch: Batch) -> None:
+        """Hand framed messages to Redis; returns once Redis accepted every one.
+
+        Runs in the caller's thread, inside the run's call policy
+        (:class:`~mas_sync._calls.CallGate`): it raises redis-py's errors.
+        """
+
+    def start(self) -> None:
+        """Start receiving; returns once messages for the agent are received.
+
+        Raises:
+            MASConnectionError: Redis could not be reached.
+        """
+
+    @property
+    def receiving(self) -> bool:
+        """True while messages for the agent are received (not in an outage)."""
+
+    def moved(self) -> None:
+        """Redis' master moved (a Sentinel failover): reconnect to the new one."""
+
+    def stop(self, client: Any, deadline: float) -> None:
+        """Stop receiving: nothing reaches ``received`` once this returns (by ``deadline``).
+
+        ``client`` is a Redis client whose timeouts fit the stop's.
+        """
+
+    def threads(self) -> List[threading.Thread]:
+        """The threads the transport started, for joins and ownership checks."""
