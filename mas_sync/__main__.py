@@ -27,7 +27,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         level=logging.INFO if args.verbose else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from . import _demo
+    from .tools import demo as _demo
 
     try:
         return _demo.run(args.redis_url)

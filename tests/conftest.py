@@ -17,7 +17,7 @@ FAST = dict(heartbeat_interval=0.2, heartbeat_ttl=1.0)
 
 
 # The fixtures below are the names the suite uses, on top of the fixtures of
-# mas_sync's own pytest plugin (mas_sync/pytest_plugin.py).
+# mas_sync's own pytest plugin (mas_sync/testing/pytest_plugin.py).
 
 
 @pytest.fixture(scope="session")

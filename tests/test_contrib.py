@@ -13,7 +13,7 @@ import pytest
 
 from mas_sync import Agent, AgentMessage
 from mas_sync.contrib import DEFAULT_ID_FORMAT, AgentSpec, ProcessAgents
-from mas_sync.contrib._process import format_agent_id, host_name
+from mas_sync.contrib._names import format_agent_id, host_name
 
 from .conftest import FAST
 
@@ -281,3 +281,35 @@ def test_redis_urls_are_checked_against_every_scheme_mas_sync_takes() -> None:
     for url in ("redis://h:1/0", "rediss://h", "unix:///tmp/r.sock",
                 "redis+sentinel://h:1/main", "redis+cluster://h:1,h:2"):
         check_redis_url(url)
+
+
+EXIT_SCRIPT = """
+import sys
+from mas_sync import Agent
+from mas_sync.contrib import AgentSpec, ProcessAgents
+
+class Loud(Agent):
+    def on_stop(self):
+        print("stopped", self.id, flush=True)
+
+names = ["a", "b", "c", "d", "e"]
+agents = ProcessAgents(
+    [AgentSpec(name, Loud, id_format="{name}") for name in names],
+    redis_url=sys.argv[1], id_format="{name}",
+)
+agents.start()
+assert agents.client.is_running
+print("running", flush=True)
+"""
+
+
+def test_the_agents_of_a_process_stop_at_exit_declared_last_first(redis_url, r) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, redis_url], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    # ProcessAgents.stop() at exit, before mas_sync's own exit handler: its order.
+    assert result.stdout.split("\n") == [
+        "running", "stopped e", "stopped d", "stopped c", "stopped b", "stopped a", ""
+    ]
+    assert not r.keys("agent:*")

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pytest
 
 from mas_sync import Agent, AgentMessage
-from mas_sync.contrib._process import host_name
+from mas_sync.contrib._names import host_name
 from mas_sync.testing import free_port, wait_until
 
 from ._processes import ROOT, http_get, run_server

@@ -14,7 +14,7 @@ from flask import Flask
 
 from mas_sync import Agent, AgentMessage
 from mas_sync.contrib import ProcessAgents
-from mas_sync.contrib._process import host_name
+from mas_sync.contrib._names import host_name
 from mas_sync.contrib.flask import MAS
 from mas_sync.testing import free_port, wait_until
 

@@ -311,7 +311,7 @@ def test_a_refused_password_is_not_shown(redis_server, r, caplog) -> None:
 
 
 def test_the_demo_does_not_print_the_password(capsys) -> None:
-    from mas_sync import _demo
+    from mas_sync.tools import demo as _demo
 
     with pytest.raises(MASConnectionError):
         _demo.run(f"redis://:hunter2@127.0.0.1:{free_port()}/0")

@@ -70,7 +70,55 @@ def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
     # Python 3.9's entry_points() takes no arguments and returns a dict.
     group = every.select(group="pytest11") if hasattr(every, "select") else every.get("pytest11", [])
     found = [ep for ep in group if ep.name == "mas_sync"]
-    assert [ep.value for ep in found] == ["mas_sync.pytest_plugin"]
+    assert [ep.value for ep in found] == ["mas_sync.testing.pytest_plugin"]
+
+
+def test_the_old_module_name_gives_the_very_same_module() -> None:
+    # In a fresh interpreter, in both orders of import.
+    for first, second in [("mas_sync.pytest_plugin", "mas_sync.testing.pytest_plugin"),
+                          ("mas_sync.testing.pytest_plugin", "mas_sync.pytest_plugin")]:
+        code = (
+            f"import importlib, sys; a = importlib.import_module({first!r});"
+            f" b = importlib.import_module({second!r});"
+            " assert a is b is sys.modules['mas_sync.pytest_plugin']"
+            " is sys.modules['mas_sync.testing.pytest_plugin'], (a, b);"
+            " print(a.__name__)"
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "mas_sync.testing.pytest_plugin"
+
+
+REGISTERED_SAMPLE = '''
+def test_registered_once(request, mas_wait_until):
+    plugins = [
+        (name, plugin.__name__)
+        for name, plugin in request.config.pluginmanager.list_name_plugin()
+        if getattr(plugin, "__name__", "").startswith("mas_sync")
+    ]
+    print("MAS PLUGINS", plugins)
+    assert len(plugins) == 1
+'''
+
+
+def test_the_plugin_registers_once_by_entry_point_or_by_either_module_name(tmp_path) -> None:
+    files = {"test_registered.py": REGISTERED_SAMPLE}
+    result = _run_pytest(tmp_path, files, ["-s"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "MAS PLUGINS [('mas_sync', 'mas_sync.testing.pytest_plugin')]" in result.stdout
+    for name in ("mas_sync", "mas_sync.pytest_plugin", "mas_sync.testing.pytest_plugin"):
+        result = _run_pytest(
+            tmp_path, files, ["-s", "-p", name], env_extra={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"MAS PLUGINS [({name!r}, 'mas_sync.testing.pytest_plugin')]" in result.stdout
+
+
+def test_no_mas_sync_turns_the_plugin_off(tmp_path) -> None:
+    result = _run_pytest(tmp_path, {"test_registered.py": REGISTERED_SAMPLE}, ["-p", "no:mas_sync"])
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "fixture 'mas_wait_until' not found" in output
 
 
 def test_a_sample_test_file_passes_and_the_session_exits_promptly(tmp_path) -> None:

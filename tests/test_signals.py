@@ -182,7 +182,7 @@ def test_the_demo_stops_cleanly_on_sigterm(redis_url, r, procs) -> None:
     script = textwrap.dedent(
         """
         import sys, threading
-        from mas_sync import _demo
+        from mas_sync.tools import demo as _demo
 
         def stuck(self, capabilities=None):
             print("discovering", flush=True)

@@ -12,6 +12,8 @@ declared name in their registration metadata (:data:`NAME_KEY`), so that
 Flask nor Django; each integration imports its framework itself.
 """
 
-from ._process import DEFAULT_ID_FORMAT, NAME_KEY, AgentSpec, ProcessAgents
+from ._names import DEFAULT_ID_FORMAT, NAME_KEY
+from ._process import ProcessAgents
+from ._spec import AgentSpec
 
 __all__ = ["DEFAULT_ID_FORMAT", "NAME_KEY", "AgentSpec", "ProcessAgents"]

@@ -13,191 +13,18 @@ starts agents of its own, under ids of its own.
 
 from __future__ import annotations
 
-import atexit
-import difflib
-import inspect
 import logging
 import os
-import re
-import socket
 import threading
-import weakref
-from dataclasses import dataclass, field
-from typing import (
-    Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, Union,
-)
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
-from .._agent import Agent
+from .. import Agent, AgentMessage
 from .._connection import check_redis_url
-from .._message import AgentMessage
-from .._wire import validate_agent_id
+from ._lifecycle import track
+from ._names import DEFAULT_ID_FORMAT, NAME_KEY, check_name, format_agent_id, publish_name
+from ._spec import AgentSpec, SpecSource, check_agent_options
 
 log = logging.getLogger(__name__)
-
-#: How an agent's id is made from its declared name: the name, the host name
-#: and the process id, so that the copies of one agent in several worker
-#: processes (on one machine or several) never share an id.
-DEFAULT_ID_FORMAT = "{name}-{host}-{pid}"
-
-#: The key of a declared agent's registration metadata that holds its
-#: declared name, so that :meth:`ProcessAgents.find` finds it wherever it runs.
-#: Set on top of what the agent's own ``get_metadata()`` returns.
-NAME_KEY = "declared_name"
-
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def host_name() -> str:
-    """This machine's host name, as it appears in agent ids (``{host}``)."""
-    return _HOST_UNSAFE.sub("-", socket.gethostname())[:64] or "localhost"
-
-
-def format_agent_id(id_format: str, name: str, pid: Optional[int] = None) -> str:
-    """The agent id that ``id_format`` makes of ``name`` in process ``pid``.
-
-    ``id_format`` may use ``{name}``, ``{pid}`` (this process's id by default)
-    and ``{host}`` (:func:`host_name`).
-
-    Raises:
-        TypeError: ``id_format`` is not a string.
-        ValueError: it uses another placeholder, or makes an invalid id.
-    """
-    if not isinstance(id_format, str):
-        raise TypeError(f"an agent id format must be a str, not {type(id_format).__name__}")
-    try:
-        agent_id = id_format.format(
-            name=name, pid=os.getpid() if pid is None else pid, host=host_name()
-        )
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(
-            f"agent id format {id_format!r} is not valid ({type(exc).__name__}: {exc});"
-            " it may use {name}, {pid} and {host}"
-        ) from None
-    return validate_agent_id(agent_id, f"agent id made by the format {id_format!r}")
-
-
-def check_name(name: str, what: str = "agent name") -> str:
-    """``name`` if it is a valid declared name: letters, digits, ``-``, ``_``, ``.``.
-
-    Raises:
-        ValueError: it is not.
-    """
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"{what} {name!r} must be letters, digits, '-', '_' or '.'")
-    return name
-
-
-def check_agent_options(cls: Type[Agent], options: Mapping[str, Any], where: str) -> None:
-    """Refuse options that ``cls(agent_id, **options)`` would not take.
-
-    Compares the names with the signature of ``cls.__init__`` (a subclass may
-    take more than :class:`~mas_sync.Agent`, or fewer). A class whose
-    ``__init__`` takes ``**kwargs`` is taken at its word. The agent id is
-    never an option: the id format makes it.
-
-    Args:
-        cls: The agent class the options are for.
-        options: The keyword arguments.
-        where: What holds them, for the message (``"MAS_AGENT_OPTIONS"``).
-
-    Raises:
-        TypeError: ``options`` is not a dict of str keys.
-        ValueError: an option ``cls`` does not take, named with what it takes.
-    """
-    if not isinstance(options, Mapping):
-        raise TypeError(f"{where} must be a dict of option names to values, not {options!r}")
-    if not all(isinstance(key, str) for key in options):
-        raise TypeError(f"{where}: option names must be str, not {sorted(map(repr, options))}")
-    params = list(inspect.signature(cls.__init__).parameters.values())[1:]  # less self
-    by_keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    id_param = params[0].name if params and params[0].kind in positional else None
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-    taken = {p.name for p in params if p.kind in by_keyword} - {id_param}
-    class_name = "mas_sync.Agent" if cls is Agent else f"{cls.__module__}.{cls.__qualname__}"
-    for key in options:
-        if key == id_param:
-            raise ValueError(
-                f"{where}: {key!r} is not an option: the id format makes the agent id"
-            )
-        if not open_ended and key not in taken:
-            close = difflib.get_close_matches(key, sorted(taken), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(
-                f"{where}: {class_name}() takes no option {key!r}{hint};"
-                f" it takes {', '.join(sorted(taken)) or 'none'}"
-            )
-
-
-def check_settings(redis_url: Optional[Any], agent_options: Any) -> None:
-    """Check ``MAS_REDIS_URL`` and ``MAS_AGENT_OPTIONS``, as Flask and Django read them.
-
-    The errors name the setting. ``redis_url`` None is not checked (another
-    source, such as a command-line option, gives the URL).
-
-    Raises:
-        TypeError, ValueError: a value mas_sync cannot use.
-    """
-    if redis_url is not None:
-        if not isinstance(redis_url, str) or not redis_url:
-            raise TypeError(f"MAS_REDIS_URL must be a non-empty str, not {redis_url!r}")
-        try:
-            check_redis_url(redis_url)
-        except ValueError as exc:
-            raise ValueError(f"MAS_REDIS_URL: {exc}") from None
-    check_agent_options(Agent, agent_options, "MAS_AGENT_OPTIONS")
-
-
-@dataclass(frozen=True)
-class AgentSpec:
-    """An agent an application declares: what to build in each process.
-
-    Attributes:
-        name: The declared name; letters, digits, ``-``, ``_`` and ``.``.
-            The agent's id is made from it by the id format.
-        cls: The :class:`~mas_sync.Agent` subclass to build.
-        capabilities: Its capabilities, for discovery.
-        id_format: Overrides the application's id format for this agent
-            (``"{name}"`` gives it a fixed id, for an agent that runs in one
-            process only).
-        options: More keyword arguments for ``cls``, such as
-            ``heartbeat_interval`` or ``max_workers``; checked against the
-            signature of ``cls``.
-
-    Raises:
-        TypeError, ValueError: a bad field, named in the message.
-    """
-
-    name: str
-    cls: Type[Agent] = Agent
-    capabilities: Tuple[str, ...] = ()
-    id_format: Optional[str] = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_name(self.name)
-        if not (isinstance(self.cls, type) and issubclass(self.cls, Agent)):
-            raise TypeError(f"agent {self.name!r}: {self.cls!r} is not a mas_sync.Agent subclass")
-        if isinstance(self.capabilities, str) or not isinstance(
-            self.capabilities, (list, tuple, set, frozenset)
-        ):
-            raise TypeError(
-                f"agent {self.name!r}: capabilities must be a list of str, not"
-                f" {self.capabilities!r}"
-            )
-        object.__setattr__(self, "capabilities", tuple(self.capabilities))
-        if not isinstance(self.options, Mapping):
-            raise TypeError(f"agent {self.name!r}: options must be a dict, not {self.options!r}")
-        object.__setattr__(self, "options", dict(self.options))
-        check_agent_options(self.cls, self.options, f"agent {self.name!r}: options")
-        if self.id_format is not None:
-            format_agent_id(self.id_format, self.name)
-
-
-SpecSource = Union[Sequence[AgentSpec], Callable[[], Iterable[AgentSpec]]]
-
-_instances: "weakref.WeakSet[ProcessAgents]" = weakref.WeakSet()
 
 
 class ProcessAgents:
@@ -268,7 +95,7 @@ class ProcessAgents:
         self._complete_pid: Optional[int] = None  # every declared agent started there
         self._agents: Dict[str, Agent] = {}
         self._client: Optional[Agent] = None
-        _instances.add(self)
+        track(self)
 
     def __repr__(self) -> str:
         running = sorted(a.id for a in self.running.values())
@@ -513,7 +340,7 @@ class ProcessAgents:
             **spec.options,
         }
         agent = spec.cls(format_agent_id(spec.id_format or self.id_format, spec.name), **kwargs)
-        _publish_name(agent, spec.name)
+        publish_name(agent, spec.name)
         return agent
 
     def _adopt_process(self) -> None:
@@ -538,38 +365,3 @@ class ProcessAgents:
             agent.stop(timeout=timeout)
         except Exception:  # pragma: no cover - stop() logs its own troubles
             log.exception("Agent %s: stop failed", agent.id)
-
-
-def _publish_name(agent: Agent, name: str) -> None:
-    # The registration's metadata is what the agent's get_metadata() returns
-    # (called by start(), in the thread that calls it), with the declared
-    # name on top. A result that is no dict is left for start() to refuse.
-    own = agent.get_metadata
-
-    def get_metadata() -> Dict[str, Any]:
-        metadata = own()
-        return {**metadata, NAME_KEY: name} if isinstance(metadata, dict) else metadata
-
-    agent.get_metadata = get_metadata  # type: ignore[method-assign]
-
-
-def _after_fork_in_child() -> None:
-    # A lock held by a parent thread at fork time stays held in the child,
-    # where that thread does not exist: make every lock anew.
-    for instance in list(_instances):
-        instance._lock = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@atexit.register
-def _stop_at_exit() -> None:
-    # Registered after mas_sync's own exit handler, so it runs first: the
-    # agents stop with their configured timeout, the client last.
-    for instance in list(_instances):
-        try:
-            instance.stop()
-        except Exception:  # pragma: no cover - best effort at exit
-            log.exception("stopping agents at exit failed")

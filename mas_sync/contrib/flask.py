@@ -75,7 +75,9 @@ from flask import Flask, current_app
 
 from .._agent import Agent
 from .._message import AgentMessage
-from ._process import DEFAULT_ID_FORMAT, AgentSpec, ProcessAgents, check_settings
+from ._names import DEFAULT_ID_FORMAT
+from ._process import ProcessAgents
+from ._spec import AgentSpec, check_settings
 
 __all__ = ["EXTENSION_KEY", "MAS"]
 

@@ -13,7 +13,8 @@ from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 from ..._agent import Agent
 from ..._errors import AgentNotRunningError
 from ..._message import AgentMessage
-from .._process import AgentSpec, ProcessAgents
+from .._process import ProcessAgents
+from .._spec import AgentSpec
 from . import _settings
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
-from .._process import DEFAULT_ID_FORMAT, AgentSpec, ProcessAgents, check_settings
+from .._names import DEFAULT_ID_FORMAT
+from .._process import ProcessAgents
+from .._spec import AgentSpec, check_settings
 
 #: Every setting the integration reads, with its default.
 DEFAULTS: Dict[str, Any] = {

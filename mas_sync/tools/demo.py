@@ -8,14 +8,9 @@ from typing import Optional
 
 from pydantic import BaseModel
 
-from ._agent import Agent
-from ._connection import redact_url
-from ._errors import RequestError
-from ._handlers import handler
-from ._message import AgentMessage
-from ._service import MASService
-from .signals import stop_on_signals
-from .testing import local_redis
+from .. import Agent, AgentMessage, MASService, RequestError, handler, stop_on_signals
+from .._connection import redact_url
+from ..testing import local_redis
 
 
 class AddTask(BaseModel):

@@ -1,0 +1,280 @@
+"""The benchmark's roles: receivers, senders and the responder, each run in a child process.
+
+:mod:`mas_sync.tools.bench` starts them with ``multiprocessing`` (spawn),
+which finds each function again by its module and name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import redis
+
+PAYLOAD = {"action": "work", "text": "x" * 64}
+
+
+def percentiles(values: Sequence[float]) -> Dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+
+    def pick(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
+
+
+def _pace(rate: Optional[float], n: int, send: Callable[[int], None]) -> float:
+    """Call ``send(i)`` n times, at ``rate`` per second if given; returns the start time."""
+    start = time.time()
+    if not rate:
+        for i in range(n):
+            send(i)
+        return start
+    interval = 1.0 / rate
+    for i in range(n):
+        due = start + i * interval
+        delay = due - time.time()
+        if delay > 0.0002:
+            time.sleep(delay)
+        send(i)
+    return start
+
+
+def raw_receiver(url: str, channel: str, n: int, ready: Any, out: Any) -> None:
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(channel)
+    while (pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+        pass
+    ready.set()
+    got, latencies, last = 0, [], 0.0
+    deadline = time.monotonic() + 120
+    while got < n and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1.0)
+        if message is None or message["type"] != "message":
+            continue
+        last = time.time()
+        got += 1
+        if got % 10 == 0:
+            latencies.append(last - json.loads(message["data"])["payload"]["t"])
+    out.put({"got": got, "last": last, "latencies": latencies})
+    pubsub.close()
+    client.close()
+
+
+def raw_sender(url: str, channel: str, n: int, rate: Optional[float], out: Any) -> None:
+    client = redis.Redis.from_url(url)
+
+    def send(i: int) -> None:
+        message = {"sender_id": "raw-tx", "target_id": "rx", "timestamp": time.time(),
+                   "message_id": str(i), "payload": dict(PAYLOAD, t=time.time())}
+        client.publish(channel, json.dumps(message))
+
+    start = _pace(rate, n, send)
+    out.put({"start": start, "end": time.time()})
+    client.close()
+
+
+class _Tally:
+    """What a receiver counts: messages, the time of the last, every tenth latency."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.got = 0
+        self.last = 0.0
+        self.latencies: List[float] = []
+
+    def record(self, payload: Dict[str, Any]) -> bool:
+        """Count one message; true once ``n`` have arrived."""
+        now = time.time()
+        self.got += 1
+        self.last = now
+        if self.got % 10 == 0:
+            self.latencies.append(now - payload["t"])
+        return self.got >= self.n
+
+    def result(self) -> Dict[str, Any]:
+        return {"got": self.got, "last": self.last, "latencies": self.latencies}
+
+
+def sync_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
+    from .. import Agent
+
+    done = threading.Event()
+    lock = threading.Lock()
+    tally = _Tally(n)
+
+    class Rx(Agent):
+        def on_message(self, message: Any) -> None:
+            with lock:
+                if tally.record(message.payload):
+                    done.set()
+
+    agent = Rx(agent_id, redis_url=url, max_pending=max(1000, n))
+    agent.start()
+    ready.set()
+    done.wait(120)
+    out.put(dict(tally.result(), missed=agent.stats.missed, dropped=agent.stats.dropped_overflow))
+    agent.stop()
+
+
+def sync_sender(url: str, target: str, n: int, rate: Optional[float], mode: str, out: Any) -> None:
+    from .. import Agent
+
+    agent = Agent(f"tx-{os.getpid()}", redis_url=url)
+    agent.start()
+    if mode == "batch":
+        start = time.time()
+        for first in range(0, n, 100):
+            agent.send_many([(target, dict(PAYLOAD, t=time.time()))
+                             for _ in range(first, min(n, first + 100))])
+    elif mode.startswith("threads"):
+        threads_n = int(mode.split(":")[1])
+        per = n // threads_n
+
+        def work() -> None:
+            for _ in range(per):
+                agent.send(target, dict(PAYLOAD, t=time.time()))
+
+        workers = [threading.Thread(target=work) for _ in range(threads_n)]
+        start = time.time()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    else:
+        start = _pace(rate, n, lambda i: agent.send(target, dict(PAYLOAD, t=time.time())))
+    out.put({"start": start, "end": time.time()})
+    agent.stop()
+
+
+async def async_start(agent: Any, url: str) -> None:
+    """Start an agent of the async framework and wait for its first heartbeat.
+
+    Its heartbeat task opens a connection of its own as the agent starts. On
+    Python 3.11 a ``cancel()`` that lands while redis-py sets a connection up
+    can be lost, and ``stop()`` then waits out the task's 30 s sleep.
+    """
+    import redis.asyncio
+
+    await agent.start()
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 5.0
+        while not await client.exists(f"agent:{agent.id}:heartbeat") and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+    finally:
+        await client.aclose()
+
+
+def async_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
+    import mas  # type: ignore[import-not-found]
+
+    async def main() -> None:
+        done = asyncio.Event()
+        tally = _Tally(n)
+
+        class Rx(mas.Agent):  # type: ignore[misc]
+            async def on_message(self, message: Any) -> None:
+                if tally.record(message.payload):
+                    done.set()
+
+        agent = Rx(agent_id, redis_url=url)
+        await async_start(agent, url)
+        ready.set()
+        try:
+            await asyncio.wait_for(done.wait(), 120)
+        except asyncio.TimeoutError:
+            pass
+        out.put(tally.result())
+        await agent.stop()
+
+    asyncio.run(main())
+
+
+def async_sender(url: str, target: str, n: int, rate: Optional[float], out: Any) -> None:
+    import mas  # type: ignore[import-not-found]
+
+    async def main() -> None:
+        agent = mas.Agent(f"atx-{os.getpid()}", redis_url=url)
+        await async_start(agent, url)
+        start = time.time()
+        interval = 1.0 / rate if rate else 0.0
+        for i in range(n):
+            if interval:
+                delay = start + i * interval - time.time()
+                if delay > 0.0002:
+                    await asyncio.sleep(delay)
+            await agent.send(target, dict(PAYLOAD, t=time.time()))
+        out.put({"start": start, "end": time.time()})
+        await agent.stop()
+
+    asyncio.run(main())
+
+
+def responder(url: str, agent_id: str, ready: Any, stop: Any) -> None:
+    from .. import Agent
+
+    class Echo(Agent):
+        def on_message(self, message: Any) -> None:
+            if message.expects_reply:
+                message.reply({"ok": True})
+
+    agent = Echo(agent_id, redis_url=url)
+    agent.start()
+    ready.set()
+    stop.wait(300)
+    agent.stop()
+
+
+def requester(url: str, target: str, n: int, out: Any) -> None:
+    from .. import Agent
+
+    agent = Agent(f"asker-{os.getpid()}", redis_url=url)
+    agent.start()
+    for _ in range(min(100, n)):  # warm up
+        agent.request(target, {"q": 1}, timeout=5)
+    rtts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        agent.request(target, {"q": 1}, timeout=5)
+        rtts.append(time.perf_counter() - t0)
+    out.put({"rtts": rtts})
+    agent.stop()
+
+
+def many_agents(url: str, n: int, out: Any) -> None:
+    from .. import Agent
+
+    def rss_kib() -> int:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    probe = redis.Redis.from_url(url)
+    gc.collect()
+    threads0, rss0 = threading.active_count(), rss_kib()
+    clients0 = len(probe.client_list())
+    agents = [Agent(f"many-{i}", ["bench"], url) for i in range(n)]
+    t0 = time.perf_counter()
+    for agent in agents:
+        agent.start()
+    started = time.perf_counter() - t0
+    threads, rss = threading.active_count() - threads0, rss_kib() - rss0
+    clients = len(probe.client_list()) - clients0
+    t0 = time.perf_counter()
+    for agent in agents:
+        agent.stop()
+    stopped = time.perf_counter() - t0
+    out.put({"start": started, "stop": stopped, "threads": threads, "rss_kib": rss,
+             "clients": clients, "left": threading.active_count() - threads0})
+    probe.close()
