@@ -9,7 +9,7 @@ from typing import Optional
 from pydantic import BaseModel
 
 from ._agent import Agent
-from ._connection import redact_url
+from ._redis import redact_url
 from ._errors import RequestError
 from ._handlers import handler
 from ._message import AgentMessage

@@ -13,7 +13,7 @@ import redis
 from redis.client import NEVER_DECODE
 
 from . import _wire
-from ._connection import is_cluster, publish
+from ._redis import is_cluster, publish
 from ._errors import AgentIdInUseError
 
 log = logging.getLogger(__name__)

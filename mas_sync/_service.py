@@ -12,12 +12,12 @@ import redis
 
 from . import _wire
 from ._checks import check_seconds
-from ._connection import check_redis_url, close_client, is_cluster, make_client, ping
-from ._connection import redact_text, redact_url, retire_connections
 from ._errors import MASConnectionError, RedisCommandError
-from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
+from ._listener import ChannelListener
+from ._redis import ANY_REDIS_ERROR, REDIS_ERRORS, check_redis_url, close_client, follow_master
+from ._redis import is_cluster, is_sentinel_url, make_client, ping, redact_text, redact_url
+from ._redis import retire_connections
 from ._registry import AgentRegistry, Liveness, _ttl_ms
-from ._sentinel import follow_master, is_sentinel_url
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from ._agent import Agent, running_agents
-from ._connection import close_client, make_client, redact_url
+from ._redis import close_client, make_client, redact_url
 from ._errors import MASError
 from .testing import RedisServer, wait_until
 

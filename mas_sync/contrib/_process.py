@@ -28,7 +28,7 @@ from typing import (
 )
 
 from .._agent import Agent
-from .._connection import check_redis_url
+from .._redis import check_redis_url
 from .._message import AgentMessage
 from .._wire import validate_agent_id
 

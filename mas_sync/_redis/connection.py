@@ -1,0 +1,372 @@
+"""Redis clients as mas_sync agents and services use them: pools, deadlines, retiring."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import (
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
+
+from .._errors import MASConnectionError
+from .cluster import is_cluster, is_cluster_url, make_cluster_client
+from .sentinel import is_sentinel_url, make_sentinel_client
+from .urls import check_redis_url, redact_text, redact_url
+
+#: Seconds to wait for a TCP connection to Redis.
+CONNECT_TIMEOUT = 5.0
+#: Seconds to wait for the answer to one command (redis-py's default too).
+COMMAND_TIMEOUT = 5.0
+#: Seconds a thread waits for a free connection when the pool is exhausted
+#: (a call with a deadline waits no longer than its deadline).
+POOL_TIMEOUT = 20.0
+
+
+class NotConnected(redis.ConnectionError):
+    """No connection to Redis could be had: nothing was sent, so trying again is safe.
+
+    Raised for a refused or timed-out connect, a failed handshake, an
+    exhausted pool, a retired pool, and a connect deadline that has passed;
+    never once a command may have reached Redis.
+    """
+
+
+# -- deadlines ------------------------------------------------------------------
+#
+# A call that must end by a given time (request(timeout=...), a retry window)
+# sets them for its thread; the pools and connections below read them, so that
+# waiting for a pooled connection, connecting and reading the answer never
+# outlast the call.
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def deadlines(connect_by: Optional[float], answer_by: Optional[float] = None) -> Iterator[None]:
+    """Bound the Redis I/O of the calling thread, in ``time.monotonic()`` time.
+
+    Args:
+        connect_by: No pool wait or connect attempt (TCP connect and
+            handshake) goes past it; past it they raise :class:`NotConnected`.
+        answer_by: No read of an answer goes past it (a read that runs out
+            raises ``redis.TimeoutError``); None keeps the command timeout.
+    """
+    saved = getattr(_local, "bounds", None)
+    _local.bounds = (connect_by, answer_by)
+    try:
+        yield
+    finally:
+        _local.bounds = saved
+
+
+def _bounds() -> Tuple[Optional[float], Optional[float]]:
+    return getattr(_local, "bounds", None) or (None, None)
+
+
+class _GuardedConnection:
+    """Mixed into redis-py's connection classes (see :func:`_guarded`).
+
+    Connect failures become :class:`NotConnected`; a connection of a retired
+    pool never connects again; the thread's deadlines bound connects and reads.
+    """
+
+    _mas_pool: Any = None
+
+    def connect(self) -> None:
+        self._mas_connect(super().connect)  # type: ignore[misc]
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        # redis-py 6 and later reconnect through this one inside send_command.
+        self._mas_connect(lambda: super(_GuardedConnection, self).connect_check_health(*args, **kwargs))  # type: ignore[misc]
+
+    def _mas_connect(self, connect: Any) -> None:
+        if getattr(self, "_sock", None) is not None:
+            return connect()
+        pool = self._mas_pool
+        if pool is not None and pool.mas_retired:
+            raise NotConnected("the connection pool was closed")
+        bounds = _bounds()
+        connect_by, answer_by = bounds
+        saved = None
+        if connect_by is not None:
+            left = connect_by - time.monotonic()
+            if left <= 0:
+                raise NotConnected("no time left to connect")
+            # The TCP connect, then the handshake's reads (see read_response),
+            # end by connect_by. socket_timeout itself is left alone: redis-py's
+            # parsers keep a copy of it for the life of the connection.
+            saved = getattr(self, "socket_connect_timeout", None)
+            self.socket_connect_timeout = min(saved or left, left)
+            _local.bounds = (connect_by, connect_by if answer_by is None else min(answer_by, connect_by))
+        try:
+            connect()
+        except (NotConnected, redis.AuthenticationError):
+            raise
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise NotConnected(str(exc)) from exc
+        finally:
+            if connect_by is not None:
+                self.socket_connect_timeout = saved
+                _local.bounds = bounds
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        _, answer_by = _bounds()
+        sock = getattr(self, "_sock", None)
+        if answer_by is None or sock is None:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        left = answer_by - time.monotonic()
+        sock.settimeout(max(0.001, min(left, self.socket_timeout or left)))  # type: ignore[attr-defined]
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            sock = getattr(self, "_sock", None)
+            if sock is not None:
+                sock.settimeout(self.socket_timeout)  # type: ignore[attr-defined]
+
+
+_guarded_classes: Dict[type, type] = {}
+
+
+def _guarded(connection_class: type) -> type:
+    if issubclass(connection_class, _GuardedConnection):
+        return connection_class
+    guarded = _guarded_classes.get(connection_class)
+    if guarded is None:
+        guarded = _guarded_classes[connection_class] = type(
+            f"Guarded{connection_class.__name__}", (_GuardedConnection, connection_class), {}
+        )
+    return guarded
+
+
+class _RetirablePool:
+    """Mixed into redis-py's pools: :meth:`retire` instead of disconnecting in use.
+
+    redis-py does not support disconnecting a connection that another thread
+    is using (redis/redis-py#2967). A retired pool hands out no connection;
+    its idle connections are closed at once, the others when they come back.
+    """
+
+    mas_retired = False
+    _mas_timeout: Optional[float] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["connection_class"] = _guarded(
+            kwargs.get("connection_class") or self._mas_default_connection(kwargs)
+        )
+        self._mas_args = (args, dict(kwargs))
+        self._mas_retire_lock = threading.Lock()
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+
+    @property  # type: ignore[override]
+    def timeout(self) -> Optional[float]:
+        # BlockingConnectionPool's wait for a free connection.
+        connect_by, _ = _bounds()
+        if connect_by is None:
+            return self._mas_timeout
+        return max(0.0, min(self._mas_timeout or POOL_TIMEOUT, connect_by - time.monotonic()))
+
+    @timeout.setter
+    def timeout(self, value: Optional[float]) -> None:
+        self._mas_timeout = value
+
+    @staticmethod
+    def _mas_default_connection(kwargs: Dict[str, Any]) -> type:
+        return redis.Connection
+
+    def make_connection(self) -> Any:
+        connection = super().make_connection()  # type: ignore[misc]
+        connection._mas_pool = self
+        return connection
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        if self.mas_retired:
+            raise NotConnected("the connection pool was closed")
+        try:
+            return super().get_connection(*args, **kwargs)  # type: ignore[misc]
+        except (NotConnected, redis.AuthenticationError):
+            raise
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # Nothing was sent: no free connection in time, or none ready.
+            raise NotConnected(str(exc)) from exc
+
+    def release(self, connection: Any) -> None:
+        super().release(connection)  # type: ignore[misc]
+        with self._mas_retire_lock:
+            retired = self.mas_retired
+        if retired:
+            self._mas_disconnect_idle()
+
+    def retire(self) -> None:
+        """Refuse new work; close the idle connections now, the others when released."""
+        with self._mas_retire_lock:
+            self.mas_retired = True
+        self._mas_disconnect_idle()
+
+    def _mas_disconnect_idle(self) -> None:
+        # disconnect(inuse_connections=False) does this, but not on every
+        # redis-py release's BlockingConnectionPool.
+        queue = getattr(self, "pool", None)
+        if queue is not None:  # BlockingConnectionPool: a queue of free ones
+            with queue.mutex:
+                idle = [c for c in queue.queue if c is not None]
+        else:
+            with self._lock:
+                idle = list(self._available_connections)
+        for connection in idle:
+            connection.disconnect()
+
+    def _mas_has_open(self) -> bool:
+        connections = getattr(self, "_connections", None)
+        if connections is None:  # ConnectionPool keeps two collections instead
+            connections = [*self._available_connections, *self._in_use_connections]
+        return any(getattr(c, "_sock", None) is not None for c in connections)
+
+    def renewed(self) -> Any:
+        """A new, empty pool made like this one."""
+        args, kwargs = self._mas_args
+        return type(self)(*args, **kwargs)
+
+
+class _BlockingPool(_RetirablePool, redis.BlockingConnectionPool):
+    pass
+
+
+class _SentinelPool(_RetirablePool, SentinelConnectionPool):
+    @staticmethod
+    def _mas_default_connection(kwargs: Dict[str, Any]) -> type:
+        return SentinelManagedSSLConnection if kwargs.get("ssl") else SentinelManagedConnection
+
+
+def retire_connections(client: Any) -> None:
+    """Move ``client`` to a new pool; the old one's connections close as they come back.
+
+    Used when the connections are known, or likely, to be dead (the
+    subscription was lost, Sentinel moved the master). Calls in flight finish
+    (or fail) on their connection; no connection is pulled from under them.
+    A cluster client follows its nodes by itself and is left alone.
+    """
+    if is_cluster(client):
+        return
+    with _retire_lock:
+        old = client.connection_pool
+        client.connection_pool = old.renewed()
+        retired = client.__dict__.setdefault("_mas_retired_pools", [])
+        retired[:] = [p for p in retired if p._mas_has_open()]
+        retired.append(old)
+    old.retire()
+
+
+_retire_lock = threading.Lock()
+
+
+def renew_lock_after_fork() -> None:
+    global _retire_lock
+    _retire_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=renew_lock_after_fork)
+
+
+def make_client(
+    url: str,
+    max_connections: int,
+    *,
+    decode: bool = True,
+    timeout: float = COMMAND_TIMEOUT,
+    client_name: Optional[str] = None,
+) -> redis.Redis:
+    """A client with its own blocking pool of at most ``max_connections``.
+
+    Threads that find the pool exhausted wait for a connection (up to
+    ``POOL_TIMEOUT``, or the thread's :func:`deadlines`) instead of failing at
+    once. redis-py itself never sends a command twice: a failure to connect
+    raises :class:`NotConnected`, which the caller may retry; any other
+    failure (a timed-out answer, a connection lost mid-command) may have
+    left the command run, and is for the caller to report. A pooled
+    connection that died while idle (a Redis restart) is replaced before
+    use. ``client_name`` names the connections in ``CLIENT LIST``. The
+    caller owns the client and must close it with :func:`close_client`.
+
+    Raises:
+        ValueError: ``url`` is not a Redis URL.
+    """
+    kwargs: Any = dict(
+        max_connections=max_connections,
+        timeout=POOL_TIMEOUT,
+        socket_connect_timeout=min(CONNECT_TIMEOUT, timeout),
+        socket_timeout=timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=decode,
+    )
+    if client_name is not None:
+        kwargs["client_name"] = client_name
+    check_redis_url(url)
+    try:
+        if is_sentinel_url(url):
+            del kwargs["timeout"]  # redis-py's Sentinel pool does not block
+            kwargs["max_connections"] = max(max_connections, 64)
+            return make_sentinel_client(url, pool_class=_SentinelPool, **kwargs)
+        if is_cluster_url(url):
+            del kwargs["timeout"]
+            kwargs["max_connections"] = max(max_connections, 64)
+            return make_cluster_client(url, **kwargs)
+        pool = _BlockingPool.from_url(url, **kwargs)
+    except ValueError as exc:
+        raise ValueError(
+            f"invalid Redis URL {redact_url(url)!r}: {redact_text(str(exc), url)}"
+        ) from None
+    return redis.Redis(connection_pool=pool)
+
+
+def publish(client: Any, channel: str, data: Any) -> Any:
+    """PUBLISH, or SPUBLISH (sharded pub/sub) on a cluster client or pipeline."""
+    if is_cluster(client):
+        return client.spublish(channel, data)
+    return client.publish(channel, data)
+
+
+def close_client(client: Any) -> None:
+    """Close ``client`` and every connection of its pool(s), those in use too.
+
+    Its pool is retired first, so that a connection closed under a call in
+    flight is never opened again: the call fails instead.
+    """
+    client.close()
+    if is_cluster(client):
+        client.disconnect_connection_pools()
+        return
+    with _retire_lock:
+        pools = [client.connection_pool, *client.__dict__.get("_mas_retired_pools", ())]
+    for pool in pools:
+        if isinstance(pool, _RetirablePool):
+            pool.retire()
+        pool.disconnect()
+
+
+def ping(client: redis.Redis, url: str) -> None:
+    """Check that Redis answers.
+
+    Raises:
+        MASConnectionError: it does not, with the (redacted) URL in the message.
+    """
+    try:
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise MASConnectionError(
+            f"cannot reach Redis at {redact_url(url)}: {redact_text(str(exc), url)}"
+        ) from exc
+    except redis.RedisError as exc:
+        raise MASConnectionError(
+            f"Redis at {redact_url(url)} refused PING: {redact_text(str(exc), url)}"
+        ) from exc
