@@ -15,6 +15,7 @@ from redis.client import NEVER_DECODE
 from . import _wire
 from ._redis import is_cluster, publish
 from ._errors import AgentIdInUseError
+from ._scripts import load_script
 
 log = logging.getLogger(__name__)
 
@@ -26,156 +27,6 @@ _RAW: Dict[str, Any] = {NEVER_DECODE: True}
 
 # Keys a registry remembers having logged as unreadable (the oldest forgotten first).
 _LOGGED_KEYS = 1024
-
-# discover() on one server, one SCAN page per call: ARGV[1] is the cursor,
-# ARGV[2] the COUNT, ARGV[3] the suffix of heartbeat keys, ARGV[4] the mode
-# ('page' or 'entries'), ARGV[5:] the capabilities wanted (any, when none).
-# Of the registration hashes on the page, those ACTIVE, whose heartbeat key
-# exists, and having one of the capabilities are selected, and so are those
-# ACTIVE and beating that Lua cannot read (cjson refuses a field, or the id
-# does not name the key): the client reads and judges each of those.
-# In mode 'page', when every selected hash was readable, the reply is
-# {cursor, 'page', n, "[[id, capabilities, metadata], ...]"}: the keys never
-# travel to the client, which parses one JSON document a page. Otherwise the
-# reply is {cursor, 'entries', key, id, capabilities, metadata, ...}, the
-# fields as Redis holds them, which the client parses one by one. cjson is
-# lenient (it takes 0x10, nan, bytes that are not UTF-8), so the client
-# parses strictly, and asks for the page again in mode 'entries' when the
-# document does not parse: one bad registration never spoils the others.
-_SELECT_PAGE = """
-local want, any = {}, #ARGV == 4
-for i = 5, #ARGV do want[ARGV[i]] = true end
-local page = redis.call('SCAN', ARGV[1], 'MATCH', 'agent:*', 'COUNT', ARGV[2], 'TYPE', 'hash')
-local good, entries, unreadable = {}, {page[1], 'entries'}, false
-for _, key in ipairs(page[2]) do
-  if #key > 6 and not string.find(key, ':', 7, true) then
-    local f = redis.call('HMGET', key, 'id', 'capabilities', 'metadata', 'status')
-    if f[4] == 'ACTIVE' then
-      local id, caps_text, meta_text = f[1] or '', f[2] or '[]', f[3] or '{}'
-      local ok_caps, caps = pcall(cjson.decode, caps_text)
-      local ok_meta, meta = pcall(cjson.decode, meta_text)
-      local readable = key == 'agent:' .. id and ok_caps and ok_meta
-        and type(caps) == 'table' and type(meta) == 'table'
-      local match = any or not readable
-      if not match then
-        for _, cap in ipairs(caps) do
-          if want[cap] then match = true break end
-        end
-      end
-      if match and redis.call('EXISTS', key .. ARGV[3]) == 1 then
-        local n = #entries
-        entries[n + 1], entries[n + 2] = key, id
-        entries[n + 3], entries[n + 4] = caps_text, meta_text
-        if readable then
-          good[#good + 1] = '[' .. cjson.encode(id) .. ',' .. caps_text .. ',' .. meta_text .. ']'
-        else
-          unreadable = true
-        end
-      end
-    end
-  end
-end
-if ARGV[4] == 'page' and not unreadable then
-  return {page[1], 'page', #good, '[' .. table.concat(good, ',') .. ']'}
-end
-return entries
-"""
-
-# The registration, checked and written at once (one server). KEYS: the
-# registration hash, the heartbeat key. ARGV[1] is the token of this run,
-# ARGV[2] the mode, ARGV[3] the heartbeat TTL in ms ('' for none), ARGV[4] the
-# heartbeat value, ARGV[5] the system channel, ARGV[6] the REGISTER event,
-# ARGV[7:] the fields and values of the hash. Mode 'new' refuses an id whose
-# heartbeat key exists (a live registration: a new run's token is never the
-# one it holds); 'renew' refuses one held by another token; 'take_over'
-# refuses nothing. Returns {1, 0} when written, {0, PTTL of the heartbeat}
-# when refused.
-_REGISTER = """
-local current = redis.call('HGET', KEYS[1], 'token')
-if (ARGV[2] == 'new' and redis.call('EXISTS', KEYS[2]) == 1)
-    or (ARGV[2] == 'renew' and current and current ~= ARGV[1]) then
-  return {0, redis.call('PTTL', KEYS[2])}
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3]) end
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return {1, 0}
-"""
-
-# A cluster keeps the hash and the heartbeat key in different slots, so a
-# script there touches the hash alone. ARGV[1] is the token, ARGV[2] the mode
-# ('renew' checks the token), ARGV[3:] the fields. Returns 1 when written.
-_WRITE_HASH = """
-local current = redis.call('HGET', KEYS[1], 'token')
-if ARGV[2] == 'renew' and current and current ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-return 1
-"""
-
-# Deregistration (one server). KEYS: hash, heartbeat, state. ARGV[1] is the
-# token of the run that leaves ('' for whoever holds the id), ARGV[2] '1' to
-# delete the state too, ARGV[3] the channel, ARGV[4] the DEREGISTER event. A
-# registration held by another token is left alone (returns 0).
-_DEREGISTER = """
-local current = redis.call('HGET', KEYS[1], 'token')
-if ARGV[1] ~= '' and current and current ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
-
-# The same for a cluster, on the hash alone: returns 1 when the hash was this
-# token's (or gone) and is now deleted; the caller then deletes the rest.
-_DELETE_HASH = """
-local current = redis.call('HGET', KEYS[1], 'token')
-if ARGV[1] ~= '' and current and current ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-# One heartbeat of the run holding token ARGV[1] (one server). KEYS: hash,
-# heartbeat. ARGV[2] is the TTL in ms, ARGV[3] the value, ARGV[4] ACTIVE.
-# Returns 'gone' (no hash: register again), 'taken' (another token holds it:
-# nothing written), 'reactivated' (it was marked otherwise) or 'ok'. The hash
-# loses any TTL that a prune pass gave it while the heartbeat was missing.
-_REFRESH = """
-local f = redis.call('HMGET', KEYS[1], 'token', 'status')
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
-if f[1] ~= ARGV[1] then return 'taken' end
-if KEYS[2] then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2]) end
-redis.call('PERSIST', KEYS[1])
-if f[2] ~= ARGV[4] then
-  redis.call('HSET', KEYS[1], 'status', ARGV[4])
-  return 'reactivated'
-end
-return 'ok'
-"""
-
-# A registration judged dead: KEYS the hash and, on one server, the heartbeat.
-# Only if the heartbeat is still missing and the hash still holds token
-# ARGV[1] (the one read when it was judged): ARGV[2] '1' marks it ARGV[4]
-# when it is ARGV[3]; ARGV[5], when not '', gives the hash a TTL of that many
-# ms if it has none. Returns {marked, scheduled}. Never creates a hash, and
-# leaves alone a key that is no longer one.
-_CONDEMN = """
-if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
-if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return {0, 0} end
-local f = redis.call('HMGET', KEYS[1], 'token', 'status')
-if (f[1] or '') ~= ARGV[1] then return {0, 0} end
-local marked, scheduled = 0, 0
-if ARGV[2] == '1' and f[2] == ARGV[3] then
-  redis.call('HSET', KEYS[1], 'status', ARGV[4])
-  marked = 1
-end
-if ARGV[5] ~= '' and redis.call('PTTL', KEYS[1]) == -1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  scheduled = 1
-end
-return {marked, scheduled}
-"""
 
 #: What :meth:`AgentRegistry.refresh` returns.
 REFRESH_OK = "ok"
@@ -243,11 +94,11 @@ class AgentRegistry:
         # slots, which one script cannot span: there the steps run apart.
         self._cluster = is_cluster(redis)
         if not self._cluster:
-            self._select_page = redis.register_script(_SELECT_PAGE)
-            self._register = redis.register_script(_REGISTER)
-            self._deregister = redis.register_script(_DEREGISTER)
-            self._refresh = redis.register_script(_REFRESH)
-            self._condemn = redis.register_script(_CONDEMN)
+            self._select_page = redis.register_script(load_script("select_page"))
+            self._register = redis.register_script(load_script("register"))
+            self._deregister = redis.register_script(load_script("deregister"))
+            self._refresh = redis.register_script(load_script("refresh"))
+            self._condemn = redis.register_script(load_script("condemn"))
 
     def register(
         self,
@@ -318,7 +169,7 @@ class AgentRegistry:
                 claimed = not self._redis.exists(beat_key)
             if not claimed:
                 raise _in_use(agent_id, self._redis.pttl(beat_key))
-        if not self._redis.eval(_WRITE_HASH, 1, agent_key, token, mode, *flat):
+        if not self._redis.eval(load_script("write_hash"), 1, agent_key, token, mode, *flat):
             raise _in_use(agent_id, self._redis.pttl(beat_key))
         if ttl_ms and mode != "new":
             self._redis.set(beat_key, _wire.heartbeat_value(), px=int(ttl_ms))
@@ -349,7 +200,7 @@ class AgentRegistry:
                 keys=[agent_key, beat_key, _wire.state_key(agent_id)],
                 args=[token or "", "0" if keep_state else "1", _wire.SYSTEM_CHANNEL, event],
             ))
-        if not self._redis.eval(_DELETE_HASH, 1, agent_key, token or ""):
+        if not self._redis.eval(load_script("delete_hash"), 1, agent_key, token or ""):
             return False
         self._redis.delete(beat_key)
         if not keep_state:
@@ -375,7 +226,7 @@ class AgentRegistry:
         args = [token, ttl_ms, _wire.heartbeat_value(), _wire.STATUS_ACTIVE]
         if not self._cluster:
             return str(self._refresh(keys=[agent_key, beat_key], args=args))
-        outcome = str(self._redis.eval(_REFRESH, 1, agent_key, *args))
+        outcome = str(self._redis.eval(load_script("refresh"), 1, agent_key, *args))
         if outcome in (REFRESH_OK, REFRESH_REACTIVATED):
             self._redis.set(beat_key, _wire.heartbeat_value(), px=ttl_ms)
         return outcome
@@ -561,7 +412,7 @@ class AgentRegistry:
             for item in dead:
                 try:
                     replies.append(self._redis.eval(
-                        _CONDEMN, 1, _wire.agent_key(item.agent_id), item.token, *args))
+                        load_script("condemn"), 1, _wire.agent_key(item.agent_id), item.token, *args))
                 except redis.ResponseError as exc:
                     replies.append(exc)
         else:
