@@ -6,27 +6,18 @@ import logging
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import redis
-from redis.client import NEVER_DECODE
 
 from . import _wire
-from ._redis import is_cluster, publish
+from ._discovery import RAW
 from ._errors import AgentIdInUseError
+from ._liveness import LivenessReader, checked_ttl_ms
+from ._redis import is_cluster, publish
 from ._scripts import load_script
 
 log = logging.getLogger(__name__)
-
-# Keys fetched per SCAN call and per batch of reads in discover().
-_SCAN_COUNT = 2000
-
-# The option that has redis-py return a reply as bytes, whatever the client decodes.
-_RAW: Dict[str, Any] = {NEVER_DECODE: True}
-
-# Keys a registry remembers having logged as unreadable (the oldest forgotten first).
-_LOGGED_KEYS = 1024
 
 #: What :meth:`AgentRegistry.refresh` returns.
 REFRESH_OK = "ok"
@@ -35,26 +26,7 @@ REFRESH_GONE = "gone"
 REFRESH_TAKEN = "taken"
 
 
-@dataclass(frozen=True)
-class Liveness:
-    """What one read of a registration says about its agent.
-
-    Attributes:
-        agent_id: The id.
-        status: The ``status`` field, None if the hash is gone.
-        token: The ``token`` field ("" when missing).
-        beating: Whether the heartbeat key exists.
-        ttl_ms: The hash's own TTL in ms (-1: none; -2: gone).
-    """
-
-    agent_id: str
-    status: Optional[str]
-    token: str
-    beating: bool
-    ttl_ms: int
-
-
-class AgentRegistry:
+class AgentRegistry(LivenessReader):
     """Registers agents in Redis and finds them by capability.
 
     Liveness is the heartbeat key ``agent:{id}:heartbeat`` and nothing else:
@@ -87,7 +59,7 @@ class AgentRegistry:
     ) -> None:
         self._redis = redis
         self._on_skip = on_skip
-        # The keys already logged, oldest first, at most _LOGGED_KEYS.
+        # The keys already logged, oldest first, at most _discovery._LOGGED_KEYS.
         self._logged: "OrderedDict[bytes, None]" = OrderedDict()
         self._logged_lock = threading.Lock()
         # A cluster keeps a registration and its heartbeat in different
@@ -144,7 +116,9 @@ class AgentRegistry:
             raise TypeError(f"take_over must be a bool, not {take_over!r}")
         if token is not None and (not isinstance(token, str) or not token):
             raise TypeError("token must be a non-empty str")
-        ttl_ms = "" if heartbeat_ttl is None else str(_ttl_ms(heartbeat_ttl, "heartbeat_ttl"))
+        ttl_ms = (
+            "" if heartbeat_ttl is None else str(checked_ttl_ms(heartbeat_ttl, "heartbeat_ttl"))
+        )
         mode = "take_over" if take_over else ("new" if token is None else "renew")
         token = token or secrets.token_urlsafe(32)
         fields = _wire.registration_fields(agent_id, capabilities, metadata or {}, token)
@@ -221,7 +195,7 @@ class AgentRegistry:
             registration: nothing written, register again with ``token``);
             ``"taken"`` (another token holds the id: nothing written).
         """
-        ttl_ms = _ttl_ms(heartbeat_ttl, "heartbeat_ttl")
+        ttl_ms = checked_ttl_ms(heartbeat_ttl, "heartbeat_ttl")
         agent_key, beat_key = _wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)
         args = [token, ttl_ms, _wire.heartbeat_value(), _wire.STATUS_ACTIVE]
         if not self._cluster:
@@ -252,7 +226,7 @@ class AgentRegistry:
                 seconds.
             redis.RedisError: Redis failed during the pass.
         """
-        after_ms = _ttl_ms(after, "after")
+        after_ms = checked_ttl_ms(after, "after")
         scheduled: List[str] = []
         for batch in self._id_batches():
             found = self._read_liveness(batch)
@@ -273,7 +247,7 @@ class AgentRegistry:
             ``{"id", "capabilities", "metadata", "status", "registered_at"}``.
         """
         key = _wire.agent_key(agent_id).encode("utf-8")
-        data = self._redis.execute_command("HGETALL", key, **_RAW)
+        data = self._redis.execute_command("HGETALL", key, **RAW)
         if not data or not data.get(b"status"):
             return None
         try:
@@ -326,262 +300,6 @@ class AgentRegistry:
         self._redis.set(
             _wire.heartbeat_key(agent_id), _wire.heartbeat_value(), px=max(1, int(ttl * 1000))
         )
-
-    # -- for the registry service ----------------------------------------------
-
-    def _id_batches(self) -> Iterable[List[str]]:
-        """The ids of the registration hashes, in batches of at most _SCAN_COUNT.
-
-        Keys whose name is not UTF-8 are logged and skipped.
-        """
-        batch: List[str] = []
-        for raw in self._registration_keys():
-            try:
-                key = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                self._log_skip(raw, "its name is not UTF-8")
-                continue
-            agent_id = _wire.agent_id_from_key(key)
-            if agent_id is not None:
-                batch.append(agent_id)
-            if len(batch) >= _SCAN_COUNT:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    def _read_liveness(self, agent_ids: List[str]) -> List[Liveness]:
-        """Status, token, heartbeat and TTL of each registration, in one pipeline.
-
-        A key that fails (no longer a hash) is skipped; one whose status or
-        token is not UTF-8 is logged and skipped.
-        """
-        pipe = self._redis.pipeline(transaction=False)
-        for agent_id in agent_ids:
-            agent_key = _wire.agent_key(agent_id)
-            pipe.execute_command("HMGET", agent_key, "status", "token", **_RAW)
-            pipe.exists(_wire.heartbeat_key(agent_id))
-            pipe.pttl(agent_key)
-        replies = pipe.execute(raise_on_error=False)
-        found = []
-        for n, agent_id in enumerate(agent_ids):
-            fields, beating, ttl = replies[3 * n:3 * n + 3]
-            if isinstance(fields, Exception) or isinstance(beating, Exception):
-                log.debug("Registry: skipping %s: %s", agent_id, fields or beating)
-                continue
-            try:
-                status, token = (None if v is None else v.decode("utf-8") for v in fields)
-            except UnicodeDecodeError:
-                self._log_skip(_wire.agent_key(agent_id).encode("utf-8"),
-                               "its status or token is not UTF-8")
-                continue
-            found.append(Liveness(
-                agent_id, status, token or "", bool(beating),
-                ttl if isinstance(ttl, int) else -1,
-            ))
-        return found
-
-    def _persist(self, agent_ids: List[str]) -> None:
-        """Remove the TTL a prune pass gave these registrations: they beat again."""
-        if not agent_ids:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for agent_id in agent_ids:
-            pipe.persist(_wire.agent_key(agent_id))
-        pipe.execute(raise_on_error=False)
-
-    def _condemn_all(
-        self, dead: Sequence[Liveness], mark: bool, expire_ms: Optional[int]
-    ) -> List[Tuple[bool, bool]]:
-        """Mark INACTIVE (``mark``) and schedule the removal (``expire_ms``) of ``dead``.
-
-        Each registration only if its heartbeat is still missing (checked in
-        the same script on one server) and it still holds the token read.
-
-        Returns:
-            ``(marked, scheduled)`` per registration.
-        """
-        if not dead:
-            return []
-        args = ["1" if mark else "0", _wire.STATUS_ACTIVE, _wire.STATUS_INACTIVE,
-                "" if expire_ms is None else str(expire_ms)]
-        replies: List[Any] = []
-        if self._cluster:
-            # One script per key, each on its own slot: a key that fails
-            # does not stop the others.
-            for item in dead:
-                try:
-                    replies.append(self._redis.eval(
-                        load_script("condemn"), 1, _wire.agent_key(item.agent_id), item.token, *args))
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-        else:
-            pipe = self._redis.pipeline(transaction=False)
-            for item in dead:
-                self._condemn(
-                    keys=[_wire.agent_key(item.agent_id), _wire.heartbeat_key(item.agent_id)],
-                    args=[item.token, *args],
-                    client=pipe,
-                )
-            replies = pipe.execute(raise_on_error=False)
-        outcomes = []
-        for item, reply in zip(dead, replies):
-            if isinstance(reply, Exception):
-                log.debug("Registry: could not judge %s: %s", item.agent_id, reply)
-                outcomes.append((False, False))
-            else:
-                outcomes.append((bool(reply[0]), bool(reply[1])))
-        return outcomes
-
-    def _registration_keys(self) -> List[bytes]:
-        # The names of the hashes under agent:, as bytes (a name need not be
-        # UTF-8). SCAN returns only hashes: the heartbeat strings under the
-        # same prefix, and foreign keys of other types, stay on the server.
-        return list(self._redis.scan_iter(
-            match=_wire.AGENT_KEY_PATTERN, count=_SCAN_COUNT, _type="hash", **_RAW
-        ))
-
-    def _log_skip(self, key: bytes, reason: object) -> None:
-        """Log that ``key`` was skipped: a warning the first time, then at debug level."""
-        with self._logged_lock:
-            first = key not in self._logged
-            self._logged[key] = None
-            self._logged.move_to_end(key)
-            if len(self._logged) > _LOGGED_KEYS:
-                self._logged.popitem(last=False)
-        if first:
-            log.warning("Registry: skipped %r, which is not a registration mas_sync can read:"
-                        " %s (logged once)", _wire.shown_key(key), reason)
-        else:
-            log.debug("Registry: skipped %r: %s", _wire.shown_key(key), reason)
-
-    def _read_entries(
-        self, entries: Sequence[Any], wanted: Set[str], skipped: List[bytes]
-    ) -> List[Dict[str, Any]]:
-        """Parse ``key, id, capabilities, metadata, ...`` (bytes) one registration at a time."""
-        found = []
-        for n in range(0, len(entries) - 3, 4):
-            key, agent_id, caps, metadata = entries[n:n + 4]
-            try:
-                record = _wire.parse_registration(key, agent_id, caps, metadata)
-            except ValueError as exc:
-                self._log_skip(key, exc)
-                skipped.append(key)
-                continue
-            if not wanted or wanted.intersection(record["capabilities"]):
-                found.append(record)
-        return found
-
-    def _run_raw(self, script: Any, args: Sequence[Any]) -> Any:
-        """Run a script with no keys; its reply as bytes, whatever the client decodes."""
-        try:
-            return self._redis.execute_command(
-                "EVALSHA", script.sha, 0, *args, **_RAW)
-        except redis.exceptions.NoScriptError:
-            return self._redis.execute_command(
-                "EVAL", script.script, 0, *args, **_RAW)
-
-    def _discover_scripted(self, wanted: List[str], skipped: List[bytes]) -> List[Dict[str, Any]]:
-        # The server scans, reads and filters; one round trip a SCAN page
-        # (two for a page holding a registration the client cannot read).
-        found: List[Dict[str, Any]] = []
-        wanted_set = set(wanted)
-        cursor: Any = b"0"
-        mode = "page"
-        while True:
-            reply = self._run_raw(
-                self._select_page,
-                [cursor, _SCAN_COUNT, _wire.HEARTBEAT_KEY_SUFFIX, mode, *wanted],
-            )
-            if reply[1] == b"page":
-                page = _read_page(reply[2], reply[3], wanted_set)
-                if page is None:  # something only Python refuses: again, entry by entry
-                    mode = "entries"
-                    continue
-                found.extend(page)
-            else:
-                found.extend(self._read_entries(reply[2:], wanted_set, skipped))
-            mode = "page"
-            cursor = reply[0]
-            if cursor in (b"0", 0):
-                return found
-
-    def _discover_pipelined(
-        self, keys: List[bytes], wanted: Set[str], skipped: List[bytes]
-    ) -> List[Dict[str, Any]]:
-        # A cluster spreads the keys over slots and nodes, which one script
-        # cannot span: the hashes are read with pipelined HMGETs, and the
-        # heartbeat keys of the matching ones with pipelined EXISTS. As on
-        # one server, a registration that cannot be read is counted only if
-        # it is ACTIVE and beating.
-        found = []
-        suffix = _wire.HEARTBEAT_KEY_SUFFIX.encode("ascii")
-        for first in range(0, len(keys), _SCAN_COUNT):
-            batch = [k for k in keys[first:first + _SCAN_COUNT]
-                     if len(k) > 6 and b":" not in k[6:]]
-            pipe = self._redis.pipeline(transaction=False)
-            for key in batch:
-                pipe.execute_command(
-                    "HMGET", key, "id", "capabilities", "metadata", "status", **_RAW)
-            candidates: List[Tuple[bytes, Any]] = []
-            for key, values in zip(batch, pipe.execute(raise_on_error=False)):
-                if isinstance(values, Exception):  # no longer a hash
-                    log.debug("Registry: skipping %r: %s", _wire.shown_key(key), values)
-                    continue
-                agent_id, caps, metadata, status = values
-                if status != _wire.STATUS_ACTIVE.encode("ascii"):
-                    continue
-                try:
-                    record: Any = _wire.parse_registration(key, agent_id, caps, metadata)
-                except ValueError as exc:
-                    candidates.append((key, exc))
-                    continue
-                if not wanted or wanted.intersection(record["capabilities"]):
-                    candidates.append((key, record))
-            if not candidates:
-                continue
-            pipe = self._redis.pipeline(transaction=False)
-            for key, _ in candidates:
-                pipe.exists(key + suffix)
-            for (key, outcome), beating in zip(candidates, pipe.execute(raise_on_error=False)):
-                if isinstance(beating, Exception) or not beating:
-                    continue
-                if isinstance(outcome, Exception):
-                    self._log_skip(key, outcome)
-                    skipped.append(key)
-                else:
-                    found.append(outcome)
-        return found
-
-
-def _read_page(count: Any, text: bytes, wanted: Set[str]) -> Optional[List[Dict[str, Any]]]:
-    """The registrations of a page document, or None if any entry does not read strictly."""
-    try:
-        entries = _wire.loads_strict(text)
-    except ValueError:
-        return None
-    if not isinstance(entries, list) or len(entries) != int(count):
-        return None
-    found = []
-    for entry in entries:
-        if not (isinstance(entry, list) and len(entry) == 3):
-            return None
-        agent_id, caps, metadata = entry
-        if not (isinstance(agent_id, str) and agent_id and isinstance(caps, list)
-                and all(isinstance(cap, str) for cap in caps) and isinstance(metadata, dict)):
-            return None
-        if not wanted or wanted.intersection(caps):
-            found.append({"id": agent_id, "capabilities": caps, "metadata": metadata})
-    return found
-
-
-def _ttl_ms(seconds: object, what: str) -> int:
-    """``seconds`` as whole milliseconds (at least 1), checked."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds, not {seconds!r}")
-    if not 0 < seconds < float("inf"):
-        raise ValueError(f"{what} must be a positive, finite number of seconds, not {seconds!r}")
-    return max(1, int(seconds * 1000))
 
 
 def _in_use(agent_id: str, pttl: object) -> AgentIdInUseError:
