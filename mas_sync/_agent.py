@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from . import _lifecycle, _process, _wire
 from ._checks import check_seconds
-from ._connection import check_redis_url
+from ._redis import check_redis_url
 from ._errors import AgentNotRunningError
 from ._handlers import HandlerSpec, collect_handlers
 from ._message import AgentMessage

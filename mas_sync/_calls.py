@@ -8,8 +8,8 @@ import time
 from typing import Any, Callable, Optional, TypeVar
 
 from ._errors import AgentNotRunningError, MASConnectionError, MASError, RedisCommandError
-from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS
-from ._connection import NotConnected, deadlines, redact_text, redact_url
+from ._redis import ANY_REDIS_ERROR, REDIS_ERRORS
+from ._redis import NotConnected, deadlines, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional
 import redis
 
 from ._errors import AgentIdInUseError
-from ._listener import ANY_REDIS_ERROR
+from ._redis import ANY_REDIS_ERROR
 from ._registry import REFRESH_GONE, REFRESH_REACTIVATED, REFRESH_TAKEN, AgentRegistry
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,13 @@ import time
 from typing import Callable, Optional
 
 import redis
-from redis.exceptions import RedisClusterException
 
 from . import _wire
-from ._connection import (
+from ._redis import (
+    ANY_REDIS_ERROR,
     COMMAND_TIMEOUT,
+    REDIS_ERRORS,
+    DeadConnection,
     close_client,
     is_cluster,
     make_client,
@@ -33,15 +35,6 @@ MAX_BACKOFF = 5.0
 #: Failures in a row, other than a lost connection (Redis refusing to
 #: subscribe, an unexpected error), after which the listener gives up.
 MAX_FAILURES = 5
-#: What a lost or unreachable Redis raises (a cluster client raises its own
-#: RedisClusterException, outside redis-py's RedisError tree).
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, RedisClusterException, OSError)
-#: The same, plus anything else Redis may answer with.
-ANY_REDIS_ERROR = (redis.RedisError, RedisClusterException, OSError)
-
-
-class DeadConnection(redis.ConnectionError):
-    """The pub/sub connection did not answer a PING in time."""
 
 
 class ChannelListener:

@@ -10,8 +10,8 @@ import weakref
 from typing import Any, List
 
 from . import _stats
-from ._connection import _renew_lock_after_fork as renew_lock_after_fork
-from ._sentinel import _forget_watchers_after_fork as forget_watchers_after_fork
+from ._redis.connection import renew_lock_after_fork
+from ._redis.sentinel import forget_watchers_after_fork
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 import redis
 
 from . import _wire
-from ._connection import is_cluster, publish
+from ._redis import is_cluster, publish
 from ._listener import ChannelListener
 from ._transport import Batch, TransportEvents
 

@@ -6,176 +6,18 @@ import logging
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 import redis
-from redis.client import NEVER_DECODE
 
 from . import _wire
-from ._connection import is_cluster, publish
+from ._discovery import RAW
 from ._errors import AgentIdInUseError
+from ._liveness import LivenessReader, checked_ttl_ms
+from ._redis import is_cluster, publish
+from ._scripts import load_script
 
 log = logging.getLogger(__name__)
-
-# Keys fetched per SCAN call and per batch of reads in discover().
-_SCAN_COUNT = 2000
-
-# The option that has redis-py return a reply as bytes, whatever the client decodes.
-_RAW: Dict[str, Any] = {NEVER_DECODE: True}
-
-# Keys a registry remembers having logged as unreadable (the oldest forgotten first).
-_LOGGED_KEYS = 1024
-
-# discover() on one server, one SCAN page per call: ARGV[1] is the cursor,
-# ARGV[2] the COUNT, ARGV[3] the suffix of heartbeat keys, ARGV[4] the mode
-# ('page' or 'entries'), ARGV[5:] the capabilities wanted (any, when none).
-# Of the registration hashes on the page, those ACTIVE, whose heartbeat key
-# exists, and having one of the capabilities are selected, and so are those
-# ACTIVE and beating that Lua cannot read (cjson refuses a field, or the id
-# does not name the key): the client reads and judges each of those.
-# In mode 'page', when every selected hash was readable, the reply is
-# {cursor, 'page', n, "[[id, capabilities, metadata], ...]"}: the keys never
-# travel to the client, which parses one JSON document a page. Otherwise the
-# reply is {cursor, 'entries', key, id, capabilities, metadata, ...}, the
-# fields as Redis holds them, which the client parses one by one. cjson is
-# lenient (it takes 0x10, nan, bytes that are not UTF-8), so the client
-# parses strictly, and asks for the page again in mode 'entries' when the
-# document does not parse: one bad registration never spoils the others.
-_SELECT_PAGE = """
-local want, any = {}, #ARGV == 4
-for i = 5, #ARGV do want[ARGV[i]] = true end
-local page = redis.call('SCAN', ARGV[1], 'MATCH', 'agent:*', 'COUNT', ARGV[2], 'TYPE', 'hash')
-local good, entries, unreadable = {}, {page[1], 'entries'}, false
-for _, key in ipairs(page[2]) do
-  if #key > 6 and not string.find(key, ':', 7, true) then
-    local f = redis.call('HMGET', key, 'id', 'capabilities', 'metadata', 'status')
-    if f[4] == 'ACTIVE' then
-      local id, caps_text, meta_text = f[1] or '', f[2] or '[]', f[3] or '{}'
-      local ok_caps, caps = pcall(cjson.decode, caps_text)
-      local ok_meta, meta = pcall(cjson.decode, meta_text)
-      local readable = key == 'agent:' .. id and ok_caps and ok_meta
-        and type(caps) == 'table' and type(meta) == 'table'
-      local match = any or not readable
-      if not match then
-        for _, cap in ipairs(caps) do
-          if want[cap] then match = true break end
-        end
-      end
-      if match and redis.call('EXISTS', key .. ARGV[3]) == 1 then
-        local n = #entries
-        entries[n + 1], entries[n + 2] = key, id
-        entries[n + 3], entries[n + 4] = caps_text, meta_text
-        if readable then
-          good[#good + 1] = '[' .. cjson.encode(id) .. ',' .. caps_text .. ',' .. meta_text .. ']'
-        else
-          unreadable = true
-        end
-      end
-    end
-  end
-end
-if ARGV[4] == 'page' and not unreadable then
-  return {page[1], 'page', #good, '[' .. table.concat(good, ',') .. ']'}
-end
-return entries
-"""
-
-# The registration, checked and written at once (one server). KEYS: the
-# registration hash, the heartbeat key. ARGV[1] is the token of this run,
-# ARGV[2] the mode, ARGV[3] the heartbeat TTL in ms ('' for none), ARGV[4] the
-# heartbeat value, ARGV[5] the system channel, ARGV[6] the REGISTER event,
-# ARGV[7:] the fields and values of the hash. Mode 'new' refuses an id whose
-# heartbeat key exists (a live registration: a new run's token is never the
-# one it holds); 'renew' refuses one held by another token; 'take_over'
-# refuses nothing. Returns {1, 0} when written, {0, PTTL of the heartbeat}
-# when refused.
-_REGISTER = """
-local current = redis.call('HGET', KEYS[1], 'token')
-if (ARGV[2] == 'new' and redis.call('EXISTS', KEYS[2]) == 1)
-    or (ARGV[2] == 'renew' and current and current ~= ARGV[1]) then
-  return {0, redis.call('PTTL', KEYS[2])}
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 7))
-if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3]) end
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return {1, 0}
-"""
-
-# A cluster keeps the hash and the heartbeat key in different slots, so a
-# script there touches the hash alone. ARGV[1] is the token, ARGV[2] the mode
-# ('renew' checks the token), ARGV[3:] the fields. Returns 1 when written.
-_WRITE_HASH = """
-local current = redis.call('HGET', KEYS[1], 'token')
-if ARGV[2] == 'renew' and current and current ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-return 1
-"""
-
-# Deregistration (one server). KEYS: hash, heartbeat, state. ARGV[1] is the
-# token of the run that leaves ('' for whoever holds the id), ARGV[2] '1' to
-# delete the state too, ARGV[3] the channel, ARGV[4] the DEREGISTER event. A
-# registration held by another token is left alone (returns 0).
-_DEREGISTER = """
-local current = redis.call('HGET', KEYS[1], 'token')
-if ARGV[1] ~= '' and current and current ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-if ARGV[2] == '1' then redis.call('DEL', KEYS[3]) end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
-
-# The same for a cluster, on the hash alone: returns 1 when the hash was this
-# token's (or gone) and is now deleted; the caller then deletes the rest.
-_DELETE_HASH = """
-local current = redis.call('HGET', KEYS[1], 'token')
-if ARGV[1] ~= '' and current and current ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-# One heartbeat of the run holding token ARGV[1] (one server). KEYS: hash,
-# heartbeat. ARGV[2] is the TTL in ms, ARGV[3] the value, ARGV[4] ACTIVE.
-# Returns 'gone' (no hash: register again), 'taken' (another token holds it:
-# nothing written), 'reactivated' (it was marked otherwise) or 'ok'. The hash
-# loses any TTL that a prune pass gave it while the heartbeat was missing.
-_REFRESH = """
-local f = redis.call('HMGET', KEYS[1], 'token', 'status')
-if redis.call('EXISTS', KEYS[1]) == 0 then return 'gone' end
-if f[1] ~= ARGV[1] then return 'taken' end
-if KEYS[2] then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2]) end
-redis.call('PERSIST', KEYS[1])
-if f[2] ~= ARGV[4] then
-  redis.call('HSET', KEYS[1], 'status', ARGV[4])
-  return 'reactivated'
-end
-return 'ok'
-"""
-
-# A registration judged dead: KEYS the hash and, on one server, the heartbeat.
-# Only if the heartbeat is still missing and the hash still holds token
-# ARGV[1] (the one read when it was judged): ARGV[2] '1' marks it ARGV[4]
-# when it is ARGV[3]; ARGV[5], when not '', gives the hash a TTL of that many
-# ms if it has none. Returns {marked, scheduled}. Never creates a hash, and
-# leaves alone a key that is no longer one.
-_CONDEMN = """
-if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then return {0, 0} end
-if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return {0, 0} end
-local f = redis.call('HMGET', KEYS[1], 'token', 'status')
-if (f[1] or '') ~= ARGV[1] then return {0, 0} end
-local marked, scheduled = 0, 0
-if ARGV[2] == '1' and f[2] == ARGV[3] then
-  redis.call('HSET', KEYS[1], 'status', ARGV[4])
-  marked = 1
-end
-if ARGV[5] ~= '' and redis.call('PTTL', KEYS[1]) == -1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  scheduled = 1
-end
-return {marked, scheduled}
-"""
 
 #: What :meth:`AgentRegistry.refresh` returns.
 REFRESH_OK = "ok"
@@ -184,26 +26,7 @@ REFRESH_GONE = "gone"
 REFRESH_TAKEN = "taken"
 
 
-@dataclass(frozen=True)
-class Liveness:
-    """What one read of a registration says about its agent.
-
-    Attributes:
-        agent_id: The id.
-        status: The ``status`` field, None if the hash is gone.
-        token: The ``token`` field ("" when missing).
-        beating: Whether the heartbeat key exists.
-        ttl_ms: The hash's own TTL in ms (-1: none; -2: gone).
-    """
-
-    agent_id: str
-    status: Optional[str]
-    token: str
-    beating: bool
-    ttl_ms: int
-
-
-class AgentRegistry:
+class AgentRegistry(LivenessReader):
     """Registers agents in Redis and finds them by capability.
 
     Liveness is the heartbeat key ``agent:{id}:heartbeat`` and nothing else:
@@ -236,18 +59,18 @@ class AgentRegistry:
     ) -> None:
         self._redis = redis
         self._on_skip = on_skip
-        # The keys already logged, oldest first, at most _LOGGED_KEYS.
+        # The keys already logged, oldest first, at most _discovery._LOGGED_KEYS.
         self._logged: "OrderedDict[bytes, None]" = OrderedDict()
         self._logged_lock = threading.Lock()
         # A cluster keeps a registration and its heartbeat in different
         # slots, which one script cannot span: there the steps run apart.
         self._cluster = is_cluster(redis)
         if not self._cluster:
-            self._select_page = redis.register_script(_SELECT_PAGE)
-            self._register = redis.register_script(_REGISTER)
-            self._deregister = redis.register_script(_DEREGISTER)
-            self._refresh = redis.register_script(_REFRESH)
-            self._condemn = redis.register_script(_CONDEMN)
+            self._select_page = redis.register_script(load_script("select_page"))
+            self._register = redis.register_script(load_script("register"))
+            self._deregister = redis.register_script(load_script("deregister"))
+            self._refresh = redis.register_script(load_script("refresh"))
+            self._condemn = redis.register_script(load_script("condemn"))
 
     def register(
         self,
@@ -293,7 +116,9 @@ class AgentRegistry:
             raise TypeError(f"take_over must be a bool, not {take_over!r}")
         if token is not None and (not isinstance(token, str) or not token):
             raise TypeError("token must be a non-empty str")
-        ttl_ms = "" if heartbeat_ttl is None else str(_ttl_ms(heartbeat_ttl, "heartbeat_ttl"))
+        ttl_ms = (
+            "" if heartbeat_ttl is None else str(checked_ttl_ms(heartbeat_ttl, "heartbeat_ttl"))
+        )
         mode = "take_over" if take_over else ("new" if token is None else "renew")
         token = token or secrets.token_urlsafe(32)
         fields = _wire.registration_fields(agent_id, capabilities, metadata or {}, token)
@@ -318,7 +143,7 @@ class AgentRegistry:
                 claimed = not self._redis.exists(beat_key)
             if not claimed:
                 raise _in_use(agent_id, self._redis.pttl(beat_key))
-        if not self._redis.eval(_WRITE_HASH, 1, agent_key, token, mode, *flat):
+        if not self._redis.eval(load_script("write_hash"), 1, agent_key, token, mode, *flat):
             raise _in_use(agent_id, self._redis.pttl(beat_key))
         if ttl_ms and mode != "new":
             self._redis.set(beat_key, _wire.heartbeat_value(), px=int(ttl_ms))
@@ -349,7 +174,7 @@ class AgentRegistry:
                 keys=[agent_key, beat_key, _wire.state_key(agent_id)],
                 args=[token or "", "0" if keep_state else "1", _wire.SYSTEM_CHANNEL, event],
             ))
-        if not self._redis.eval(_DELETE_HASH, 1, agent_key, token or ""):
+        if not self._redis.eval(load_script("delete_hash"), 1, agent_key, token or ""):
             return False
         self._redis.delete(beat_key)
         if not keep_state:
@@ -370,12 +195,12 @@ class AgentRegistry:
             registration: nothing written, register again with ``token``);
             ``"taken"`` (another token holds the id: nothing written).
         """
-        ttl_ms = _ttl_ms(heartbeat_ttl, "heartbeat_ttl")
+        ttl_ms = checked_ttl_ms(heartbeat_ttl, "heartbeat_ttl")
         agent_key, beat_key = _wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)
         args = [token, ttl_ms, _wire.heartbeat_value(), _wire.STATUS_ACTIVE]
         if not self._cluster:
             return str(self._refresh(keys=[agent_key, beat_key], args=args))
-        outcome = str(self._redis.eval(_REFRESH, 1, agent_key, *args))
+        outcome = str(self._redis.eval(load_script("refresh"), 1, agent_key, *args))
         if outcome in (REFRESH_OK, REFRESH_REACTIVATED):
             self._redis.set(beat_key, _wire.heartbeat_value(), px=ttl_ms)
         return outcome
@@ -401,7 +226,7 @@ class AgentRegistry:
                 seconds.
             redis.RedisError: Redis failed during the pass.
         """
-        after_ms = _ttl_ms(after, "after")
+        after_ms = checked_ttl_ms(after, "after")
         scheduled: List[str] = []
         for batch in self._id_batches():
             found = self._read_liveness(batch)
@@ -422,7 +247,7 @@ class AgentRegistry:
             ``{"id", "capabilities", "metadata", "status", "registered_at"}``.
         """
         key = _wire.agent_key(agent_id).encode("utf-8")
-        data = self._redis.execute_command("HGETALL", key, **_RAW)
+        data = self._redis.execute_command("HGETALL", key, **RAW)
         if not data or not data.get(b"status"):
             return None
         try:
@@ -475,262 +300,6 @@ class AgentRegistry:
         self._redis.set(
             _wire.heartbeat_key(agent_id), _wire.heartbeat_value(), px=max(1, int(ttl * 1000))
         )
-
-    # -- for the registry service ----------------------------------------------
-
-    def _id_batches(self) -> Iterable[List[str]]:
-        """The ids of the registration hashes, in batches of at most _SCAN_COUNT.
-
-        Keys whose name is not UTF-8 are logged and skipped.
-        """
-        batch: List[str] = []
-        for raw in self._registration_keys():
-            try:
-                key = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                self._log_skip(raw, "its name is not UTF-8")
-                continue
-            agent_id = _wire.agent_id_from_key(key)
-            if agent_id is not None:
-                batch.append(agent_id)
-            if len(batch) >= _SCAN_COUNT:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-    def _read_liveness(self, agent_ids: List[str]) -> List[Liveness]:
-        """Status, token, heartbeat and TTL of each registration, in one pipeline.
-
-        A key that fails (no longer a hash) is skipped; one whose status or
-        token is not UTF-8 is logged and skipped.
-        """
-        pipe = self._redis.pipeline(transaction=False)
-        for agent_id in agent_ids:
-            agent_key = _wire.agent_key(agent_id)
-            pipe.execute_command("HMGET", agent_key, "status", "token", **_RAW)
-            pipe.exists(_wire.heartbeat_key(agent_id))
-            pipe.pttl(agent_key)
-        replies = pipe.execute(raise_on_error=False)
-        found = []
-        for n, agent_id in enumerate(agent_ids):
-            fields, beating, ttl = replies[3 * n:3 * n + 3]
-            if isinstance(fields, Exception) or isinstance(beating, Exception):
-                log.debug("Registry: skipping %s: %s", agent_id, fields or beating)
-                continue
-            try:
-                status, token = (None if v is None else v.decode("utf-8") for v in fields)
-            except UnicodeDecodeError:
-                self._log_skip(_wire.agent_key(agent_id).encode("utf-8"),
-                               "its status or token is not UTF-8")
-                continue
-            found.append(Liveness(
-                agent_id, status, token or "", bool(beating),
-                ttl if isinstance(ttl, int) else -1,
-            ))
-        return found
-
-    def _persist(self, agent_ids: List[str]) -> None:
-        """Remove the TTL a prune pass gave these registrations: they beat again."""
-        if not agent_ids:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for agent_id in agent_ids:
-            pipe.persist(_wire.agent_key(agent_id))
-        pipe.execute(raise_on_error=False)
-
-    def _condemn_all(
-        self, dead: Sequence[Liveness], mark: bool, expire_ms: Optional[int]
-    ) -> List[Tuple[bool, bool]]:
-        """Mark INACTIVE (``mark``) and schedule the removal (``expire_ms``) of ``dead``.
-
-        Each registration only if its heartbeat is still missing (checked in
-        the same script on one server) and it still holds the token read.
-
-        Returns:
-            ``(marked, scheduled)`` per registration.
-        """
-        if not dead:
-            return []
-        args = ["1" if mark else "0", _wire.STATUS_ACTIVE, _wire.STATUS_INACTIVE,
-                "" if expire_ms is None else str(expire_ms)]
-        replies: List[Any] = []
-        if self._cluster:
-            # One script per key, each on its own slot: a key that fails
-            # does not stop the others.
-            for item in dead:
-                try:
-                    replies.append(self._redis.eval(
-                        _CONDEMN, 1, _wire.agent_key(item.agent_id), item.token, *args))
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-        else:
-            pipe = self._redis.pipeline(transaction=False)
-            for item in dead:
-                self._condemn(
-                    keys=[_wire.agent_key(item.agent_id), _wire.heartbeat_key(item.agent_id)],
-                    args=[item.token, *args],
-                    client=pipe,
-                )
-            replies = pipe.execute(raise_on_error=False)
-        outcomes = []
-        for item, reply in zip(dead, replies):
-            if isinstance(reply, Exception):
-                log.debug("Registry: could not judge %s: %s", item.agent_id, reply)
-                outcomes.append((False, False))
-            else:
-                outcomes.append((bool(reply[0]), bool(reply[1])))
-        return outcomes
-
-    def _registration_keys(self) -> List[bytes]:
-        # The names of the hashes under agent:, as bytes (a name need not be
-        # UTF-8). SCAN returns only hashes: the heartbeat strings under the
-        # same prefix, and foreign keys of other types, stay on the server.
-        return list(self._redis.scan_iter(
-            match=_wire.AGENT_KEY_PATTERN, count=_SCAN_COUNT, _type="hash", **_RAW
-        ))
-
-    def _log_skip(self, key: bytes, reason: object) -> None:
-        """Log that ``key`` was skipped: a warning the first time, then at debug level."""
-        with self._logged_lock:
-            first = key not in self._logged
-            self._logged[key] = None
-            self._logged.move_to_end(key)
-            if len(self._logged) > _LOGGED_KEYS:
-                self._logged.popitem(last=False)
-        if first:
-            log.warning("Registry: skipped %r, which is not a registration mas_sync can read:"
-                        " %s (logged once)", _wire.shown_key(key), reason)
-        else:
-            log.debug("Registry: skipped %r: %s", _wire.shown_key(key), reason)
-
-    def _read_entries(
-        self, entries: Sequence[Any], wanted: Set[str], skipped: List[bytes]
-    ) -> List[Dict[str, Any]]:
-        """Parse ``key, id, capabilities, metadata, ...`` (bytes) one registration at a time."""
-        found = []
-        for n in range(0, len(entries) - 3, 4):
-            key, agent_id, caps, metadata = entries[n:n + 4]
-            try:
-                record = _wire.parse_registration(key, agent_id, caps, metadata)
-            except ValueError as exc:
-                self._log_skip(key, exc)
-                skipped.append(key)
-                continue
-            if not wanted or wanted.intersection(record["capabilities"]):
-                found.append(record)
-        return found
-
-    def _run_raw(self, script: Any, args: Sequence[Any]) -> Any:
-        """Run a script with no keys; its reply as bytes, whatever the client decodes."""
-        try:
-            return self._redis.execute_command(
-                "EVALSHA", script.sha, 0, *args, **_RAW)
-        except redis.exceptions.NoScriptError:
-            return self._redis.execute_command(
-                "EVAL", script.script, 0, *args, **_RAW)
-
-    def _discover_scripted(self, wanted: List[str], skipped: List[bytes]) -> List[Dict[str, Any]]:
-        # The server scans, reads and filters; one round trip a SCAN page
-        # (two for a page holding a registration the client cannot read).
-        found: List[Dict[str, Any]] = []
-        wanted_set = set(wanted)
-        cursor: Any = b"0"
-        mode = "page"
-        while True:
-            reply = self._run_raw(
-                self._select_page,
-                [cursor, _SCAN_COUNT, _wire.HEARTBEAT_KEY_SUFFIX, mode, *wanted],
-            )
-            if reply[1] == b"page":
-                page = _read_page(reply[2], reply[3], wanted_set)
-                if page is None:  # something only Python refuses: again, entry by entry
-                    mode = "entries"
-                    continue
-                found.extend(page)
-            else:
-                found.extend(self._read_entries(reply[2:], wanted_set, skipped))
-            mode = "page"
-            cursor = reply[0]
-            if cursor in (b"0", 0):
-                return found
-
-    def _discover_pipelined(
-        self, keys: List[bytes], wanted: Set[str], skipped: List[bytes]
-    ) -> List[Dict[str, Any]]:
-        # A cluster spreads the keys over slots and nodes, which one script
-        # cannot span: the hashes are read with pipelined HMGETs, and the
-        # heartbeat keys of the matching ones with pipelined EXISTS. As on
-        # one server, a registration that cannot be read is counted only if
-        # it is ACTIVE and beating.
-        found = []
-        suffix = _wire.HEARTBEAT_KEY_SUFFIX.encode("ascii")
-        for first in range(0, len(keys), _SCAN_COUNT):
-            batch = [k for k in keys[first:first + _SCAN_COUNT]
-                     if len(k) > 6 and b":" not in k[6:]]
-            pipe = self._redis.pipeline(transaction=False)
-            for key in batch:
-                pipe.execute_command(
-                    "HMGET", key, "id", "capabilities", "metadata", "status", **_RAW)
-            candidates: List[Tuple[bytes, Any]] = []
-            for key, values in zip(batch, pipe.execute(raise_on_error=False)):
-                if isinstance(values, Exception):  # no longer a hash
-                    log.debug("Registry: skipping %r: %s", _wire.shown_key(key), values)
-                    continue
-                agent_id, caps, metadata, status = values
-                if status != _wire.STATUS_ACTIVE.encode("ascii"):
-                    continue
-                try:
-                    record: Any = _wire.parse_registration(key, agent_id, caps, metadata)
-                except ValueError as exc:
-                    candidates.append((key, exc))
-                    continue
-                if not wanted or wanted.intersection(record["capabilities"]):
-                    candidates.append((key, record))
-            if not candidates:
-                continue
-            pipe = self._redis.pipeline(transaction=False)
-            for key, _ in candidates:
-                pipe.exists(key + suffix)
-            for (key, outcome), beating in zip(candidates, pipe.execute(raise_on_error=False)):
-                if isinstance(beating, Exception) or not beating:
-                    continue
-                if isinstance(outcome, Exception):
-                    self._log_skip(key, outcome)
-                    skipped.append(key)
-                else:
-                    found.append(outcome)
-        return found
-
-
-def _read_page(count: Any, text: bytes, wanted: Set[str]) -> Optional[List[Dict[str, Any]]]:
-    """The registrations of a page document, or None if any entry does not read strictly."""
-    try:
-        entries = _wire.loads_strict(text)
-    except ValueError:
-        return None
-    if not isinstance(entries, list) or len(entries) != int(count):
-        return None
-    found = []
-    for entry in entries:
-        if not (isinstance(entry, list) and len(entry) == 3):
-            return None
-        agent_id, caps, metadata = entry
-        if not (isinstance(agent_id, str) and agent_id and isinstance(caps, list)
-                and all(isinstance(cap, str) for cap in caps) and isinstance(metadata, dict)):
-            return None
-        if not wanted or wanted.intersection(caps):
-            found.append({"id": agent_id, "capabilities": caps, "metadata": metadata})
-    return found
-
-
-def _ttl_ms(seconds: object, what: str) -> int:
-    """``seconds`` as whole milliseconds (at least 1), checked."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds, not {seconds!r}")
-    if not 0 < seconds < float("inf"):
-        raise ValueError(f"{what} must be a positive, finite number of seconds, not {seconds!r}")
-    return max(1, int(seconds * 1000))
 
 
 def _in_use(agent_id: str, pttl: object) -> AgentIdInUseError:

@@ -11,7 +11,7 @@ import redis
 
 from . import _wire
 from ._calls import CallGate
-from ._connection import close_client, make_client, ping, retire_connections
+from ._redis import close_client, make_client, ping, retire_connections
 from ._errors import AgentNotRunningError, MASConnectionError
 from ._handling import AgentHooks, Handling
 from ._heartbeat import Heartbeat
@@ -21,7 +21,7 @@ from ._outbox import Outbox
 from ._pubsub import PubSubTransport
 from ._registry import AgentRegistry
 from ._requests import PendingRequests
-from ._sentinel import follow_master, is_sentinel_url
+from ._redis import follow_master, is_sentinel_url
 from ._state import StateManager
 from ._stats import Counters, GapTracker
 from ._transport import Transport

@@ -12,12 +12,13 @@ import redis
 
 from . import _wire
 from ._checks import check_seconds
-from ._connection import check_redis_url, close_client, is_cluster, make_client, ping
-from ._connection import redact_text, redact_url, retire_connections
 from ._errors import MASConnectionError, RedisCommandError
-from ._listener import ANY_REDIS_ERROR, REDIS_ERRORS, ChannelListener
-from ._registry import AgentRegistry, Liveness, _ttl_ms
-from ._sentinel import follow_master, is_sentinel_url
+from ._listener import ChannelListener
+from ._liveness import Liveness, checked_ttl_ms
+from ._redis import ANY_REDIS_ERROR, REDIS_ERRORS, check_redis_url, close_client, follow_master
+from ._redis import is_cluster, is_sentinel_url, make_client, ping, redact_text, redact_url
+from ._redis import retire_connections
+from ._registry import AgentRegistry
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class MASService:
         check_seconds("heartbeat_timeout", heartbeat_timeout, zero=True)
         check_seconds("check_interval", check_interval)
         if prune_after is not None:
-            _ttl_ms(prune_after, "prune_after")
+            checked_ttl_ms(prune_after, "prune_after")
         check_redis_url(redis_url)
         self.redis_url = redis_url
         self.heartbeat_timeout = float(heartbeat_timeout)
@@ -208,7 +209,9 @@ class MASService:
             ) from exc
 
     def _check(self, client: redis.Redis, registry: AgentRegistry) -> List[str]:
-        expire_ms = None if self.prune_after is None else _ttl_ms(self.prune_after, "prune_after")
+        expire_ms = (
+            None if self.prune_after is None else checked_ttl_ms(self.prune_after, "prune_after")
+        )
         marked: List[str] = []
         scheduled: List[str] = []
         with self._judging:

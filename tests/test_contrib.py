@@ -257,7 +257,7 @@ def test_options_are_checked_against_the_agent_class_signature() -> None:
 
 
 def test_redis_urls_are_checked_against_every_scheme_mas_sync_takes() -> None:
-    from mas_sync._connection import REDIS_URL_SCHEMES, check_redis_url, make_client
+    from mas_sync._redis import REDIS_URL_SCHEMES, check_redis_url, make_client
 
     assert REDIS_URL_SCHEMES == (
         "redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://"

@@ -182,7 +182,7 @@ def test_runagents_refuses_unknown_agent_options_with_a_clear_error(django_proje
 
 
 def test_the_system_check_reports_a_redis_url_mas_sync_cannot_use(django_project) -> None:
-    from mas_sync._connection import REDIS_URL_SCHEMES
+    from mas_sync._redis import REDIS_URL_SCHEMES
 
     msg = e001(MAS_REDIS_URL="http://bad")
     assert "MAS_REDIS_URL" in msg and "'http://bad'" in msg

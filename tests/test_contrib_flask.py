@@ -238,7 +238,7 @@ def test_views_find_declared_agents_by_name_through_the_client(redis_url, make_a
 
 
 def test_init_app_refuses_unknown_agent_options_and_redis_urls() -> None:
-    from mas_sync._connection import REDIS_URL_SCHEMES
+    from mas_sync._redis import REDIS_URL_SCHEMES
 
     bad = Flask("bad-options")
     bad.config["MAS_AGENT_OPTIONS"] = {"max_wrkers": 2}

@@ -16,7 +16,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from mas_sync import Agent, AgentRegistry, MASService
-from mas_sync._connection import close_client, make_client
+from mas_sync._redis import close_client, make_client
 from mas_sync.testing import LocalCluster, RedisServer, redis_version, wait_until
 
 from .support import FAST

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from mas_sync import Agent, AgentMessage, MASConnectionError, MASService, RequestError
-from mas_sync._connection import redact_url
+from mas_sync._redis import redact_url
 from mas_sync.testing import free_port, wait_until
 
 from .conftest import read_message
@@ -339,7 +339,7 @@ def test_capabilities_changed_after_the_constructor_are_checked_by_start(make_ag
 
 @pytest.mark.parametrize("make", [lambda url: Agent("a", redis_url=url), lambda url: MASService(url)])
 def test_a_url_scheme_mas_sync_does_not_take_is_refused_by_the_constructor(make) -> None:
-    from mas_sync._connection import REDIS_URL_SCHEMES
+    from mas_sync._redis import REDIS_URL_SCHEMES
 
     with pytest.raises(ValueError) as caught:
         make("http://user:hunter2@example.com")

@@ -16,7 +16,7 @@ from redis.crc import key_slot
 from redis.utils import str_if_bytes
 
 from mas_sync import Agent, MASService, _wire
-from mas_sync._connection import CLUSTER_MIN_REDIS_PY, close_client, make_client
+from mas_sync._redis import CLUSTER_MIN_REDIS_PY, close_client, make_client
 from mas_sync._listener import ChannelListener
 from mas_sync.testing import LocalCluster, RedisServer, redis_version
 

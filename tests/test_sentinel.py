@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from mas_sync import MASService
-from mas_sync import _sentinel
-from mas_sync._sentinel import SentinelURL
+from mas_sync._redis import SentinelURL
+from mas_sync._redis import sentinel as _sentinel
 from mas_sync.testing import SentinelGroup, wait_until
 
 from .support import FAST as SUPPORT_FAST, Forked, HeldLocks, Inbox, flows

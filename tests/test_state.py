@@ -432,7 +432,7 @@ def proxy(redis_server):
 @pytest.fixture
 def state_client(proxy):
     """A client through the proxy that neither retries nor waits long for a reply."""
-    from mas_sync._connection import close_client, make_client
+    from mas_sync._redis import close_client, make_client
 
     client = make_client(proxy.url, 4, timeout=0.3)
     yield client

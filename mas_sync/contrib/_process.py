@@ -19,7 +19,7 @@ import threading
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from .. import Agent, AgentMessage
-from .._connection import check_redis_url
+from .._redis import check_redis_url
 from ._lifecycle import track
 from ._names import DEFAULT_ID_FORMAT, NAME_KEY, check_name, format_agent_id, publish_name
 from ._spec import AgentSpec, SpecSource, check_agent_options

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from .. import Agent
-from .._connection import check_redis_url
+from .._redis import check_redis_url
 from ._names import check_name, format_agent_id
 
 

@@ -46,7 +46,7 @@ from redis.exceptions import RedisClusterException
 
 from .. import Agent, MASError
 from .._process import running_agents
-from .._connection import close_client, make_client, redact_url
+from .._redis import close_client, make_client, redact_url
 from . import wait_until
 from ._server import RedisServer
 

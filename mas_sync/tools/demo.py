@@ -9,7 +9,7 @@ from typing import Optional
 from pydantic import BaseModel
 
 from .. import Agent, AgentMessage, MASService, RequestError, handler, stop_on_signals
-from .._connection import redact_url
+from .._redis import redact_url
 from ..testing import local_redis
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from mas_sync._connection import redact_url
+from mas_sync._redis import redact_url
 from mas_sync import MASError
 from mas_sync.contrib.django import _settings
 from mas_sync.contrib.django._runtime import mas

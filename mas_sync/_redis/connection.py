@@ -1,30 +1,25 @@
-"""Redis clients as mas_sync agents and services use them."""
+"""Redis clients as mas_sync agents and services use them: pools, deadlines, retiring."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
-import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
-from urllib.parse import unquote, unquote_plus
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-from ._errors import MASConnectionError
-from ._sentinel import is_sentinel_url, make_sentinel_client
 from redis.sentinel import (
     SentinelConnectionPool,
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from redis.cluster import RedisCluster
+from .._errors import MASConnectionError
+from .cluster import is_cluster, is_cluster_url, make_cluster_client
+from .sentinel import is_sentinel_url, make_sentinel_client
+from .urls import check_redis_url, redact_text, redact_url
 
 #: Seconds to wait for a TCP connection to Redis.
 CONNECT_TIMEOUT = 5.0
@@ -272,124 +267,10 @@ def retire_connections(client: Any) -> None:
 _retire_lock = threading.Lock()
 
 
-def _renew_lock_after_fork() -> None:
+def renew_lock_after_fork() -> None:
     global _retire_lock
     _retire_lock = threading.Lock()
 
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_lock_after_fork)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with every password replaced by ``***``, for messages and logs.
-
-    Hidden are the password of the user info, in every form redis-py reads
-    (``user:pass@``, ``:pass@``, a password holding ``@`` or ``:``: the user
-    info ends at the last ``@``), a user info without ``:`` (redis-py takes
-    it for a user name, but it is often a password), and the values of the
-    query parameters that carry a secret (``password``, ``ssl_password``,
-    any name holding ``pass``, ``pwd``, ``secret``, ``token`` or ``auth``,
-    percent-encoded or not). The same goes for the ``unix://``,
-    ``redis+sentinel://`` and ``redis+cluster://`` forms. A password holding
-    an unencoded ``/`` or ``#`` (which redis-py does not read as one) is
-    hidden too, and one holding ``?`` unless a ``=`` follows it in the
-    password. User names are shown.
-    """
-    return _redact(url)[0]
-
-
-def redact_text(text: str, url: str) -> str:
-    """``text``, an error message about ``url``, without the secrets of ``url``.
-
-    redis-py's own messages name the host and port only, but it may quote
-    the pieces of a URL it cannot parse: a password holding an unencoded
-    ``/`` is read as the port (``Port could not be cast to integer value as
-    'pass'``).
-    """
-    secrets = set()
-    for secret in _redact(url)[1]:
-        pieces = [secret, unquote(secret), unquote_plus(secret), *re.split(r"[/?#@:&]", secret)]
-        for piece in pieces:
-            if len(piece) >= 3:  # shorter pieces would mangle the text, and tell little
-                secrets.add(piece)
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
-def _redact(url: str) -> Tuple[str, List[str]]:
-    """``url`` with its secrets hidden, and those secrets."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url, []
-    hidden = []
-    at = _user_info_end(rest)
-    if at >= 0:
-        user, colon, password = rest[:at].partition(":")
-        hidden.append(password if colon else user)
-        rest = (f"{user}:***" if colon else "***") + rest[at:]
-    path, question, query = rest.partition("?")
-    if question:
-        parameters = []
-        for parameter in query.split("&"):
-            name, equals, value = parameter.partition("=")
-            if equals and _SECRET_NAME.search(unquote_plus(name)):
-                hidden.append(value)
-                parameter = f"{name}=***"
-            parameters.append(parameter)
-        query = "&".join(parameters)
-    return f"{scheme}://{path}{question}{query}", [h for h in hidden if h]
-
-
-_SECRET_NAME = re.compile(r"pass|pwd|secret|token|auth", re.IGNORECASE)
-
-
-def _user_info_end(rest: str) -> int:
-    """Where the user info of ``rest`` (a URL less its ``scheme://``) ends: its "@", or -1."""
-    # As redis-py (urlparse) reads it: the last "@" of the netloc, which ends
-    # at the first "/", "?" or "#".
-    netloc_end = min([i for i in map(rest.find, "/?#") if i >= 0], default=len(rest))
-    at = rest.rfind("@", 0, netloc_end)
-    if at >= 0:
-        return at
-    # A password holding an unencoded "/", "#" or "?", which redis-py does not
-    # read as one: the last "@" before the query, or in the query before its
-    # first "=" (a "?" of the password).
-    question = rest.find("?")
-    if question < 0:
-        return rest.rfind("@")
-    at = rest.rfind("@", 0, question)
-    if at >= 0:
-        return at
-    equals = rest.find("=", question)
-    return rest.rfind("@", question, len(rest) if equals < 0 else equals)
-
-
-#: The URL schemes mas_sync takes, as written (case matters): redis-py's
-#: three, whose URLs redis-py reads, then Sentinel and Cluster.
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
-
-
-def check_redis_url(url: str) -> None:
-    """Refuse a URL whose scheme mas_sync does not take; the rest is checked on connect.
-
-    The error message lists every scheme of :data:`REDIS_URL_SCHEMES`, the
-    same wherever a URL is refused.
-
-    Raises:
-        TypeError: ``url`` is not a str.
-        ValueError: an unknown scheme (the URL is shown with its password
-            redacted).
-    """
-    if not isinstance(url, str):
-        raise TypeError(f"a Redis URL must be a str, not {type(url).__name__}")
-    if url.startswith(REDIS_URL_SCHEMES):
-        return
-    raise ValueError(
-        f"invalid Redis URL {redact_url(url)!r}: it must start with one of"
-        f" {', '.join(REDIS_URL_SCHEMES)}"
-    )
 
 
 def make_client(
@@ -442,80 +323,6 @@ def make_client(
             f"invalid Redis URL {redact_url(url)!r}: {redact_text(str(exc), url)}"
         ) from None
     return redis.Redis(connection_pool=pool)
-
-
-CLUSTER_SCHEME = "redis+cluster://"
-#: Sharded pub/sub in cluster mode reconnects and follows slot migrations
-#: only from this redis-py release on.
-CLUSTER_MIN_REDIS_PY = (8, 1, 0)
-
-
-def is_cluster_url(url: str) -> bool:
-    """True for ``redis+cluster://host:port[,host:port...]`` URLs."""
-    return url.startswith(CLUSTER_SCHEME)
-
-
-def make_cluster_client(url: str, **kwargs: Any) -> "RedisCluster":
-    """A Redis Cluster client from ``redis+cluster://[[user]:password@]host:port[,...]``.
-
-    Raises:
-        ValueError: a malformed URL.
-        RuntimeError: the installed redis-py is older than 8.1.0.
-        MASConnectionError: no node answers.
-    """
-    version = tuple(int(p) for p in re.findall(r"\d+", redis.__version__)[:3])
-    if version < CLUSTER_MIN_REDIS_PY:
-        raise RuntimeError(
-            f"cluster mode needs redis-py 8.1.0 or newer (sharded pub/sub), not {redis.__version__}"
-        )
-    from redis.backoff import ExponentialWithJitterBackoff
-    from redis.cluster import ClusterNode
-    from redis.exceptions import RedisClusterException
-
-    netloc = url[len(CLUSTER_SCHEME):].split("/", 1)[0]
-    if "@" in netloc:
-        auth, _, netloc = netloc.rpartition("@")
-        user, sep, password = auth.partition(":")
-        kwargs["username"] = unquote(user) or None
-        kwargs["password"] = unquote(password) if sep else None
-    nodes = []
-    for part in netloc.split(","):
-        host, sep, port = part.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"cluster node {part!r} is not host:port")
-        nodes.append(ClusterNode(host, int(port)))
-    # Two cluster-level retries: a node that cannot be reached refreshes the
-    # slot map, then the command is tried again; a timed-out one is not (see
-    # _Cluster).
-    kwargs["retry"] = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), 2)
-    try:
-        # Asks the nodes for the slot map at once.
-        return _cluster_class()(startup_nodes=nodes, require_full_coverage=False, **kwargs)
-    except RedisClusterException as exc:
-        raise MASConnectionError(
-            f"cannot reach Redis Cluster at {redact_url(url)}: {redact_text(str(exc), url)}"
-        ) from exc
-
-
-@functools.lru_cache(maxsize=None)
-def _cluster_class() -> type:
-    from redis.cluster import RedisCluster
-    from redis.exceptions import ClusterDownError, SlotNotCoveredError
-
-    class _Cluster(RedisCluster):
-        # RedisCluster also retries TimeoutError, which sends again a command
-        # that may have run. (Its node clients cannot tell a refused
-        # connection from one lost mid-command: both stay retried here.)
-        ERRORS_ALLOW_RETRY = (redis.ConnectionError, ClusterDownError, SlotNotCoveredError)
-
-    return _Cluster
-
-
-def is_cluster(client: Any) -> bool:
-    """True for a Redis Cluster client (or one of its pipelines)."""
-    from redis.cluster import ClusterPipeline, RedisCluster
-
-    return isinstance(client, (RedisCluster, ClusterPipeline))
 
 
 def publish(client: Any, channel: str, data: Any) -> Any:

@@ -12,7 +12,6 @@ service using it to drop its connections and subscribe again. A child made by
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
@@ -211,7 +210,7 @@ def follow_master(url: str, on_change: Callable[[Address], None]) -> Callable[[]
     return unfollow
 
 
-def _forget_watchers_after_fork() -> None:
+def forget_watchers_after_fork() -> None:
     # Runs in the child: the parent's watcher threads do not exist here and
     # their lock may be held for ever. The child starts watchers of its own
     # when its agents follow a master. The parent's watchers are forgotten,
@@ -222,9 +221,6 @@ def _forget_watchers_after_fork() -> None:
     _lock = threading.Lock()
     _watchers = {}
 
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_watchers_after_fork)
 
 
 def _fmt(address: Optional[Address]) -> str:

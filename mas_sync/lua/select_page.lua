@@ -1,0 +1,59 @@
+-- discover() on one server, one SCAN page per call.
+--
+-- Of the registration hashes on the page, those ACTIVE, whose heartbeat key
+-- exists, and having one of the capabilities are selected, and so are those
+-- ACTIVE and beating that Lua cannot read (cjson refuses a field, or the id
+-- does not name the key): the client reads and judges each of those.
+-- cjson is lenient (it takes 0x10, nan, bytes that are not UTF-8), so the
+-- client parses strictly, and asks for the page again in mode 'entries' when
+-- the document does not parse: one bad registration never spoils the others.
+--
+-- KEYS: none (the script scans).
+-- ARGV[1]: the SCAN cursor.
+-- ARGV[2]: the SCAN COUNT.
+-- ARGV[3]: the suffix of heartbeat keys.
+-- ARGV[4]: the mode, 'page' or 'entries'.
+-- ARGV[5:]: the capabilities wanted (any, when none).
+--
+-- Returns, in mode 'page' when every selected hash was readable,
+-- {cursor, 'page', n, "[[id, capabilities, metadata], ...]"}: the keys never
+-- travel to the client, which parses one JSON document a page. Otherwise
+-- {cursor, 'entries', key, id, capabilities, metadata, ...}, the fields as
+-- Redis holds them, which the client parses one by one.
+
+local want, any = {}, #ARGV == 4
+for i = 5, #ARGV do want[ARGV[i]] = true end
+local page = redis.call('SCAN', ARGV[1], 'MATCH', 'agent:*', 'COUNT', ARGV[2], 'TYPE', 'hash')
+local good, entries, unreadable = {}, {page[1], 'entries'}, false
+for _, key in ipairs(page[2]) do
+  if #key > 6 and not string.find(key, ':', 7, true) then
+    local f = redis.call('HMGET', key, 'id', 'capabilities', 'metadata', 'status')
+    if f[4] == 'ACTIVE' then
+      local id, caps_text, meta_text = f[1] or '', f[2] or '[]', f[3] or '{}'
+      local ok_caps, caps = pcall(cjson.decode, caps_text)
+      local ok_meta, meta = pcall(cjson.decode, meta_text)
+      local readable = key == 'agent:' .. id and ok_caps and ok_meta
+        and type(caps) == 'table' and type(meta) == 'table'
+      local match = any or not readable
+      if not match then
+        for _, cap in ipairs(caps) do
+          if want[cap] then match = true break end
+        end
+      end
+      if match and redis.call('EXISTS', key .. ARGV[3]) == 1 then
+        local n = #entries
+        entries[n + 1], entries[n + 2] = key, id
+        entries[n + 3], entries[n + 4] = caps_text, meta_text
+        if readable then
+          good[#good + 1] = '[' .. cjson.encode(id) .. ',' .. caps_text .. ',' .. meta_text .. ']'
+        else
+          unreadable = true
+        end
+      end
+    end
+  end
+end
+if ARGV[4] == 'page' and not unreadable then
+  return {page[1], 'page', #good, '[' .. table.concat(good, ',') .. ']'}
+end
+return entries
