@@ -8,13 +8,13 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 
 from pydantic import BaseModel
 
-from . import _lifecycle, _process, _wire
+from . import _json, _lifecycle, _process, _wire
 from ._checks import check_seconds
-from ._redis import check_redis_url
 from ._errors import AgentNotRunningError
 from ._handlers import HandlerSpec, collect_handlers
 from ._message import AgentMessage
 from ._options import AgentOptions
+from ._redis import check_redis_url
 from ._run import AgentRun
 from ._state import StateManager
 from ._stats import AgentStats, Counters, GapTracker
@@ -219,7 +219,7 @@ class Agent:
         """
         run = self._mas_require_run()
         _wire.validate_agent_id(target_id, "target id")
-        body = _wire.dumps_object(payload, reserved=_wire.RESERVED_KEYS)
+        body = _json.dumps_object(payload, reserved=_wire.RESERVED_KEYS)
         return run.outbox.send(target_id, body)
 
     def send_many(self, messages: Iterable[Tuple[str, Dict[str, Any]]]) -> List[str]:
@@ -245,7 +245,7 @@ class Agent:
                     f"send_many() takes (target_id, payload) pairs; item {n} is {item!r}"
                 ) from None
             _wire.validate_agent_id(target_id, f"target id of item {n}")
-            body = _wire.dumps_object(payload, f"payload of item {n}", _wire.RESERVED_KEYS)
+            body = _json.dumps_object(payload, f"payload of item {n}", _wire.RESERVED_KEYS)
             checked.append((target_id, body))
         return run.outbox.send_many(checked)
 

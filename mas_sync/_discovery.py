@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 import redis
 from redis.client import NEVER_DECODE
 
-from . import _wire
+from . import _json, _wire
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class RegistrationReader:
 def _read_page(count: Any, text: bytes, wanted: Set[str]) -> Optional[List[Dict[str, Any]]]:
     """The registrations of a page document, or None if any entry does not read strictly."""
     try:
-        entries = _wire.loads_strict(text)
+        entries = _json.loads_strict(text)
     except ValueError:
         return None
     if not isinstance(entries, list) or len(entries) != int(count):

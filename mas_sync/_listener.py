@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import redis
 
 from . import _wire
+from ._errors import MASConnectionError
 from ._redis import (
     ANY_REDIS_ERROR,
     COMMAND_TIMEOUT,
@@ -23,7 +24,6 @@ from ._redis import (
     redact_text,
     redact_url,
 )
-from ._errors import MASConnectionError
 
 log = logging.getLogger(__name__)
 

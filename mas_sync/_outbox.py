@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 from pydantic import BaseModel
 
-from . import _wire
+from . import _json, _wire
 from ._calls import CallGate
 from ._errors import RequestError, RequestTimeout
 from ._message import AgentMessage
@@ -24,7 +24,7 @@ class Outbox:
     Every message gets an id (``{run}-{n}``) and, per target, the next
     sequence number, so that receivers can count what they missed. Callable
     from any thread at once. Payloads arrive here already checked and encoded
-    (:func:`~mas_sync._wire.dumps_object`), except a reply's.
+    (:func:`~mas_sync._json.dumps_object`), except a reply's.
 
     Args:
         agent_id: The sender.
@@ -79,7 +79,7 @@ class Outbox:
         """Send a request and wait for its reply, as :meth:`mas_sync.Agent.request` says."""
         deadline = time.monotonic() + timeout
         correlation_id = str(uuid.uuid4())
-        body = _wire.dumps_object(_wire.request_payload(payload, correlation_id))
+        body = _json.dumps_object(_wire.request_payload(payload, correlation_id))
         _, data = self.frame(target_id, body)
         pending = self.requests.add(correlation_id, target_id)
         try:
@@ -123,7 +123,7 @@ class Outbox:
         if not isinstance(payload, dict):
             raise TypeError(f"a reply must be a dict (a JSON object), not {type(payload).__name__}")
         assert message.correlation_id is not None
-        body = _wire.dumps_object(
+        body = _json.dumps_object(
             _wire.reply_payload(payload, message.correlation_id, error=error), "reply"
         )
         message_id = self.send(message.sender_id, body)

@@ -8,8 +8,8 @@ from typing import Any, List, Optional
 import redis
 
 from . import _wire
-from ._redis import is_cluster, publish
 from ._listener import ChannelListener
+from ._redis import is_cluster, publish
 from ._transport import Batch, TransportEvents
 
 

@@ -9,9 +9,8 @@ from typing import Any, Callable, Optional, Tuple
 
 import redis
 
-from . import _wire
+from . import _json
 from ._calls import CallGate
-from ._redis import close_client, make_client, ping, retire_connections
 from ._errors import AgentNotRunningError, MASConnectionError
 from ._handling import AgentHooks, Handling
 from ._heartbeat import Heartbeat
@@ -19,9 +18,10 @@ from ._inbox import Inbox
 from ._options import AgentOptions
 from ._outbox import Outbox
 from ._pubsub import PubSubTransport
+from ._redis import close_client, make_client, ping, retire_connections
+from ._redis import follow_master, is_sentinel_url
 from ._registry import AgentRegistry
 from ._requests import PendingRequests
-from ._redis import follow_master, is_sentinel_url
 from ._state import StateManager
 from ._stats import Counters, GapTracker
 from ._transport import Transport
@@ -113,7 +113,7 @@ class AgentRun:
         try:
             ping(client, self.url)
             metadata = self.agent.get_metadata()
-            _wire.dumps_object(metadata, "get_metadata() result")
+            _json.dumps_object(metadata, "get_metadata() result")
             self.heartbeat = Heartbeat(
                 self.registry, self.agent_id, self.capabilities, metadata,
                 options.heartbeat_interval, options.heartbeat_ttl, options.take_over,

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional, S
 import redis
 from pydantic import BaseModel
 
-from . import _wire
+from . import _json, _wire
 from ._errors import AgentNotRunningError, StateError
 from ._state_codec import READ_ONLY, ModelCodec
 
@@ -150,8 +150,8 @@ class StateManager:
                 new_encoded = self._codec.encode(new_value)
             changed = {k: v for k, v in new_encoded.items() if self._encoded.get(k) != v}
             for key, text in changed.items():  # before anything is written
-                _wire.check_text(key, f"state key {key!r}")
-                _wire.check_text(text, f"state value for {key!r}")
+                _json.check_text(key, f"state key {key!r}")
+                _json.check_text(text, f"state value for {key!r}")
             if changed:
                 self._write(lambda: self._redis.hset(self._key, mapping=changed), changed)
             self._value = new_value

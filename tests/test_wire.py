@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mas_sync import AgentMessage
-from mas_sync import _wire
+from mas_sync import _json, _wire
 
 
 def test_key_and_channel_builders() -> None:
@@ -132,7 +132,7 @@ def test_parse_registration_refuses_what_no_agent_writes() -> None:
 
 
 def test_loads_strict_keeps_what_strict_json_allows() -> None:
-    assert _wire.loads_strict(b'{"n": 1e308, "i": 100000000000000000000, "s": "\\u00e9"}') == {
+    assert _json.loads_strict(b'{"n": 1e308, "i": 100000000000000000000, "s": "\\u00e9"}') == {
         "n": 1e308, "i": 10**20, "s": "\u00e9"}
     assert _wire.shown_key(b"agent:\xffx") == "agent:\\xffx"
 

@@ -268,9 +268,9 @@ _retire_lock = threading.Lock()
 
 
 def renew_lock_after_fork() -> None:
+    """Make the retiring lock anew, in a child after ``fork()`` (see :mod:`mas_sync._process`)."""
     global _retire_lock
     _retire_lock = threading.Lock()
-
 
 
 def make_client(
