@@ -47,6 +47,11 @@ class AgentRun:
         gaps: The agent's gap tracker (it outlives the run).
     """
 
+    #: What moves the run's messages: the one place that picks the transport.
+    #: Called as ``transport_factory(client, url, agent_id, events,
+    #: thread_name, probe_interval, client_name)``.
+    transport_factory: Callable[..., Transport] = PubSubTransport
+
     def __init__(
         self,
         agent: AgentHooks,
@@ -97,7 +102,7 @@ class AgentRun:
             client, on_skip=lambda n: self.counters.add("skipped_registrations", n)
         )
         self.state = StateManager(self.agent_id, client, options.state_model)
-        self.transport = transport = PubSubTransport(
+        self.transport = transport = self.transport_factory(
             client, self.url, self.agent_id, self, f"{self.name}-listener",
             options.probe_interval, client_name,
         )
