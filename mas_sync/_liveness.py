@@ -126,7 +126,9 @@ class LivenessReader(RegistrationReader):
             for item in dead:
                 try:
                     replies.append(self._redis.eval(
-                        load_script("condemn"), 1, _wire.agent_key(item.agent_id), item.token, *args))
+                        load_script("condemn"), 1, _wire.agent_key(item.agent_id), item.token,
+                        *args,
+                    ))
                 except redis.ResponseError as exc:
                     replies.append(exc)
         else:

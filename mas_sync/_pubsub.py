@@ -1,4 +1,4 @@
-"""The pub/sub transport: PUBLISH to ``agent.{id}``, and a listener thread on the agent's channel."""
+"""The pub/sub transport: PUBLISH to ``agent.{id}``, a listener thread on the agent's channel."""
 
 from __future__ import annotations
 

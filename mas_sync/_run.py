@@ -201,7 +201,7 @@ class AgentRun:
         self.join_threads(max(deadline, time.monotonic() + 1.0))
 
     def close(self, deadline: float) -> None:
-        """Refuse new calls, let those in flight end (until ``deadline``), close every connection."""
+        """Refuse new calls, let those in flight end (until ``deadline``), close the connections."""
         self.calls.close(deadline)
         if self.client is None:
             return

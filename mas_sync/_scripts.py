@@ -13,4 +13,5 @@ def load_script(name: str) -> str:
     Raises:
         FileNotFoundError: no such script in the package.
     """
-    return resources.files("mas_sync").joinpath("lua").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    scripts = resources.files("mas_sync").joinpath("lua")
+    return scripts.joinpath(f"{name}.lua").read_text(encoding="utf-8")

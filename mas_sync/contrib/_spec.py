@@ -1,4 +1,4 @@
-"""What an application declares: :class:`AgentSpec`, and the checks of agent options and settings."""
+"""What an application declares: :class:`AgentSpec`, and the checks of its options and settings."""
 
 from __future__ import annotations
 
