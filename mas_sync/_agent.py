@@ -76,6 +76,27 @@ class Agent:
             ``agent_id``, replacing it: for an operator who knows that run is
             dead (its heartbeat not yet expired). Without it, :meth:`start`
             raises :class:`~mas_sync.AgentIdInUseError`.
+        delivery: ``"pubsub"`` (the default: at most once, as the async
+            framework) or ``"reliable"``: the agent's inbox is the Redis
+            stream ``agent.stream:{id}``, read through the consumer group
+            ``agents``; a message is acknowledged once handled, retried when
+            its handler raises, and kept while the agent is stopped (see
+            README, Reliable delivery). A reliable agent also listens on
+            ``agent.{id}`` for peers that publish.
+        instance: The name of this process among the instances of a reliable
+            agent (its consumer is ``{id}-{instance}``); same rules as an
+            id. Default ``{hostname}-{pid}``. A process that restarts with
+            the same name takes up at once the messages it had not
+            acknowledged.
+        max_attempts: Reliable delivery: deliveries of one message (counted
+            by Redis, so crashes count) before it goes to the dead-letter
+            stream ``agent.dlq:{id}``.
+        visibility_timeout: Reliable delivery: seconds after which a message
+            that an instance received but did not acknowledge (it crashed,
+            or hangs) is taken by another instance.
+        retry_delay: Reliable delivery: seconds before a failed message is
+            tried again; doubled at each further attempt, up to
+            ``visibility_timeout``.
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message.
@@ -97,6 +118,11 @@ class Agent:
         command_timeout: float = 5.0,
         probe_interval: float = 5.0,
         take_over: bool = False,
+        delivery: str = "pubsub",
+        instance: Optional[str] = None,
+        max_attempts: int = 5,
+        visibility_timeout: float = 30.0,
+        retry_delay: float = 1.0,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
@@ -107,6 +133,7 @@ class Agent:
         self._mas_options = AgentOptions(
             state_model, heartbeat_interval, heartbeat_ttl, max_workers, max_pending,
             max_message_bytes, retry_timeout, command_timeout, probe_interval, take_over,
+            delivery, instance, max_attempts, visibility_timeout, retry_delay,
         )
         self._mas_lock = threading.RLock()
         self._mas_run: Optional[AgentRun] = None

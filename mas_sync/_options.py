@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from typing import Optional, Type
 
 from pydantic import BaseModel
 
 from ._checks import check_seconds
+from ._wire import validate_agent_id
 
 #: Bounds of the constructor's counts: beyond them, a typo rather than a plan.
 MAX_WORKERS = 10_000
 MAX_COUNT = 100_000_000
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # Redis's own limit for one string
+#: Most deliveries of one message that ``max_attempts`` may ask for.
+MAX_ATTEMPTS = 1000
+#: The delivery modes: pub/sub (at most once) and Redis Streams (at least once).
+DELIVERY_MODES = ("pubsub", "reliable")
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,11 @@ class AgentOptions:
     command_timeout: float = 5.0
     probe_interval: float = 5.0
     take_over: bool = False
+    delivery: str = "pubsub"
+    instance: Optional[str] = None
+    max_attempts: int = 5
+    visibility_timeout: float = 30.0
+    retry_delay: float = 1.0
 
     def __post_init__(self) -> None:
         """Refuse a bad setting, named in the message (TypeError, ValueError)."""
@@ -56,6 +68,27 @@ class AgentOptions:
                 raise ValueError(f"{name} must be an int from 1 to {most}, not {value!r}")
         if not isinstance(self.take_over, bool):
             raise TypeError(f"take_over must be a bool, not {self.take_over!r}")
+        if self.delivery not in DELIVERY_MODES:
+            raise ValueError(f"delivery must be 'pubsub' or 'reliable', not {self.delivery!r}")
+        if self.instance is None:
+            object.__setattr__(self, "instance", default_instance())
+        else:
+            validate_agent_id(self.instance, "instance")
+        max_attempts = self.max_attempts
+        if (not isinstance(max_attempts, int) or isinstance(max_attempts, bool)
+                or not 1 <= max_attempts <= MAX_ATTEMPTS):
+            raise ValueError(
+                f"max_attempts must be an int from 1 to {MAX_ATTEMPTS}, not {max_attempts!r}"
+            )
+        check_seconds("visibility_timeout", self.visibility_timeout)
+        check_seconds("retry_delay", self.retry_delay, zero=True)
         for name in ("heartbeat_interval", "heartbeat_ttl", "retry_timeout",
-                     "command_timeout", "probe_interval"):
+                     "command_timeout", "probe_interval", "visibility_timeout", "retry_delay"):
             object.__setattr__(self, name, float(getattr(self, name)))
+
+
+def default_instance() -> str:
+    """The instance name of a run that was given none: ``{host}-{pid}``, made id-safe."""
+    host = "".join(c if c.isascii() and c.isalnum() or c in "-_." else "_"
+                   for c in socket.gethostname()) or "host"
+    return f"{host[:100]}-{os.getpid()}"

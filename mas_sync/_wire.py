@@ -135,6 +135,33 @@ def agent_channel(agent_id: str) -> str:
     return f"agent.{agent_id}"
 
 
+# --- reliable delivery (the layout of the async framework's 0.3 series) ------
+
+#: The consumer group through which the instances of a reliable agent read its stream.
+CONSUMER_GROUP = "agents"
+#: The field of a stream entry that holds the message JSON, as pub/sub carries it.
+ENVELOPE = "envelope"
+#: The registration field that says how an agent receives: ``reliable`` for a
+#: stream; pub/sub when the field is missing (as async 0.2 agents register).
+DELIVERY_FIELD = "delivery"
+DELIVERY_RELIABLE = "reliable"
+
+
+def stream_key(agent_id: str) -> str:
+    """The inbox stream of a reliable agent: ``agent.stream:{id}``."""
+    return f"agent.stream:{agent_id}"
+
+
+def dlq_key(agent_id: str) -> str:
+    """The dead-letter stream of a reliable agent: ``agent.dlq:{id}``."""
+    return f"agent.dlq:{agent_id}"
+
+
+def consumer_name(agent_id: str, instance: str) -> str:
+    """The consumer of one instance in the group ``agents``: ``{id}-{instance}``."""
+    return f"{agent_id}-{instance}"
+
+
 #: Prefix of the private channels on which a stopping agent wakes its own
 #: listener; mas_sync alone uses them and no peer ever subscribes there.
 WAKE_CHANNEL_PREFIX = "mas_sync:wake:"
