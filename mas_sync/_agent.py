@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from . import _json, _lifecycle, _process, _wire
 from ._checks import check_seconds
+from ._dead_letters import DeadLetter, When
 from ._errors import AgentNotRunningError
 from ._handlers import HandlerSpec, collect_handlers
 from ._message import AgentMessage
@@ -97,6 +98,14 @@ class Agent:
         retry_delay: Reliable delivery: seconds before a failed message is
             tried again; doubled at each further attempt, up to
             ``visibility_timeout``.
+        dedupe_window: Seconds for which a handled message is remembered by
+            its ``message_id`` (in Redis, for every instance): the same id
+            arriving again within them (a redelivery after a crash, a sender
+            that sent it twice) is not handled again. None (the default)
+            checks nothing.
+        stream_maxlen: Reliable delivery: about how many entries the
+            agent's stream keeps (for :meth:`replay`), and its dead-letter
+            stream; an entry not yet acknowledged is never removed.
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message.
@@ -123,6 +132,8 @@ class Agent:
         max_attempts: int = 5,
         visibility_timeout: float = 30.0,
         retry_delay: float = 1.0,
+        dedupe_window: Optional[float] = None,
+        stream_maxlen: int = 10_000,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
@@ -133,7 +144,8 @@ class Agent:
         self._mas_options = AgentOptions(
             state_model, heartbeat_interval, heartbeat_ttl, max_workers, max_pending,
             max_message_bytes, retry_timeout, command_timeout, probe_interval, take_over,
-            delivery, instance, max_attempts, visibility_timeout, retry_delay,
+            delivery, instance, max_attempts, visibility_timeout, retry_delay, dedupe_window,
+            stream_maxlen,
         )
         self._mas_lock = threading.RLock()
         self._mas_run: Optional[AgentRun] = None
@@ -224,10 +236,12 @@ class Agent:
     # -- messaging -------------------------------------------------------------
 
     def send(self, target_id: str, payload: Dict[str, Any]) -> str:
-        """Publish ``payload`` to the agent ``target_id``.
+        """Send ``payload`` to the agent ``target_id``.
 
-        Delivery is at most once, as with any Redis pub/sub: an agent that is
-        not listening does not get the message.
+        A reliable target (see ``delivery``) gets it in its stream, where it
+        waits until handled, also while the target is stopped. Any other
+        target gets it by pub/sub, at most once: an agent that is not
+        listening does not get the message.
 
         Returns:
             The message id.
@@ -325,6 +339,85 @@ class Agent:
         """
         run = self._mas_require_run()
         return run.calls.run(run.registry.discover, capabilities)
+
+    # -- reliable delivery: stored messages and dead letters --------------------
+
+    def dead_letters(self, count: int = 100) -> List[DeadLetter]:
+        """The oldest ``count`` messages this agent gave up on (``agent.dlq:{id}``).
+
+        Raises:
+            AgentNotRunningError: the agent is not started.
+            ValueError: ``count`` is not a positive int.
+            MASConnectionError: Redis could not be reached.
+        """
+        run = self._mas_require_run()
+        return run.calls.run(run.dead_letters().list, count)
+
+    def requeue_dead_letters(self, ids: Optional[Iterable[str]] = None) -> int:
+        """Put dead letters back in this agent's stream, to be handled again.
+
+        Args:
+            ids: :attr:`DeadLetter.id` of those to requeue; None for all.
+
+        Returns:
+            How many were requeued (each is removed from the dead letters
+            once it is back in the stream).
+
+        Raises:
+            AgentNotRunningError: the agent is not started.
+            TypeError, ValueError: ``ids`` is not a list of entry ids.
+            MASConnectionError: Redis could not be reached.
+        """
+        run = self._mas_require_run()
+        return run.calls.run(run.dead_letters().requeue, ids)
+
+    def purge_dead_letters(self, ids: Optional[Iterable[str]] = None) -> int:
+        """Delete dead letters (``ids``, or all of them when None); returns how many.
+
+        Raises:
+            AgentNotRunningError: the agent is not started.
+            TypeError, ValueError: ``ids`` is not a list of entry ids.
+            MASConnectionError: Redis could not be reached.
+        """
+        run = self._mas_require_run()
+        return run.calls.run(run.dead_letters().purge, ids)
+
+    def history(
+        self, since: Optional[When] = None, until: Optional[When] = None
+    ) -> List[AgentMessage]:
+        """The messages this agent's stream still holds, received from ``since`` to ``until``.
+
+        Oldest first; the stream keeps about ``stream_maxlen`` of them, handled
+        or not. The messages cannot be replied to.
+
+        Args:
+            since: A ``datetime`` or seconds since the epoch; None from the oldest.
+            until: The same; None up to the newest.
+
+        Raises:
+            AgentNotRunningError: the agent is not started.
+            ValueError: ``since`` or ``until`` is not a time.
+            MASConnectionError: Redis could not be reached.
+        """
+        run = self._mas_require_run()
+        return run.calls.run(lambda: list(run.dead_letters().history(since, until)))
+
+    def replay(self, since: Optional[When] = None, until: Optional[When] = None) -> int:
+        """Hand the stored messages from ``since`` to ``until`` to the handlers again.
+
+        For debugging and recovery: each message of :meth:`history` goes, in
+        the calling thread and in order, to its typed handler or
+        :meth:`on_message`, as when it arrived, but nothing is replied or
+        acknowledged (a handler's failure is logged and passed to
+        :meth:`on_error`).
+
+        Returns:
+            How many messages were handled without an error.
+
+        Raises: as :meth:`history`.
+        """
+        run = self._mas_require_run()
+        return sum(run.handling.replay(message) for message in self.history(since, until))
 
     # -- state -----------------------------------------------------------------
 

@@ -9,13 +9,17 @@ from typing import Any, Dict, List, Optional, Protocol
 from pydantic import ValidationError
 
 from . import _wire
+from ._dedupe import Seen
 from ._handlers import HandlerSpec, action_of, body_of
-from ._inbox import first_error
+from ._inbox import first_error, parse_message
 from ._message import AgentMessage
 from ._outbox import Outbox
 from ._stats import Counters
 
 log = logging.getLogger(__name__)
+
+#: What :meth:`Handling.attempt` returns for a payload its handler's model refused.
+_REJECTED = "the payload does not fit the handler's model"
 
 
 class AgentHooks(Protocol):
@@ -47,15 +51,64 @@ class Handling:
         agent: Whose handlers.
         counters: The agent's counters.
         outbox: Where replies go.
+        seen: What tells a message handled already (a duplicate) from a new one.
     """
 
-    def __init__(self, agent: AgentHooks, counters: Counters, outbox: Outbox) -> None:
+    def __init__(
+        self, agent: AgentHooks, counters: Counters, outbox: Outbox, seen: Optional[Seen] = None
+    ) -> None:
         self.agent = agent
         self.counters = counters
         self.outbox = outbox
+        self.seen = seen if seen is not None and seen.active else None
 
     def handle(self, message: AgentMessage) -> None:
-        """Call the handler of ``message``; never raises."""
+        """Call the handler of ``message``; never raises.
+
+        A message read from a stream is settled here: acknowledged once its
+        handler returned (and a request was answered), tried again after a
+        backoff while attempts are left, then moved to the dead-letter stream.
+        """
+        receipt = message._receipt
+        seen = self.seen
+        if seen is not None and not seen.take(message):
+            self.counters.add("duplicates")
+            if receipt is not None:
+                receipt.ack()
+            return
+        if receipt is None:
+            if self.attempt(message) is None and seen is not None:
+                seen.done(message)
+            return
+        if receipt.attempts > receipt.max_attempts:
+            # Delivered that often without being settled: its handler crashed
+            # the process, or hung, each time.
+            self.give_up(message, f"delivered {receipt.attempts} times without being handled")
+            return
+        while True:
+            error = self.attempt(message, last=receipt.attempts >= receipt.max_attempts)
+            if error is None:
+                if seen is not None:
+                    seen.done(message)
+                receipt.ack()
+                return
+            if receipt.attempts >= receipt.max_attempts or error is _REJECTED:
+                self.give_up(message, error)
+                return
+            if not receipt.retry():
+                return  # the agent stops, or the entry is gone: left as it is
+            self.counters.add("retried")
+            retried = parse_message(receipt.data)
+            retried._reply, retried._receipt = message._reply, receipt
+            retried._attempt = receipt.attempts
+            message = retried
+
+    def attempt(self, message: AgentMessage, last: bool = True) -> Optional[str]:
+        """One call of the handler; returns what went wrong (None when it returned).
+
+        A requester hears of a failure (an error reply) only at the ``last``
+        attempt.
+        """
         agent = self.agent
         spec = agent._mas_handlers.get(action_of(message) or "")
         try:
@@ -68,7 +121,7 @@ class Handling:
                     body = spec.model.model_validate(body_of(message))
                 except ValidationError as exc:
                     self.reject(message, spec, exc)
-                    return
+                    return _REJECTED
                 result = getattr(agent, spec.method)(message, body)
             if result is not None and message.expects_reply and not message._replied:
                 message.reply(result)
@@ -76,16 +129,34 @@ class Handling:
             self.counters.add("handler_errors")
             where = f"{spec.method}()" if spec is not None else "on_message"
             log.exception(
-                "Agent %s: %s failed for message %s from %s",
-                agent.id, where, message.message_id, message.sender_id,
+                "Agent %s: %s failed for message %s from %s (attempt %d)",
+                agent.id, where, message.message_id, message.sender_id, message.attempt,
             )
-            self.reply_error(message, "handler_error", f"{type(exc).__name__}: {exc}")
+            error = f"{type(exc).__name__}: {exc}"
+            if last:
+                self.reply_error(message, "handler_error", error)
             try:
                 agent.on_error(message, exc)
             except Exception:
                 log.exception("Agent %s: on_error raised", agent.id)
-        else:
-            self.counters.add("handled")
+            return error
+        self.counters.add("handled")
+        return None
+
+    def replay(self, message: AgentMessage) -> bool:
+        """Handle a stored message again, replying nothing; True when the handler returned."""
+        message._replied = True  # no reply, no error reply: its requester is long gone
+        return self.attempt(message) is None
+
+    def give_up(self, message: AgentMessage, error: str) -> None:
+        """Move a stream message to the dead-letter stream; tell a requester."""
+        receipt = message._receipt
+        assert receipt is not None
+        self.counters.add("dead_lettered")
+        receipt.dead_letter(error)
+        self.reply_error(
+            message, "dead_letter", f"gave up after {receipt.attempts} attempts: {error}"
+        )
 
     def reject(self, message: AgentMessage, spec: HandlerSpec, exc: ValidationError) -> None:
         """A payload that does not fit the handler's model: log, count, tell the requester."""

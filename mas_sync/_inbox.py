@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Optional, Union
 
 from pydantic import ValidationError
 
@@ -10,6 +11,9 @@ from ._message import AgentMessage, ReplySender, weak_reply_sender
 from ._requests import PendingRequests
 from ._stats import Counters, GapTracker
 from ._workers import OrderedPool
+
+if TYPE_CHECKING:
+    from ._streams import Receipt
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,9 @@ class Inbox:
         counters: The agent's counters.
         gaps: The agent's gap tracker.
         reply: The run's reply function; each message gets a weak reference to it.
+        instance: A reliable agent's instance: replies meant for another
+            instance of the agent (each hears them on ``agent.{id}``) are
+            ignored. None for a pub/sub agent.
     """
 
     def __init__(
@@ -43,6 +50,7 @@ class Inbox:
         counters: Counters,
         gaps: GapTracker,
         reply: ReplySender,
+        instance: Optional[str] = None,
     ) -> None:
         self.agent_id = agent_id
         self.max_message_bytes = max_message_bytes
@@ -51,11 +59,17 @@ class Inbox:
         self.requests = requests
         self.counters = counters
         self.gaps = gaps
+        self.instance = instance
         self._reply = weak_reply_sender(reply)
         self._overflowing = 0
 
-    def receive(self, data: bytes) -> None:
-        """Parse one raw message and route or queue it."""
+    def receive(self, data: bytes, receipt: Optional[Receipt] = None) -> None:
+        """Parse one raw message and route or queue it.
+
+        A message read from a stream comes with its ``receipt``: one that
+        cannot be read goes to the dead-letter stream (nothing is lost), one
+        that finds the queue full stays pending, to be delivered again.
+        """
         agent_id = self.agent_id
         self.counters.add("received")
         if len(data) > self.max_message_bytes:
@@ -64,21 +78,31 @@ class Inbox:
                 "Agent %s: dropped a message of %d bytes (max_message_bytes is %d)",
                 agent_id, len(data), self.max_message_bytes,
             )
+            if receipt is not None:
+                self.counters.add("dead_lettered")
+                receipt.dead_letter(f"larger than max_message_bytes ({self.max_message_bytes})")
             return
         try:
-            message = AgentMessage.model_validate_json(data)
-            message._take_markers()
+            message = parse_message(data)
         except (ValidationError, ValueError) as exc:
             self.counters.add("invalid")
             log.warning(
                 "Agent %s: dropped an invalid message %.200r: %s",
                 agent_id, data, first_error(exc),
             )
+            if receipt is not None:
+                self.counters.add("dead_lettered")
+                receipt.dead_letter(f"not a valid agent message: {first_error(exc)}")
             return
         message._reply = self._reply
         if message.seq is not None and message.sender_run is not None:
             self.gaps.observe(message.sender_id, message.sender_run, message.seq)
         if message.is_reply:
+            if receipt is not None:
+                receipt.ack()  # a reply is of use to a waiting request only
+            target_instance = message.target_instance
+            if target_instance is not None and target_instance != self.instance:
+                return  # for another instance of this agent
             # Replies go to the thread waiting in request(), never to on_message.
             assert message.correlation_id is not None
             if not self.requests.resolve(message.correlation_id, message):
@@ -89,6 +113,8 @@ class Inbox:
                     agent_id, message.message_id, message.sender_id, message.correlation_id,
                 )
             return
+        if receipt is not None:
+            message._receipt, message._attempt = receipt, receipt.attempts
         if self.pool.submit(message.sender_id, message):
             if self._overflowing:
                 log.warning(
@@ -96,6 +122,9 @@ class Inbox:
                     agent_id, self._overflowing,
                 )
                 self._overflowing = 0
+            return
+        if receipt is not None:
+            receipt.release()  # delivered again later: nothing is dropped
             return
         self.counters.add("dropped_overflow")
         if not self._overflowing:
@@ -105,6 +134,17 @@ class Inbox:
                 agent_id, self.max_pending, message.message_id, message.sender_id,
             )
         self._overflowing += 1
+
+
+def parse_message(data: Union[bytes, str]) -> AgentMessage:
+    """The message in ``data``, its request/reply markers taken out of the payload.
+
+    Raises:
+        ValidationError, ValueError: not a valid agent message.
+    """
+    message = AgentMessage.model_validate_json(data)
+    message._take_markers()
+    return message
 
 
 def first_error(exc: Exception) -> str:

@@ -41,6 +41,10 @@ class AgentMessage(BaseModel):
         seq: mas_sync senders number their messages to each target 1, 2, 3,
             ...; None from other senders.
         sender_run: Id of the sender's run that numbered the message.
+        sender_instance: In a request from a reliable agent, the instance
+            that waits for the reply; None otherwise.
+        target_instance: In a reply, the instance of a reliable requester
+            that the reply is for (its other instances ignore it).
     """
 
     model_config = ConfigDict(extra="ignore")
@@ -52,6 +56,8 @@ class AgentMessage(BaseModel):
     message_id: str = Field(default_factory=_wire.new_message_id)
     seq: Optional[int] = None
     sender_run: Optional[str] = None
+    sender_instance: Optional[str] = None
+    target_instance: Optional[str] = None
 
     # Set by the run that received the message; never pickled or copied.
     _reply: Optional[ReplySender] = PrivateAttr(default=None)
@@ -59,6 +65,8 @@ class AgentMessage(BaseModel):
     _expects_reply: bool = PrivateAttr(default=False)
     _is_reply: bool = PrivateAttr(default=False)
     _replied: bool = PrivateAttr(default=False)
+    _receipt: Any = PrivateAttr(default=None)  # a stream delivery's (see _streams.Receipt)
+    _attempt: int = PrivateAttr(default=1)
 
     def __eq__(self, other: object) -> bool:
         # Equal fields and request markers; the means to reply is not compared,
@@ -78,18 +86,21 @@ class AgentMessage(BaseModel):
         state = super().__getstate__()
         private = state.get("__pydantic_private__")
         if private:
-            state["__pydantic_private__"] = dict(private, _reply=None)
+            state["__pydantic_private__"] = dict(private, _reply=None, _receipt=None)
         return state
 
     def __copy__(self) -> "AgentMessage":
         copied = super().__copy__()
         copied._reply = None
+        copied._receipt = None
         return copied
 
     def __deepcopy__(self, memo: Optional[Dict[int, Any]] = None) -> "AgentMessage":
         memo = {} if memo is None else memo
         if self._reply is not None:
             memo[id(self._reply)] = None  # deep-copied as None: copies do not reply
+        if self._receipt is not None:
+            memo[id(self._receipt)] = None
         return super().__deepcopy__(memo)
 
     def _take_markers(self) -> None:
@@ -107,6 +118,12 @@ class AgentMessage(BaseModel):
     def expects_reply(self) -> bool:
         """True when the sender waits for a reply (it used ``request()``)."""
         return self._expects_reply or bool(self.payload.get(_wire.EXPECTS_REPLY, False))
+
+    @property
+    def attempt(self) -> int:
+        """Which delivery of the message this is: 1, or more when a reliable agent
+        receives it again (its handler raised, or an instance crashed with it)."""
+        return self._attempt
 
     @property
     def is_reply(self) -> bool:

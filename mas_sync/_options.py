@@ -41,6 +41,8 @@ class AgentOptions:
     max_attempts: int = 5
     visibility_timeout: float = 30.0
     retry_delay: float = 1.0
+    dedupe_window: Optional[float] = None
+    stream_maxlen: int = 10_000
 
     def __post_init__(self) -> None:
         """Refuse a bad setting, named in the message (TypeError, ValueError)."""
@@ -63,6 +65,7 @@ class AgentOptions:
             ("max_workers", self.max_workers, MAX_WORKERS),
             ("max_pending", self.max_pending, MAX_COUNT),
             ("max_message_bytes", self.max_message_bytes, MAX_MESSAGE_BYTES),
+            ("stream_maxlen", self.stream_maxlen, MAX_COUNT),
         ):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
                 raise ValueError(f"{name} must be an int from 1 to {most}, not {value!r}")
@@ -82,6 +85,9 @@ class AgentOptions:
             )
         check_seconds("visibility_timeout", self.visibility_timeout)
         check_seconds("retry_delay", self.retry_delay, zero=True)
+        if self.dedupe_window is not None:
+            check_seconds("dedupe_window", self.dedupe_window)
+            object.__setattr__(self, "dedupe_window", float(self.dedupe_window))
         for name in ("heartbeat_interval", "heartbeat_ttl", "retry_timeout",
                      "command_timeout", "probe_interval", "visibility_timeout", "retry_delay"):
             object.__setattr__(self, name, float(getattr(self, name)))

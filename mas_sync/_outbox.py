@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pydantic import BaseModel
 
@@ -31,12 +31,20 @@ class Outbox:
         transport: What carries the framed messages.
         calls: The run's call policy (retries, and the stop's gate).
         requests: The run's table of requests waiting for a reply.
+        instance: The instance of a reliable agent, named in its requests so
+            that the reply reaches it (not another instance); None otherwise.
     """
 
     def __init__(
-        self, agent_id: str, transport: Transport, calls: CallGate, requests: PendingRequests
+        self,
+        agent_id: str,
+        transport: Transport,
+        calls: CallGate,
+        requests: PendingRequests,
+        instance: Optional[str] = None,
     ) -> None:
         self.agent_id = agent_id
+        self.instance = instance
         self.transport = transport
         self.calls = calls
         self.requests = requests
@@ -44,7 +52,13 @@ class Outbox:
         self._message_numbers = itertools.count(1)  # next() is atomic in CPython
         self.numbering = Numbering()
 
-    def frame(self, target_id: str, body: str) -> Tuple[str, str]:
+    def frame(
+        self,
+        target_id: str,
+        body: str,
+        sender_instance: Optional[str] = None,
+        target_instance: Optional[str] = None,
+    ) -> Tuple[str, str]:
         """A new message id, and the message to send, numbered for ``target_id``."""
         message_id = f"{self.run_id}-{next(self._message_numbers)}"
         data = _wire.frame_message(
@@ -54,6 +68,8 @@ class Outbox:
             message_id,
             seq=self.numbering.next(target_id),
             sender_run=self.run_id,
+            sender_instance=sender_instance,
+            target_instance=target_instance,
         )
         return message_id, data
 
@@ -80,7 +96,7 @@ class Outbox:
         deadline = time.monotonic() + timeout
         correlation_id = str(uuid.uuid4())
         body = _json.dumps_object(_wire.request_payload(payload, correlation_id))
-        _, data = self.frame(target_id, body)
+        _, data = self.frame(target_id, body, sender_instance=self.instance)
         pending = self.requests.add(correlation_id, target_id)
         try:
             self.calls.run(self.transport.send, [(target_id, data)], deadline=deadline)
@@ -106,6 +122,9 @@ class Outbox:
             )
         return reply
 
+    def _send_direct(self, batch: List[Tuple[str, str]]) -> None:
+        self.transport.send(batch, direct=True)
+
     def reply(self, message: AgentMessage, payload: Dict[str, Any], error: bool = False) -> str:
         """Answer the request ``message`` with ``payload``; returns the reply's id.
 
@@ -126,6 +145,11 @@ class Outbox:
         body = _json.dumps_object(
             _wire.reply_payload(payload, message.correlation_id, error=error), "reply"
         )
-        message_id = self.send(message.sender_id, body)
+        # Straight to the requester's channel, whatever its delivery: only the
+        # run that waits can use a reply, and it listens there.
+        message_id, data = self.frame(
+            message.sender_id, body, target_instance=message.sender_instance
+        )
+        self.calls.run(self._send_direct, [(message.sender_id, data)])
         message._replied = True
         return message_id

@@ -9,7 +9,7 @@ import redis
 
 from . import _wire
 from ._listener import ChannelListener
-from ._redis import is_cluster, publish
+from ._routes import Routes
 from ._transport import Batch, TransportEvents
 
 
@@ -17,7 +17,8 @@ class PubSubTransport:
     """Moves one run's messages over Redis pub/sub (at most once), as the async framework does.
 
     Sending publishes each message on its target's channel (SPUBLISH on a
-    cluster), a batch in one pipeline. Receiving is a
+    cluster), or adds it to the target's stream when the target reads one
+    (:mod:`._routes`), a batch in one pipeline. Receiving is a
     :class:`~mas_sync._listener.ChannelListener` thread on the agent's
     channel, with a pub/sub connection of its own.
 
@@ -48,20 +49,12 @@ class PubSubTransport:
         self._thread_name = thread_name
         self._probe_interval = probe_interval
         self._client_name = client_name
-        # PUBLISH, or SPUBLISH on a cluster: chosen once, not on every send.
-        self._publish = client.spublish if is_cluster(client) else client.publish
+        self._routes = Routes(client)
         self._listener: Optional[ChannelListener] = None
 
-    def send(self, batch: Batch) -> None:
-        """Publish each ``(target_id, data)`` on ``agent.{target_id}``."""
-        if len(batch) == 1:
-            target_id, data = batch[0]
-            self._publish(_wire.agent_channel(target_id), data)
-            return
-        pipe = self._client.pipeline(transaction=False)
-        for target_id, data in batch:
-            publish(pipe, _wire.agent_channel(target_id), data)
-        pipe.execute()
+    def send(self, batch: Batch, direct: bool = False) -> None:
+        """Send each ``(target_id, data)`` to its target's stream or channel (:mod:`._routes`)."""
+        self._routes.send(batch, direct)
 
     def start(self) -> None:
         """Subscribe to ``agent.{id}``; returns once the subscription is confirmed."""
@@ -97,6 +90,9 @@ class PubSubTransport:
         """Stop the listener (woken through ``client``) and join it until ``deadline``."""
         if self._listener is not None:
             self._listener.stop(client, deadline)
+
+    def close(self) -> None:
+        """Nothing to close: the listener closes its connection as it ends."""
 
     def threads(self) -> List[threading.Thread]:
         """The listener thread, once started."""

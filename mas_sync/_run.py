@@ -11,6 +11,8 @@ import redis
 
 from . import _json
 from ._calls import CallGate
+from ._dead_letters import DeadLetters
+from ._dedupe import Seen
 from ._errors import AgentNotRunningError, MASConnectionError
 from ._handling import AgentHooks, Handling
 from ._heartbeat import Heartbeat
@@ -24,6 +26,7 @@ from ._registry import AgentRegistry
 from ._requests import PendingRequests
 from ._state import StateManager
 from ._stats import Counters, GapTracker
+from ._streams import Receipt, StreamTransport
 from ._transport import Transport
 from ._workers import OrderedPool
 
@@ -49,8 +52,10 @@ class AgentRun:
 
     #: What moves the run's messages: the one place that picks the transport.
     #: Called as ``transport_factory(client, url, agent_id, events,
-    #: thread_name, probe_interval, client_name)``.
+    #: thread_name, probe_interval, client_name)``; the reliable one also
+    #: with ``options=``.
     transport_factory: Callable[..., Transport] = PubSubTransport
+    reliable_transport_factory: Callable[..., Transport] = StreamTransport
 
     def __init__(
         self,
@@ -83,6 +88,8 @@ class AgentRun:
         self.client: Optional[redis.Redis] = None
         self.unfollow: Callable[[], None] = lambda: None
         self.gaps = gaps
+        self.lock = threading.Lock()
+        self.bytes_client: Optional[redis.Redis] = None  # made for dead_letters() when needed
         # Made by start(), in this order.
         self.transport: Optional[Transport] = None
         self.pool: Optional[OrderedPool] = None
@@ -102,18 +109,24 @@ class AgentRun:
             client, on_skip=lambda n: self.counters.add("skipped_registrations", n)
         )
         self.state = StateManager(self.agent_id, client, options.state_model)
-        self.transport = transport = self.transport_factory(
-            client, self.url, self.agent_id, self, f"{self.name}-listener",
-            options.probe_interval, client_name,
-        )
-        self.outbox = Outbox(self.agent_id, transport, self.calls, self.requests)
-        handling = Handling(self.agent, self.counters, self.outbox)
+        args = (client, self.url, self.agent_id, self, f"{self.name}-listener",
+                options.probe_interval, client_name)
+        reliable = options.delivery == "reliable"
+        if reliable:
+            transport = self.reliable_transport_factory(*args, options=options)
+        else:
+            transport = self.transport_factory(*args)
+        self.transport = transport
+        instance = options.instance if reliable else None
+        self.outbox = Outbox(self.agent_id, transport, self.calls, self.requests, instance)
+        seen = Seen(client, self.agent_id, options.dedupe_window, shared_channel=reliable)
+        self.handling = handling = Handling(self.agent, self.counters, self.outbox, seen)
         self.pool = pool = OrderedPool(
             self.name, handling.handle, options.max_workers, options.max_pending
         )
         self.inbox = Inbox(
             self.agent_id, options.max_message_bytes, options.max_pending, pool,
-            self.requests, self.counters, self.gaps, self.outbox.reply,
+            self.requests, self.counters, self.gaps, self.outbox.reply, instance,
         )
         try:
             ping(client, self.url)
@@ -144,6 +157,17 @@ class AgentRun:
             self.join_threads(deadline)
             self.close(deadline)
             raise
+
+    def dead_letters(self) -> DeadLetters:
+        """The agent's stored messages and dead letters, read through a client of raw bytes."""
+        with self.lock:
+            if self.bytes_client is None:
+                transport = self.transport
+                raw = getattr(transport, "bytes_client", None)
+                self.bytes_client = raw if raw is not None else make_client(
+                    self.url, 2, decode=False, timeout=self.options.command_timeout
+                )
+            return DeadLetters(self.bytes_client, self.agent_id)
 
     def abort_if_stopping(self) -> None:
         """Raise when a stop() came while starting."""
@@ -206,6 +230,11 @@ class AgentRun:
         if self.client is None:
             return
         try:
+            if self.transport is not None:
+                self.transport.close()
+            raw = getattr(self.transport, "bytes_client", None)
+            if self.bytes_client is not None and self.bytes_client is not raw:
+                close_client(self.bytes_client)
             close_client(self.client)
         except Exception:  # pragma: no cover - closing is best effort
             log.debug("Agent %s: error closing the client", self.agent_id, exc_info=True)
@@ -240,9 +269,18 @@ class AgentRun:
 
     # -- what the transport and the Sentinel watcher report ---------------------
 
-    def received(self, data: bytes) -> None:
+    def received(self, data: bytes, receipt: Optional[Receipt] = None) -> None:
         """Transport thread: one raw message for the agent."""
-        self.inbox.receive(data)
+        self.inbox.receive(data, receipt)
+
+    def room(self) -> int:
+        """Transport thread: how many more messages the workers may queue."""
+        pool = self.pool
+        return 0 if pool is None else self.options.max_pending - pool.pending
+
+    def reclaimed(self, n: int) -> None:
+        """Transport thread: ``n`` entries of another consumer were taken."""
+        self.counters.add("reclaimed", n)
 
     def disconnected(self) -> None:
         """Transport thread: the subscription was lost or found dead.

@@ -48,6 +48,16 @@ class AgentStats:
             are not strict JSON of the right shape or not UTF-8, an ``id``
             that does not name its key); each such key is also logged once
             per run.
+        retried: Reliable delivery: attempts of a message after its handler
+            raised (each attempt after the first).
+        dead_lettered: Reliable delivery: messages moved to the dead-letter
+            stream (attempts used up, or not readable).
+        reclaimed: Reliable delivery: entries taken from the pending list of
+            another consumer (an instance that crashed or stopped, or hangs)
+            after ``visibility_timeout``.
+        duplicates: Messages not handled because they were already: within
+            ``dedupe_window``, or taken by another instance of a reliable
+            agent (what peers publish reaches every instance).
     """
 
     received: int = 0
@@ -63,6 +73,10 @@ class AgentStats:
     reconnects: int = 0
     listener_restarts: int = 0
     skipped_registrations: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    duplicates: int = 0
 
 
 class Counters:

@@ -1,4 +1,4 @@
-"""The seam between an agent's run and how its messages travel (pub/sub today).
+"""The seam between an agent's run and how its messages travel (pub/sub, or streams).
 
 A run frames its messages (:mod:`._outbox`) and takes apart what arrives
 (:mod:`._inbox`); a transport only moves bytes. It hands framed messages to
@@ -10,7 +10,10 @@ knows a transport only through :class:`Transport`.
 from __future__ import annotations
 
 import threading
-from typing import Any, List, Protocol, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from ._streams import Receipt
 
 #: Framed messages to send: ``(target_id, data)`` pairs.
 Batch = Sequence[Tuple[str, str]]
@@ -19,8 +22,18 @@ Batch = Sequence[Tuple[str, str]]
 class TransportEvents(Protocol):
     """What a transport tells its run; each is called on the transport's own thread."""
 
-    def received(self, data: bytes) -> None:
-        """One raw message for the agent. Must not block for long, nor raise."""
+    def received(self, data: bytes, receipt: Optional["Receipt"] = None) -> None:
+        """One raw message for the agent. Must not block for long, nor raise.
+
+        ``receipt`` comes with a message read from a stream: whoever handles
+        the message settles it (acknowledge, try again, dead-letter).
+        """
+
+    def room(self) -> int:
+        """How many more messages the workers take now (a stream is read no faster)."""
+
+    def reclaimed(self, n: int) -> None:
+        """``n`` entries left by another consumer (crashed, or stopped) were taken."""
 
     def disconnected(self) -> None:
         """The connection that receives was lost (or found dead)."""
@@ -38,8 +51,12 @@ class TransportEvents(Protocol):
 class Transport(Protocol):
     """How one run's messages leave for their targets and reach the agent."""
 
-    def send(self, batch: Batch) -> None:
+    def send(self, batch: Batch, direct: bool = False) -> None:
         """Hand framed messages to Redis; returns once Redis accepted every one.
+
+        Each goes to its target's stream when the target reads one (see
+        :mod:`._routes`), else to its channel; ``direct`` publishes them all
+        (replies: only the run waiting for one can use it).
 
         Runs in the caller's thread, inside the run's call policy
         (:class:`~mas_sync._calls.CallGate`): it raises redis-py's errors.
@@ -64,6 +81,9 @@ class Transport(Protocol):
 
         ``client`` is a Redis client whose timeouts fit the stop's.
         """
+
+    def close(self) -> None:
+        """Close what the transport opened; after :meth:`stop`, once the workers are done."""
 
     def threads(self) -> List[threading.Thread]:
         """The threads the transport started, for joins and ownership checks."""

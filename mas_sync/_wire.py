@@ -162,6 +162,39 @@ def consumer_name(agent_id: str, instance: str) -> str:
     return f"{agent_id}-{instance}"
 
 
+_STREAM_ID = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?\Z")
+
+
+def is_stream_id(text: str) -> bool:
+    """Whether ``text`` is a stream entry id (``<ms>-<seq>``, or ``<ms>``)."""
+    return bool(_STREAM_ID.match(text))
+
+
+def seen_key(agent_id: str, message_id: str) -> str:
+    """mas_sync's mark of a message that an agent handled: ``mas_sync:seen:{id}:{message_id}``."""
+    return f"mas_sync:seen:{agent_id}:{message_id}"
+
+
+def dead_letter_fields(
+    envelope: bytes, error: str, attempts: int, consumer: str, entry_id: str
+) -> Dict[str, Any]:
+    """The fields of a dead letter in ``agent.dlq:{id}``.
+
+    ``envelope`` is the message JSON as it was sent; ``error`` why it was
+    given up (the handler's last exception, or why it could not be read);
+    ``attempts`` its deliveries; ``consumer`` the instance that gave it up;
+    ``entry_id`` its id in the agent's stream; ``failed_at`` the time.
+    """
+    return {
+        ENVELOPE: envelope,
+        "error": error,
+        "attempts": str(attempts),
+        "consumer": consumer,
+        "entry_id": entry_id,
+        "failed_at": repr(time.time()),
+    }
+
+
 #: Prefix of the private channels on which a stopping agent wakes its own
 #: listener; mas_sync alone uses them and no peer ever subscribes there.
 WAKE_CHANNEL_PREFIX = "mas_sync:wake:"
@@ -321,14 +354,22 @@ def frame_message(
     timestamp: Optional[float] = None,
     seq: Optional[int] = None,
     sender_run: Optional[str] = None,
+    sender_instance: Optional[str] = None,
+    target_instance: Optional[str] = None,
 ) -> str:
     """Wrap ``body``, a payload already serialized by :func:`dumps_object`.
 
     ``seq`` and ``sender_run`` are mas_sync's own fields (the sender's
-    sequence number for this target, and the id of the sender's run); async
-    peers ignore them.
+    sequence number for this target, and the id of the sender's run); so are
+    ``sender_instance`` (in a request from a reliable agent: the instance
+    that waits for the reply) and ``target_instance`` (in the reply: that
+    instance). Async peers ignore them.
     """
     extra = "" if seq is None else ',"seq":%d,"sender_run":%s' % (seq, _quote(sender_run or ""))
+    if sender_instance is not None:
+        extra += ',"sender_instance":%s' % _quote(sender_instance)
+    if target_instance is not None:
+        extra += ',"target_instance":%s' % _quote(target_instance)
     return '{"sender_id":%s,"target_id":%s,"payload":%s,"timestamp":%r,"message_id":%s%s}' % (
         _quote(sender_id),
         _quote(target_id),

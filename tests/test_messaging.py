@@ -252,7 +252,8 @@ def test_a_received_message_is_a_value_it_pickles_and_copies(make_agent) -> None
     message = keeper.kept[0]
     dump = message.model_dump()
     assert set(dump) == {
-        "sender_id", "target_id", "payload", "timestamp", "message_id", "seq", "sender_run"
+        "sender_id", "target_id", "payload", "timestamp", "message_id", "seq", "sender_run",
+        "sender_instance", "target_instance",
     }
     copies = {
         "pickle": pickle.loads(pickle.dumps(message)),

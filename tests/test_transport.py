@@ -11,6 +11,7 @@ import pytest
 from mas_sync import Agent, AgentMessage
 from mas_sync._pubsub import PubSubTransport
 from mas_sync._run import AgentRun
+from mas_sync._streams import StreamTransport
 from mas_sync._transport import Transport
 from mas_sync.testing import wait_until
 
@@ -31,16 +32,16 @@ class Recording(PubSubTransport):
             def __getattr__(self, name: str) -> Any:
                 return getattr(events, name)
 
-            def received(self, data: bytes) -> None:
+            def received(self, data: bytes, receipt: Any = None) -> None:
                 with outer.lock:
                     outer.received.append(data)
-                events.received(data)
+                events.received(data, receipt)
 
         super().__init__(client, url, agent_id, Events(), *args)
         Recording.runs.append(self)
 
-    def send(self, batch: Any) -> None:
-        super().send(batch)
+    def send(self, batch: Any, direct: bool = False) -> None:
+        super().send(batch, direct)
         with self.lock:
             self.sent.extend(batch)
 
@@ -62,11 +63,10 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> List[Recording]:
 def test_the_run_knows_its_transport_only_through_the_interface() -> None:
     # Every method the run calls on a transport is part of the interface.
     interface = {name for name in vars(Transport) if not name.startswith("_")}
-    assert interface == {"send", "start", "receiving", "moved", "stop", "threads"}
-    for name in interface:
-        assert callable(getattr(PubSubTransport, name)) or isinstance(
-            getattr(PubSubTransport, name), property
-        ), name
+    assert interface == {"send", "start", "receiving", "moved", "stop", "close", "threads"}
+    for cls in (PubSubTransport, StreamTransport):
+        for name in interface:
+            assert callable(getattr(cls, name)) or isinstance(getattr(cls, name), property), name
 
 
 def test_sends_and_receipts_all_pass_through_the_transport(make_agent, recording) -> None:

@@ -1,0 +1,118 @@
+"""Where a message to one agent goes: its stream (a reliable agent) or its channel.
+
+Senders need not know how a target receives. A target reads a stream when
+its registration says ``delivery: reliable``, or, with no registration, when
+its stream ``agent.stream:{id}`` exists (it ran before, reliably, and will
+read what waits there when it starts again). Every other target, async
+peers included, gets pub/sub. The answer is kept for :data:`ROUTE_TTL`
+seconds, so that a send costs one round trip.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Dict, Iterable, List, Set, Tuple
+
+import redis
+
+from . import _wire
+from ._redis import is_cluster, publish
+from ._transport import Batch
+
+#: Seconds a target's route is trusted before it is looked up again. A
+#: target that becomes reliable gets messages by pub/sub for up to this long
+#: (at most once, as before: it still listens on its channel).
+ROUTE_TTL = 5.0
+
+
+class Routes:
+    """Looks up, caches, and follows the route of each target. Thread-safe.
+
+    Args:
+        client: The run's command client.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._reliable: Dict[str, Tuple[bool, float]] = {}  # target -> (reliable, expires)
+        self._publish = client.spublish if is_cluster(client) else client.publish
+
+    def reliable(self, targets: Iterable[str]) -> Set[str]:
+        """Those of ``targets`` that read a stream; unknown ones looked up in one round trip."""
+        now = time.monotonic()
+        found: Set[str] = set()
+        unknown: List[str] = []
+        cache = self._reliable
+        for target in targets:
+            known = cache.get(target)
+            if known is None or known[1] < now:
+                if target not in unknown:
+                    unknown.append(target)
+            elif known[0]:
+                found.add(target)
+        if unknown:
+            pipe = self._client.pipeline(transaction=False)
+            for target in unknown:
+                pipe.hmget(_wire.agent_key(target), "id", _wire.DELIVERY_FIELD)
+                pipe.type(_wire.stream_key(target))
+            # A key of another type (not a registration, not a stream) answers
+            # with an error: it reads as absent.
+            answers = pipe.execute(raise_on_error=False)
+            expires = time.monotonic() + ROUTE_TTL
+            with self._lock:
+                for i, target in enumerate(unknown):
+                    fields, stream = answers[2 * i], answers[2 * i + 1]
+                    registered, delivery = (None, None) if _failed(fields) else fields
+                    if registered is not None:
+                        is_reliable = delivery == _wire.DELIVERY_RELIABLE
+                    else:
+                        is_reliable = stream in ("stream", b"stream")
+                    cache[target] = (is_reliable, expires)
+                    if is_reliable:
+                        found.add(target)
+        return found
+
+    def forget(self, target: str) -> None:
+        """Look ``target`` up again at its next message."""
+        with self._lock:
+            self._reliable.pop(target, None)
+
+    def send(self, batch: Batch, direct: bool = False) -> None:
+        """Add each ``(target_id, data)`` to its target's stream, or publish it.
+
+        ``direct`` publishes whatever the targets: for replies, which only the
+        run waiting for them can use. A stream that vanished since its route
+        was looked up is not made again: that message is published instead.
+        """
+        streams = set() if direct else self.reliable({target for target, _ in batch})
+        if len(batch) == 1 and not streams:
+            target_id, data = batch[0]
+            self._publish(_wire.agent_channel(target_id), data)
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for target_id, data in batch:
+            if target_id in streams:
+                pipe.xadd(
+                    _wire.stream_key(target_id), {_wire.ENVELOPE: data}, nomkstream=True
+                )
+            else:
+                publish(pipe, _wire.agent_channel(target_id), data)
+        results = pipe.execute()
+        if not streams:
+            return
+        lost = [
+            (target_id, data)
+            for (target_id, data), result in zip(batch, results)
+            if target_id in streams and result is None
+        ]
+        if lost:
+            for target_id in {target for target, _ in lost}:
+                self.forget(target_id)
+            self.send(lost, direct=True)
+
+
+def _failed(answer: object) -> bool:
+    """Whether a pipelined command's answer is an error (the key holds another type)."""
+    return isinstance(answer, redis.ResponseError)

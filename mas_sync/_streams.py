@@ -1,0 +1,422 @@
+"""The reliable transport: the agent's inbox is a Redis stream read through a consumer group.
+
+A reliable agent reads ``agent.stream:{id}`` through the group ``agents`` as
+the consumer ``{id}-{instance}``, and still listens on ``agent.{id}`` (by a
+:class:`~mas_sync._pubsub.PubSubTransport`) for peers that publish. Each
+entry read is handed to the run with a :class:`Receipt`: the worker that
+handles the message acknowledges it, tries it again, or moves it to the
+dead-letter stream ``agent.dlq:{id}``. An entry stays in the group's pending
+list until then, so a crash loses nothing: a restarted instance takes back
+its own pending entries at once, and any instance takes those idle for
+``visibility_timeout`` seconds (XAUTOCLAIM).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import redis
+
+from . import _wire
+from ._errors import MASConnectionError
+from ._options import AgentOptions
+from ._pubsub import PubSubTransport
+from ._redis import ANY_REDIS_ERROR, REDIS_ERRORS, close_client, make_client, redact_text
+from ._scripts import load_script
+from ._transport import Batch, TransportEvents
+
+log = logging.getLogger(__name__)
+
+#: Most entries one read (or one claim) takes.
+READ_COUNT = 100
+#: Longest a read blocks, in ms; a stop waits for it at most this long.
+BLOCK_MS = 250
+#: Seconds between two claim passes (XAUTOCLAIM of idle entries, the touch
+#: that keeps this instance's own entries from looking idle, and a trim).
+CLAIM_INTERVAL = 1.0
+#: Seconds between two tries of a reader that lost Redis, at most.
+MAX_BACKOFF = 2.0
+
+Entry = Tuple[bytes, Optional[Dict[bytes, bytes]]]
+
+
+class Receipt:
+    """One delivery of a stream entry to this instance: how its handler settles it.
+
+    Attributes:
+        entry_id: The entry's id in the stream.
+        data: The message JSON (the entry's ``envelope``).
+        attempts: Deliveries of the entry so far, this one included, as
+            Redis counts them (crashes and other instances count).
+    """
+
+    __slots__ = ("transport", "entry_id", "data", "attempts")
+
+    def __init__(self, transport: "StreamTransport", entry_id: str, data: bytes,
+                 attempts: int) -> None:
+        self.transport = transport
+        self.entry_id = entry_id
+        self.data = data
+        self.attempts = attempts
+
+    @property
+    def max_attempts(self) -> int:
+        """Deliveries after which a failing message goes to the dead-letter stream."""
+        return self.transport.max_attempts
+
+    def ack(self) -> None:
+        """The message was handled (and a request answered): remove it from the pending list."""
+        self.transport.settle(self)
+        self.transport.acks.add(self.entry_id)
+
+    def dead_letter(self, error: str) -> None:
+        """Move the message, with ``error`` and its attempts, to ``agent.dlq:{id}``; then ack it."""
+        self.transport.dead_letter(self, error)
+
+    def release(self) -> None:
+        """Leave the entry pending (not handled here): it is delivered again later."""
+        self.transport.settle(self)
+
+    def retry(self) -> bool:
+        """Wait the backoff of this attempt, then take the entry again for one more attempt.
+
+        Returns:
+            True: handle it again (``attempts`` went up by one). False: the
+            agent stops, or the entry is gone (acknowledged elsewhere); it is
+            left as it is.
+        """
+        return self.transport.retry(self)
+
+
+class _Acks:
+    """Acknowledges entries in batches: the worker that finds none in flight sends them all."""
+
+    def __init__(self, client: redis.Redis, stream: str, agent_id: str) -> None:
+        self._client = client
+        self._stream = stream
+        self._agent_id = agent_id
+        self._lock = threading.Lock()
+        self._ids: List[str] = []
+        self._flushing = False
+
+    def add(self, entry_id: str) -> None:
+        with self._lock:
+            self._ids.append(entry_id)
+            if self._flushing:
+                return  # the flushing worker takes it along
+            self._flushing = True
+        while True:
+            with self._lock:
+                ids, self._ids = self._ids, []
+                if not ids:
+                    self._flushing = False
+                    return
+            try:
+                self._client.xack(self._stream, _wire.CONSUMER_GROUP, *ids)
+            except ANY_REDIS_ERROR as exc:
+                log.warning(
+                    "Agent %s: could not acknowledge %d messages (they will be delivered"
+                    " again after visibility_timeout): %s", self._agent_id, len(ids), exc,
+                )
+
+
+class StreamTransport:
+    """Moves one run's messages with at-least-once delivery into the agent (Redis Streams).
+
+    Sending is the pub/sub transport's (each target gets its stream or its
+    channel). Receiving is a reader thread (``{name}-reader``) on the stream,
+    plus the pub/sub listener on ``agent.{id}``.
+
+    Args: as :class:`~mas_sync._pubsub.PubSubTransport`, and
+        options: The agent's settings (instance, attempts, timeouts).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        url: str,
+        agent_id: str,
+        events: TransportEvents,
+        thread_name: str,
+        probe_interval: float,
+        client_name: str,
+        *,
+        options: AgentOptions,
+    ) -> None:
+        self._url = url
+        self._agent_id = agent_id
+        self._events = events
+        self.pubsub = PubSubTransport(
+            client, url, agent_id, events, thread_name, probe_interval, client_name
+        )
+        assert options.instance is not None
+        self.stream = _wire.stream_key(agent_id)
+        self.consumer = _wire.consumer_name(agent_id, options.instance)
+        self.max_attempts = options.max_attempts
+        self._visibility_ms = int(options.visibility_timeout * 1000)
+        self._retry_delay = options.retry_delay
+        self._maxlen = options.stream_maxlen
+        self._visibility = options.visibility_timeout
+        self._block_ms = max(1, min(BLOCK_MS, int(options.command_timeout * 500)))
+        self._raw_args = (options.max_workers + 2, options.command_timeout, client_name)
+        self._raw: Optional[redis.Redis] = None
+        self.acks = _Acks(client, self.stream, agent_id)
+        self._client = client
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._inflight: Dict[str, Receipt] = {}
+        self._reading = False
+        self.thread = threading.Thread(
+            target=self._loop, name=thread_name.rsplit("-", 1)[0] + "-reader", daemon=True
+        )
+
+    # -- Transport -------------------------------------------------------------
+
+    def send(self, batch: Batch, direct: bool = False) -> None:
+        """As :meth:`PubSubTransport.send`."""
+        self.pubsub.send(batch, direct)
+
+    def start(self) -> None:
+        """Make the stream and group if needed, listen on the channel, start the reader."""
+        size, timeout, client_name = self._raw_args
+        # Entries are read as bytes: one that is not UTF-8 is a bad message,
+        # to dead-letter, not an error that stops the reader.
+        self._raw = make_client(
+            self._url, size, decode=False, timeout=timeout, client_name=client_name
+        )
+        self._trim = self._raw.register_script(load_script("trim_stream"))
+        try:
+            self._ensure_group()
+        except REDIS_ERRORS as exc:
+            raise MASConnectionError(
+                f"agent {self._agent_id!r}: cannot reach Redis to read"
+                f" {self.stream}: {redact_text(str(exc), self._url)}"
+            ) from exc
+        except redis.RedisError as exc:
+            raise MASConnectionError(
+                f"agent {self._agent_id!r}: Redis refused the consumer group of"
+                f" {self.stream}: {redact_text(str(exc), self._url)}"
+            ) from exc
+        self.pubsub.start()
+        self.thread.start()
+
+    @property
+    def receiving(self) -> bool:
+        """True while both the stream and the channel are read."""
+        return self._reading and self.pubsub.receiving
+
+    def moved(self) -> None:
+        """Resubscribe on the new master; the reader's next read reconnects."""
+        self.pubsub.moved()
+
+    def stop(self, client: Any, deadline: float) -> None:
+        """Stop reading (the reader ends after its current read) and listening."""
+        self._stop.set()
+        self.pubsub.stop(client, deadline)
+        if self.thread.ident is not None and self.thread is not threading.current_thread():
+            self.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        """Close the reader's connections (once the workers are done)."""
+        if self._raw is not None:
+            close_client(self._raw)
+
+    def threads(self) -> List[threading.Thread]:
+        """The listener and the reader, once started."""
+        return self.pubsub.threads() + ([self.thread] if self.thread.ident is not None else [])
+
+    @property
+    def bytes_client(self) -> Optional[redis.Redis]:
+        """The client of raw bytes that reads the stream (None before start())."""
+        return self._raw
+
+    @property
+    def _bytes(self) -> redis.Redis:
+        raw = self._raw
+        assert raw is not None, "start() makes the reader's client"
+        return raw
+
+    # -- what receipts do --------------------------------------------------------
+
+    def settle(self, receipt: Receipt) -> None:
+        with self._lock:
+            self._inflight.pop(receipt.entry_id, None)
+
+    def dead_letter(self, receipt: Receipt, error: str) -> None:
+        """Add the entry to the dead-letter stream, then acknowledge it."""
+        self.settle(receipt)
+        fields = _wire.dead_letter_fields(
+            receipt.data, error, receipt.attempts, self.consumer, receipt.entry_id
+        )
+        try:
+            self._bytes.xadd(
+                _wire.dlq_key(self._agent_id), fields, maxlen=self._maxlen, approximate=True
+            )
+        except ANY_REDIS_ERROR as exc:
+            log.warning(
+                "Agent %s: could not dead-letter entry %s (it stays pending): %s",
+                self._agent_id, receipt.entry_id, exc,
+            )
+            return
+        log.warning(
+            "Agent %s: entry %s moved to %s after %d attempts: %s",
+            self._agent_id, receipt.entry_id, _wire.dlq_key(self._agent_id),
+            receipt.attempts, error,
+        )
+        self.acks.add(receipt.entry_id)
+
+    def retry(self, receipt: Receipt) -> bool:
+        delay = min(self._retry_delay * 2 ** (receipt.attempts - 1), self._visibility)
+        if self._stop.wait(delay):
+            self.settle(receipt)
+            return False
+        try:
+            claimed = self._bytes.xclaim(
+                self.stream, _wire.CONSUMER_GROUP, self.consumer, 0, [receipt.entry_id]
+            )
+        except ANY_REDIS_ERROR as exc:
+            log.warning(
+                "Agent %s: could not take entry %s again (it stays pending): %s",
+                self._agent_id, receipt.entry_id, exc,
+            )
+            self.settle(receipt)
+            return False
+        if not claimed or claimed[0][1] is None:
+            self.settle(receipt)
+            return False
+        receipt.attempts += 1
+        return True
+
+    # -- the reader --------------------------------------------------------------
+
+    def _ensure_group(self) -> None:
+        try:
+            self._bytes.xgroup_create(self.stream, _wire.CONSUMER_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _loop(self) -> None:
+        events = self._events
+        setup = True
+        failing = False
+        backoff = 0.05
+        next_claim = 0.0
+        while not self._stop.is_set():
+            try:
+                if setup:
+                    self._ensure_group()
+                    self._take_own_pending()
+                    setup = False
+                    self._reading = True
+                    backoff = 0.05
+                    if failing:
+                        failing = False
+                        log.info("Agent %s: reading %s again", self._agent_id, self.stream)
+                        events.reconnected()
+                now = time.monotonic()
+                if now >= next_claim:
+                    next_claim = now + CLAIM_INTERVAL
+                    self._claim_idle()
+                    self._trim(keys=[self.stream], args=[_wire.CONSUMER_GROUP, self._maxlen])
+                room = events.room()
+                if room <= 0:
+                    self._stop.wait(0.005)
+                    continue
+                reply = self._bytes.xreadgroup(
+                    _wire.CONSUMER_GROUP, self.consumer, {self.stream: ">"},
+                    count=min(room, READ_COUNT), block=self._block_ms,
+                )
+                for _, entries in reply or ():
+                    self._deliver(entries, None)
+            except REDIS_ERRORS as exc:
+                self._reading = False
+                setup = True
+                if not failing:
+                    failing = True
+                    log.warning("Agent %s: lost Redis while reading %s: %s",
+                                self._agent_id, self.stream, exc)
+                    events.disconnected()
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            except redis.ResponseError as exc:
+                setup = True
+                if "NOGROUP" not in str(exc):  # the stream was deleted: make it again
+                    log.warning("Agent %s: reading %s failed: %s", self._agent_id, self.stream, exc)
+                    events.restarted(exc)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+            except Exception as exc:  # pragma: no cover - a defect; keep reading
+                log.exception("Agent %s: the reader failed; starting again", self._agent_id)
+                setup = True
+                events.restarted(exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+        self._reading = False
+
+    def _take_own_pending(self) -> None:
+        """At start (and after an outage): take back what this consumer had not acknowledged."""
+        with self._lock:
+            held = set(self._inflight)
+        start = "-"
+        while not self._stop.is_set():
+            pending = self._bytes.xpending_range(
+                self.stream, _wire.CONSUMER_GROUP, start, "+", READ_COUNT, self.consumer
+            )
+            ids = [p["message_id"] for p in pending if p["message_id"].decode() not in held]
+            if ids:
+                counts = {p["message_id"]: p["times_delivered"] + 1 for p in pending}
+                entries = self._bytes.xclaim(
+                    self.stream, _wire.CONSUMER_GROUP, self.consumer, 0, ids
+                )
+                self._deliver(entries, counts)
+            if len(pending) < READ_COUNT:
+                return
+            start = "(" + pending[-1]["message_id"].decode()
+
+    def _claim_idle(self) -> None:
+        """Keep this instance's entries from looking idle; take those idle elsewhere."""
+        with self._lock:
+            held = list(self._inflight)
+        if held:
+            self._bytes.xclaim(
+                self.stream, _wire.CONSUMER_GROUP, self.consumer, self._visibility_ms // 2,
+                held, justid=True,
+            )
+        room = self._events.room()
+        if room <= 0:
+            return
+        _, entries, *_ = self._bytes.xautoclaim(
+            self.stream, _wire.CONSUMER_GROUP, self.consumer, self._visibility_ms,
+            start_id="0-0", count=min(room, READ_COUNT),
+        )
+        entries = [entry for entry in entries if entry[1] is not None]
+        if not entries:
+            return
+        pending = self._bytes.xpending_range(
+            self.stream, _wire.CONSUMER_GROUP, entries[0][0], entries[-1][0], len(entries) * 2,
+            self.consumer,
+        )
+        counts = {p["message_id"]: p["times_delivered"] for p in pending}
+        log.info("Agent %s: took %d idle entries of %s", self._agent_id, len(entries), self.stream)
+        self._events.reclaimed(len(entries))
+        self._deliver(entries, counts)
+
+    def _deliver(self, entries: Sequence[Entry], counts: Optional[Dict[bytes, int]]) -> None:
+        events = self._events
+        for raw_id, fields in entries:
+            if fields is None:
+                continue  # deleted from the stream while pending
+            entry_id = raw_id.decode()
+            attempts = counts.get(raw_id, 1) if counts is not None else 1
+            # An entry without the field reads as an empty message: invalid,
+            # so it is dead-lettered like any message that cannot be read.
+            data = fields.get(_wire.ENVELOPE.encode(), b"")
+            with self._lock:
+                if entry_id in self._inflight:
+                    continue  # being handled here already
+                receipt = self._inflight[entry_id] = Receipt(self, entry_id, data, attempts)
+            events.received(data, receipt)

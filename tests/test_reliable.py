@@ -1,0 +1,308 @@
+"""Reliable delivery: a stream inbox read through a consumer group, at least once."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Dict, List
+
+import pytest
+import redis
+
+from mas_sync import Agent, AgentMessage, RequestError
+from mas_sync._wire import frame_message
+from mas_sync.testing import wait_until
+
+RELIABLE: Dict[str, Any] = dict(delivery="reliable", retry_delay=0.01)
+
+
+class Recorder(Agent):
+    """Keeps every message it handles, with the attempt it came at."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.seen: List[AgentMessage] = []
+        self.lock = threading.Lock()
+
+    def on_message(self, message: AgentMessage) -> Any:
+        with self.lock:
+            self.seen.append(message)
+        if message.expects_reply:
+            return {"echo": message.payload}
+        return None
+
+    def payloads(self) -> List[Dict[str, Any]]:
+        with self.lock:
+            return [m.payload for m in self.seen]
+
+
+class Flaky(Recorder):
+    """Raises until the attempt named by ``payload["ok_at"]`` (never without it)."""
+
+    def on_message(self, message: AgentMessage) -> Any:
+        super().on_message(message)
+        if message.attempt < message.payload.get("ok_at", 10**9):
+            raise RuntimeError(f"attempt {message.attempt} fails")
+        return {"done_at": message.attempt} if message.expects_reply else None
+
+
+def group_pending(r: redis.Redis, agent_id: str) -> int:
+    return int(r.xpending(f"agent.stream:{agent_id}", "agents")["pending"])
+
+
+def test_a_reliable_agent_reads_its_stream_and_acknowledges(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    worker = make_agent("worker", Recorder, **RELIABLE)
+    sender = make_agent("sender")
+    assert r.hget("agent:worker", "delivery") == "reliable" or r.exists("agent.stream:worker")
+    for i in range(20):
+        sender.send("worker", {"i": i})
+    wait_until(lambda: len(worker.payloads()) == 20, message="not all handled")
+    assert worker.payloads() == [{"i": i} for i in range(20)]
+    assert r.xlen("agent.stream:worker") == 20  # the messages went by the stream
+    wait_until(lambda: group_pending(r, "worker") == 0, message="not acknowledged")
+    entry = r.xrange("agent.stream:worker", count=1)[0][1]
+    assert json.loads(entry["envelope"])["payload"] == {"i": 0}
+
+
+def test_messages_wait_in_the_stream_while_the_agent_is_stopped(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    worker = make_agent("worker", Recorder, **RELIABLE)
+    worker.stop()
+    sender = make_agent("sender")
+    # No registration any more: the stream (and its group) says where to write.
+    assert not r.exists("agent:worker")
+    for i in range(5):
+        sender.send("worker", {"i": i})
+    sender.send_many([("worker", {"i": 5}), ("worker", {"i": 6})])
+    again = make_agent("worker", Recorder, **RELIABLE)
+    wait_until(lambda: len(again.payloads()) == 7, message="waiting messages not delivered")
+    assert again.payloads() == [{"i": i} for i in range(7)]
+
+
+def test_a_request_is_answered_through_the_stream(make_agent: Any) -> None:
+    make_agent("worker", Recorder, **RELIABLE)
+    asker = make_agent("asker")
+    reply = asker.request("worker", {"q": 1}, timeout=5)
+    assert reply.payload == {"echo": {"q": 1}}
+
+
+def test_a_reliable_agent_asks_and_gets_its_reply(make_agent: Any) -> None:
+    make_agent("worker", Recorder, **RELIABLE)
+    asker = make_agent("asker", **RELIABLE)
+    reply = asker.request("worker", {"q": 2}, timeout=5)
+    assert reply.payload == {"echo": {"q": 2}}
+    assert reply.target_instance == asker._mas_options.instance
+
+
+def test_a_reliable_agent_still_hears_its_channel(make_agent: Any, r: redis.Redis) -> None:
+    worker = make_agent("worker", Recorder, **RELIABLE)
+    r.publish("agent.worker", frame_message("async-peer", "worker", '{"hi":1}'))
+    wait_until(lambda: worker.payloads() == [{"hi": 1}], message="channel message not handled")
+
+
+def test_a_failing_handler_is_tried_again_until_it_succeeds(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    worker = make_agent("worker", Flaky, **RELIABLE)
+    asker = make_agent("asker")
+    reply = asker.request("worker", {"ok_at": 3}, timeout=5)
+    assert reply.payload == {"done_at": 3}
+    assert [m.attempt for m in worker.seen] == [1, 2, 3]
+    stats = worker.stats
+    assert stats.retried == 2 and stats.handler_errors == 2 and stats.handled == 1
+    wait_until(lambda: group_pending(r, "worker") == 0, message="not acknowledged")
+    assert r.xlen("agent.dlq:worker") == 0
+
+
+def test_a_poison_message_goes_to_the_dead_letters_after_max_attempts(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    worker = make_agent("worker", Flaky, max_attempts=4, **RELIABLE)
+    asker = make_agent("asker")
+    with pytest.raises(RequestError) as caught:
+        asker.request("worker", {"poison": True}, timeout=5)
+    assert caught.value.kind == "handler_error"
+    assert [m.attempt for m in worker.seen] == [1, 2, 3, 4]
+    wait_until(lambda: r.xlen("agent.dlq:worker") == 1, message="no dead letter")
+    _, letter = r.xrange("agent.dlq:worker")[0]
+    assert letter["attempts"] == "4"
+    assert letter["error"] == "RuntimeError: attempt 4 fails"
+    assert letter["consumer"] == f"worker-{worker._mas_options.instance}"
+    sent = json.loads(letter["envelope"])
+    assert sent["sender_id"] == "asker" and sent["payload"]["poison"] is True
+    assert letter["entry_id"] == r.xrange("agent.stream:worker")[0][0]
+    wait_until(lambda: group_pending(r, "worker") == 0, message="dead letter left pending")
+    assert worker.stats.dead_lettered == 1
+
+
+def test_messages_that_cannot_be_read_go_to_the_dead_letters(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    worker = make_agent("worker", Recorder, **RELIABLE)
+    raw = redis.Redis.from_url(_url(r))
+    raw.xadd("agent.stream:worker", {"other": "field"})
+    raw.xadd("agent.stream:worker", {"envelope": b"\xff\xfe not utf-8"})
+    raw.xadd("agent.stream:worker", {"envelope": "{not json"})
+    raw.xadd("agent.stream:worker", {"envelope": frame_message("a", "worker", '{"ok":1}')})
+    wait_until(lambda: worker.payloads() == [{"ok": 1}], message="good message not handled")
+    wait_until(lambda: raw.xlen("agent.dlq:worker") == 3, message="bad entries not dead-lettered")
+    wait_until(lambda: group_pending(r, "worker") == 0, message="bad entries left pending")
+    assert worker.stats.invalid == 3 and worker.stats.dead_lettered == 3
+    raw.close()
+
+
+def _url(r: redis.Redis) -> str:
+    kwargs = r.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/0"
+
+
+def test_entries_of_a_crashed_consumer_are_taken_after_the_visibility_timeout(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    worker = make_agent("worker", Recorder, visibility_timeout=0.5, **RELIABLE)
+    worker.stop()
+    r.xadd("agent.stream:worker", {"envelope": frame_message("a", "worker", '{"n":1}')})
+    # Another instance read it, then died without acknowledging it.
+    r.xreadgroup("agents", "worker-dead", {"agent.stream:worker": ">"})
+    again = make_agent("worker", Recorder, visibility_timeout=0.5, **RELIABLE)
+    wait_until(lambda: again.payloads() == [{"n": 1}], message="idle entry not taken")
+    assert again.seen[0].attempt == 2
+    assert again.stats.reclaimed == 1
+    wait_until(lambda: group_pending(r, "worker") == 0, message="not acknowledged")
+
+
+def test_a_restarted_instance_takes_back_its_own_entries_at_once(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    worker = make_agent("worker", Recorder, instance="web-1", visibility_timeout=3600, **RELIABLE)
+    worker.stop()
+    r.xadd("agent.stream:worker", {"envelope": frame_message("a", "worker", '{"n":2}')})
+    r.xreadgroup("agents", "worker-web-1", {"agent.stream:worker": ">"})  # then it crashed
+    again = make_agent("worker", Recorder, instance="web-1", visibility_timeout=3600, **RELIABLE)
+    wait_until(lambda: again.payloads() == [{"n": 2}], message="own entry not taken back")
+    assert again.seen[0].attempt == 2
+
+
+def test_a_message_delivered_too_often_is_dead_lettered_unhandled(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    worker = make_agent("worker", Recorder, instance="web-1", max_attempts=2, **RELIABLE)
+    worker.stop()
+    r.xadd("agent.stream:worker", {"envelope": frame_message("a", "worker", '{"n":3}')})
+    # Two deliveries that crashed the instance before it could settle them.
+    r.xreadgroup("agents", "worker-web-1", {"agent.stream:worker": ">"})
+    r.xreadgroup("agents", "worker-web-1", {"agent.stream:worker": "0"})
+    again = make_agent("worker", Recorder, instance="web-1", max_attempts=2, **RELIABLE)
+    wait_until(lambda: r.xlen("agent.dlq:worker") == 1, message="not dead-lettered")
+    assert again.payloads() == []
+    assert r.xrange("agent.dlq:worker")[0][1]["attempts"] == "3"
+
+
+def test_a_full_queue_leaves_entries_in_the_stream(make_agent: Any, r: redis.Redis) -> None:
+    gate = threading.Event()
+
+    class Slow(Recorder):
+        def on_message(self, message: AgentMessage) -> Any:
+            gate.wait(10)
+            return super().on_message(message)
+
+    worker = make_agent("worker", Slow, max_workers=1, max_pending=2, **RELIABLE)
+    sender = make_agent("sender")
+    sender.send_many([("worker", {"i": i}) for i in range(10)])
+    wait_until(lambda: r.xinfo_groups("agent.stream:worker")[0]["pending"] >= 2)
+    assert r.xinfo_groups("agent.stream:worker")[0]["pending"] <= 3  # read no faster than handled
+    gate.set()
+    wait_until(lambda: len(worker.payloads()) == 10, message="not all handled")
+    assert worker.payloads() == [{"i": i} for i in range(10)]
+    assert worker.stats.dropped_overflow == 0
+
+
+def test_dead_letters_are_listed_requeued_and_purged(make_agent: Any, r: redis.Redis) -> None:
+    worker = make_agent("worker", Flaky, max_attempts=1, **RELIABLE)
+    sender = make_agent("sender")
+    for i in range(3):
+        sender.send("worker", {"i": i, "ok_at": 2})
+    wait_until(lambda: r.xlen("agent.dlq:worker") == 3, message="no dead letters")
+    letters = worker.dead_letters()
+    assert [d.message.payload["i"] for d in letters if d.message] == [0, 1, 2]
+    assert all(d.attempts == 1 and d.error.startswith("RuntimeError") for d in letters)
+    assert worker.dead_letters(count=1)[0].id == letters[0].id
+    # Requeued, a message counts its attempts from 1 again: with max_attempts=1
+    # and ok_at=2 it fails again, so raise the bar on the copy that is handled.
+    assert worker.requeue_dead_letters([letters[0].id]) == 1
+    wait_until(lambda: len(worker.seen) == 4, message="requeued message not handled")
+    wait_until(lambda: r.xlen("agent.dlq:worker") == 3, message="requeued one not back")
+    assert worker.purge_dead_letters([letters[1].id]) == 1
+    assert [d.id for d in worker.dead_letters()][0] == letters[2].id
+    assert worker.purge_dead_letters() == 2
+    assert worker.dead_letters() == []
+    with pytest.raises(ValueError):
+        worker.purge_dead_letters(["not-an-id"])
+    with pytest.raises(TypeError):
+        worker.requeue_dead_letters("1-0")
+
+
+def test_history_and_replay_hand_stored_messages_again(make_agent: Any, r: redis.Redis) -> None:
+    import time
+
+    worker = make_agent("worker", Recorder, **RELIABLE)
+    sender = make_agent("sender")
+    sender.send("worker", {"i": 0})
+    wait_until(lambda: len(worker.seen) == 1)
+    middle = time.time()
+    wait_until(lambda: time.time() > middle + 0.002)
+    sender.send("worker", {"i": 1})
+    sender.request("worker", {"i": 2}, timeout=5)
+    wait_until(lambda: len(worker.seen) == 3)
+    assert [m.payload for m in worker.history()] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert [m.payload for m in worker.history(since=middle)] == [{"i": 1}, {"i": 2}]
+    assert [m.payload for m in worker.history(until=middle)] == [{"i": 0}]
+    assert worker.replay(since=middle) == 2
+    assert worker.payloads()[3:] == [{"i": 1}, {"i": 2}]
+    replies = r.pubsub()
+    replies.subscribe("agent.sender")
+    assert worker.replay() == 3  # the request among them is not answered again
+    assert replies.get_message(timeout=0.2)["type"] == "subscribe"
+    assert replies.get_message(timeout=0.3) is None
+    replies.close()
+    with pytest.raises(ValueError):
+        worker.history(since="yesterday")  # type: ignore[arg-type]
+
+
+def test_the_stream_is_trimmed_but_never_below_what_is_not_acknowledged(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    gate = threading.Event()
+
+    class Gated(Recorder):
+        def on_message(self, message: AgentMessage) -> Any:
+            if message.payload.get("hold"):
+                gate.wait(10)
+            return super().on_message(message)
+
+    worker = make_agent("worker", Gated, stream_maxlen=5, max_workers=2, **RELIABLE)
+    make_agent("holder").send("worker", {"hold": True})  # pending until the gate opens
+    wait_until(lambda: group_pending(r, "worker") == 1)
+    make_agent("sender").send_many([("worker", {"i": i}) for i in range(20)])
+    wait_until(lambda: len(worker.seen) == 20, message="not handled")
+    # Everything after the held entry was acknowledged, but it is older: kept.
+    wait_until(lambda: r.xinfo_groups("agent.stream:worker")[0]["pending"] == 1)
+    assert r.xlen("agent.stream:worker") == 21
+    gate.set()
+    wait_until(lambda: r.xlen("agent.stream:worker") == 5, timeout=5, message="not trimmed")
+    assert [json.loads(e["envelope"])["payload"]["i"] for _, e in r.xrange("agent.stream:worker")] \
+        == list(range(15, 20))
+
+
+def test_dedupe_window_skips_a_message_id_seen_within_it(make_agent: Any, r: redis.Redis) -> None:
+    worker = make_agent("worker", Recorder, dedupe_window=60, **RELIABLE)
+    data = frame_message("a", "worker", '{"n":1}', message_id="same-id")
+    r.xadd("agent.stream:worker", {"envelope": data})
+    r.xadd("agent.stream:worker", {"envelope": data})
+    r.xadd("agent.stream:worker", {"envelope": frame_message("a", "worker", '{"n":2}')})
+    wait_until(lambda: worker.stats.duplicates == 1 and len(worker.seen) == 2)
+    assert worker.payloads() == [{"n": 1}, {"n": 2}]
+    wait_until(lambda: group_pending(r, "worker") == 0, message="duplicate not acknowledged")
