@@ -150,8 +150,9 @@ def test_refresh_and_deregister_of_one_instance(r) -> None:
     assert registry.refresh("w", a, 5, instance="a") == "ok"
     assert registry.refresh("w", b, 5, instance="a") == "taken"
     assert registry.deregister("w", token=b, instance="a") is False
-    assert registry.deregister("w", token=a, instance="a") is True
-    assert r.exists("agent:w", "agent:w:heartbeat") == 2
+    r.hset("agent.state:w", "n", "1")
+    assert registry.deregister("w", keep_state=False, token=a, instance="a") is True
+    assert r.exists("agent:w", "agent:w:heartbeat", "agent.state:w") == 3
     assert registry.refresh("w", a, 5, instance="a") == "gone"  # registers again: joins
     registry.register("w", ["x"], heartbeat_ttl=5, token=a, delivery="reliable", instance="a")
     assert registry.get_agent("w")["instances"] == 2
@@ -163,6 +164,10 @@ def test_refresh_and_deregister_of_one_instance(r) -> None:
     assert r.exists("agent:w")
     r.delete("agent:w")
     assert registry.refresh("w", b, 5, instance="b") == "gone"
+    # The last instance takes the state with it when asked.
+    b = registry.register("w", ["x"], heartbeat_ttl=5, delivery="reliable", instance="b")
+    assert registry.deregister("w", keep_state=False, token=b, instance="b") is True
+    assert not r.exists("agent:w", "agent:w:heartbeat", "agent.state:w")
 
 
 def test_bad_delivery_and_instance_are_refused_before_writing(r) -> None:

@@ -33,7 +33,8 @@ for i = 1, #all, 2 do
     if other <= now then redis.call('HDEL', KEYS[1], name) end
   end
 end
-redis.call('HSET', KEYS[1], ARGV[5], string.format('%.0f', now + tonumber(ARGV[2])) .. ' ' .. ARGV[1])
+local expiry = string.format('%.0f', now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], ARGV[5], expiry .. ' ' .. ARGV[1])
 if KEYS[2] then redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2]) end
 redis.call('PERSIST', KEYS[1])
 if f[2] ~= ARGV[4] then
