@@ -328,8 +328,9 @@ class Agent:
             capabilities: None (or empty) for every ACTIVE agent.
 
         Returns:
-            ``{"id", "capabilities", "metadata"}`` per agent, sorted by id;
-            this agent included when it matches.
+            ``{"id", "capabilities", "metadata", "delivery", "instances"}``
+            per agent, sorted by id; this agent included when it matches (see
+            :meth:`AgentRegistry.discover`).
 
         Raises:
             AgentNotRunningError: the agent is not started.

@@ -11,6 +11,7 @@ import redis
 from redis.client import NEVER_DECODE
 
 from . import _json, _wire
+from ._scripts import load_script
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,13 @@ class RegistrationReader:
     def _read_entries(
         self, entries: Sequence[Any], wanted: Set[str], skipped: List[bytes]
     ) -> List[Dict[str, Any]]:
-        """Parse ``key, id, capabilities, metadata, ...`` (bytes) one registration at a time."""
+        """Parse ``key, id, capabilities, metadata, delivery, instances, ...`` (bytes).
+
+        One registration at a time.
+        """
         found = []
-        for n in range(0, len(entries) - 3, 4):
-            key, agent_id, caps, metadata = entries[n:n + 4]
+        for n in range(0, len(entries) - 5, 6):
+            key, agent_id, caps, metadata, delivery, instances = entries[n:n + 6]
             try:
                 record = _wire.parse_registration(key, agent_id, caps, metadata)
             except ValueError as exc:
@@ -75,6 +79,8 @@ class RegistrationReader:
                 skipped.append(key)
                 continue
             if not wanted or wanted.intersection(record["capabilities"]):
+                record["delivery"] = delivery.decode("ascii")
+                record["instances"] = int(instances)
                 found.append(record)
         return found
 
@@ -117,7 +123,8 @@ class RegistrationReader:
     ) -> List[Dict[str, Any]]:
         # A cluster spreads the keys over slots and nodes, which one script
         # cannot span: the hashes are read with pipelined HMGETs, and the
-        # heartbeat keys of the matching ones with pipelined EXISTS. As on
+        # heartbeat keys of the matching ones with pipelined EXISTS, with a
+        # script counting the live instances of each reliable one. As on
         # one server, a registration that cannot be read is counted only if
         # it is ACTIVE and beating.
         found = []
@@ -128,13 +135,14 @@ class RegistrationReader:
             pipe = self._redis.pipeline(transaction=False)
             for key in batch:
                 pipe.execute_command(
-                    "HMGET", key, "id", "capabilities", "metadata", "status", **RAW)
+                    "HMGET", key, "id", "capabilities", "metadata", "status",
+                    _wire.DELIVERY_FIELD, **RAW)
             candidates: List[Tuple[bytes, Any]] = []
             for key, values in zip(batch, pipe.execute(raise_on_error=False)):
                 if isinstance(values, Exception):  # no longer a hash
                     log.debug("Registry: skipping %r: %s", _wire.shown_key(key), values)
                     continue
-                agent_id, caps, metadata, status = values
+                agent_id, caps, metadata, status, delivery = values
                 if status != _wire.STATUS_ACTIVE.encode("ascii"):
                     continue
                 try:
@@ -143,13 +151,24 @@ class RegistrationReader:
                     candidates.append((key, exc))
                     continue
                 if not wanted or wanted.intersection(record["capabilities"]):
+                    reliable = delivery == _wire.DELIVERY_RELIABLE.encode("ascii")
+                    record["delivery"] = _wire.DELIVERY_RELIABLE if reliable else "pubsub"
+                    record["instances"] = 1
                     candidates.append((key, record))
             if not candidates:
                 continue
             pipe = self._redis.pipeline(transaction=False)
-            for key, _ in candidates:
+            counted = []
+            for key, outcome in candidates:
                 pipe.exists(key + suffix)
-            for (key, outcome), beating in zip(candidates, pipe.execute(raise_on_error=False)):
+            for key, outcome in candidates:
+                if isinstance(outcome, dict) and outcome["delivery"] == _wire.DELIVERY_RELIABLE:
+                    pipe.execute_command("EVAL", load_script("instance_count"), 1, key)
+                    counted.append(outcome)
+            replies = pipe.execute(raise_on_error=False)
+            for record, count in zip(counted, replies[len(candidates):]):
+                record["instances"] = count if isinstance(count, int) else 0
+            for (key, outcome), beating in zip(candidates, replies):
                 if isinstance(beating, Exception) or not beating:
                     continue
                 if isinstance(outcome, Exception):
@@ -171,12 +190,13 @@ def _read_page(count: Any, text: bytes, wanted: Set[str]) -> Optional[List[Dict[
         return None
     found = []
     for entry in entries:
-        if not (isinstance(entry, list) and len(entry) == 3):
+        if not (isinstance(entry, list) and len(entry) == 5):
             return None
-        agent_id, caps, metadata = entry
+        agent_id, caps, metadata, delivery, instances = entry
         if not (isinstance(agent_id, str) and agent_id and isinstance(caps, list)
                 and all(isinstance(cap, str) for cap in caps) and isinstance(metadata, dict)):
             return None
         if not wanted or wanted.intersection(caps):
-            found.append({"id": agent_id, "capabilities": caps, "metadata": metadata})
+            found.append({"id": agent_id, "capabilities": caps, "metadata": metadata,
+                          "delivery": delivery, "instances": instances})
     return found

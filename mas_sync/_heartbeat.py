@@ -11,6 +11,7 @@ import redis
 
 from ._errors import AgentIdInUseError
 from ._redis import ANY_REDIS_ERROR
+from ._wire import DELIVERY_RELIABLE
 from ._registry import REFRESH_GONE, REFRESH_REACTIVATED, REFRESH_TAKEN, AgentRegistry
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,11 @@ class Heartbeat:
     through ``on_taken``. No beat is sent while ``receiving()`` is false: an
     agent never claims to be alive while deaf.
 
+    A reliable agent's run is one instance among those sharing its id: it
+    joins a live registration, beats its own entry in it, and its
+    deregistration removes the registration only when it is the last live
+    instance (see :meth:`AgentRegistry.register`).
+
     Args:
         registry: The run's registry.
         agent_id: Whose registration.
@@ -38,6 +44,9 @@ class Heartbeat:
         on_taken: Called in the heartbeat thread when another run took the
             id over; the thread ends after it.
         thread_name: The thread's name.
+        delivery: ``"pubsub"`` or ``"reliable"``.
+        instance: The name of this instance of a reliable agent (ignored for
+            pub/sub).
     """
 
     def __init__(
@@ -52,6 +61,8 @@ class Heartbeat:
         receiving: Callable[[], bool],
         on_taken: Callable[[BaseException], None],
         thread_name: str,
+        delivery: str = "pubsub",
+        instance: Optional[str] = None,
     ) -> None:
         self.registry = registry
         self.agent_id = agent_id
@@ -60,6 +71,9 @@ class Heartbeat:
         self.interval = interval
         self.ttl = ttl
         self.take_over = take_over
+        self.delivery = delivery
+        # Only a reliable agent's run is one instance among others.
+        self.instance = instance if delivery == DELIVERY_RELIABLE else None
         self._receiving = receiving
         self._on_taken = on_taken
         self._stop = threading.Event()
@@ -80,6 +94,8 @@ class Heartbeat:
             heartbeat_ttl=self.ttl,
             take_over=self.take_over and not renew,
             token=self.token if renew else None,
+            delivery=self.delivery,
+            instance=self.instance,
         )
 
     def start(self) -> None:
@@ -105,7 +121,9 @@ class Heartbeat:
         if self.token is None:
             return
         try:
-            if not AgentRegistry(client).deregister(self.agent_id, token=self.token):
+            if not AgentRegistry(client).deregister(
+                self.agent_id, token=self.token, instance=self.instance
+            ):
                 log.warning(
                     "Agent %s: the registration belongs to another run; left in place",
                     self.agent_id,
@@ -147,7 +165,9 @@ class Heartbeat:
     def beat(self) -> bool:
         """One heartbeat, on this run's registration only; False: stop beating."""
         assert self.token is not None
-        outcome = self.registry.refresh(self.agent_id, self.token, self.ttl)
+        outcome = self.registry.refresh(
+            self.agent_id, self.token, self.ttl, instance=self.instance
+        )
         if outcome == REFRESH_GONE and not self._stop.is_set():
             log.warning("Agent %s: registration was gone; registering again", self.agent_id)
             try:

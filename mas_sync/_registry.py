@@ -14,6 +14,7 @@ from . import _wire
 from ._discovery import RAW
 from ._errors import AgentIdInUseError
 from ._liveness import LivenessReader, checked_ttl_ms
+from ._options import DELIVERY_MODES, default_instance
 from ._redis import is_cluster, publish
 from ._scripts import load_script
 
@@ -24,6 +25,12 @@ REFRESH_OK = "ok"
 REFRESH_REACTIVATED = "reactivated"
 REFRESH_GONE = "gone"
 REFRESH_TAKEN = "taken"
+
+_DELIVERY_FIELD = _wire.DELIVERY_FIELD.encode("ascii")
+_RELIABLE = _wire.DELIVERY_RELIABLE.encode("ascii")
+
+# What instance_deregister.lua returns.
+_LEFT_ALONE, _REMOVED, _INSTANCE_LEFT = 0, 1, 2
 
 
 class AgentRegistry(LivenessReader):
@@ -71,6 +78,10 @@ class AgentRegistry(LivenessReader):
             self._deregister = redis.register_script(load_script("deregister"))
             self._refresh = redis.register_script(load_script("refresh"))
             self._condemn = redis.register_script(load_script("condemn"))
+            self._instance_register = redis.register_script(load_script("instance_register"))
+            self._instance_refresh = redis.register_script(load_script("instance_refresh"))
+            self._instance_deregister = redis.register_script(
+                load_script("instance_deregister"))
 
     def register(
         self,
@@ -81,6 +92,8 @@ class AgentRegistry(LivenessReader):
         heartbeat_ttl: Optional[float] = None,
         take_over: bool = False,
         token: Optional[str] = None,
+        delivery: str = "pubsub",
+        instance: Optional[str] = None,
     ) -> str:
         """Write the registration hash and announce it, unless the id is live elsewhere.
 
@@ -89,26 +102,44 @@ class AgentRegistry(LivenessReader):
         given, and publishes REGISTER on ``mas.system``. A registration whose
         heartbeat key is gone (its agent died) is replaced.
 
+        With ``delivery="reliable"``, runs of one id are instances of one
+        agent: the hash gets ``delivery`` = ``reliable`` and a field
+        ``instance:{name}`` per instance, holding its token and its expiry
+        (``heartbeat_ttl`` from now, on Redis's clock). An instance that finds
+        a live reliable registration joins it: only its own field is written
+        (and the heartbeat key), nothing is announced. One script on the hash
+        decides, on a cluster too.
+
         Args:
             agent_id: The id to register.
             capabilities: What the agent can do.
             metadata: A JSON object published with the registration.
             heartbeat_ttl: Seconds the heartbeat key lives; None writes none
-                (the caller beats with :meth:`update_heartbeat`).
+                (the caller beats with :meth:`update_heartbeat`). Needed by a
+                reliable instance: its entry lives as long.
             take_over: Replace the registration even if the id is live: for
                 an operator who knows its holder is dead.
             token: The token of a run that registers again (its registration
                 was lost): refused only if another token holds the id.
+            delivery: ``"pubsub"`` (the default) or ``"reliable"``.
+            instance: The name of this instance of a reliable agent (same
+                rules as an id); None for ``{host}-{pid}``. Only with
+                ``delivery="reliable"``. ``take_over`` then replaces a live
+                instance of this name, or a live pub/sub registration.
 
         Returns:
-            The token of the registration (``token`` itself when given).
+            The token of the registration (``token`` itself when given); for
+            a reliable agent, the token of this instance.
 
         Raises:
             AgentIdInUseError: without ``take_over``, the id's heartbeat key
-                exists (with ``token``: another token holds the registration).
-                Nothing is written.
-            TypeError, ValueError: bad id, capabilities or metadata; nothing
-                is written.
+                exists (with ``token``: another token holds the registration);
+                for a reliable instance, a live pub/sub registration holds the
+                id, or this instance's name is live with another token; for a
+                pub/sub run, any live registration holds the id. Nothing is
+                written.
+            TypeError, ValueError: bad id, capabilities, metadata, delivery or
+                instance; nothing is written.
         """
         _wire.validate_agent_id(agent_id)
         capabilities = _wire.validate_capabilities(capabilities)
@@ -116,6 +147,9 @@ class AgentRegistry(LivenessReader):
             raise TypeError(f"take_over must be a bool, not {take_over!r}")
         if token is not None and (not isinstance(token, str) or not token):
             raise TypeError("token must be a non-empty str")
+        instance = _checked_instance(delivery, instance)
+        if instance is not None and heartbeat_ttl is None:
+            raise ValueError("a reliable instance needs a heartbeat_ttl: its entry expires")
         ttl_ms = (
             "" if heartbeat_ttl is None else str(checked_ttl_ms(heartbeat_ttl, "heartbeat_ttl"))
         )
@@ -125,6 +159,12 @@ class AgentRegistry(LivenessReader):
         flat = [item for pair in fields.items() for item in pair]
         event = _wire.register_event(agent_id, capabilities)
         agent_key, beat_key = _wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)
+        if instance is not None:
+            fields[_wire.DELIVERY_FIELD] = _wire.DELIVERY_RELIABLE
+            flat = [item for pair in fields.items() for item in pair]
+            self._register_instance(agent_id, instance, token, take_over, heartbeat_ttl,
+                                    event, flat)
+            return token
         if not self._cluster:
             written, left = self._register(
                 keys=[agent_key, beat_key],
@@ -150,8 +190,41 @@ class AgentRegistry(LivenessReader):
         publish(self._redis, _wire.SYSTEM_CHANNEL, event)
         return token
 
+    def _register_instance(
+        self, agent_id: str, instance: str, token: str, take_over: bool,
+        heartbeat_ttl: Optional[float], event: str, flat: List[str],
+    ) -> None:
+        """Join or write the registration of a reliable agent (see :meth:`register`)."""
+        # The entry of an instance lives as long as the heartbeat does.
+        assert heartbeat_ttl is not None
+        ttl_ms = checked_ttl_ms(heartbeat_ttl, "heartbeat_ttl")
+        agent_key, beat_key = _wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)
+        args = [token, "1" if take_over else "0", ttl_ms, "0", _wire.instance_field(instance),
+                _wire.heartbeat_value(), _wire.SYSTEM_CHANNEL, event, _wire.STATUS_ACTIVE,
+                *flat]
+        if not self._cluster:
+            reply = self._instance_register(keys=[agent_key, beat_key], args=args)
+        else:
+            # The heartbeat key lives in another slot: read before, set after.
+            args[3] = "1" if self._redis.exists(beat_key) else "0"
+            args[6] = ""
+            reply = self._redis.eval(load_script("instance_register"), 1, agent_key, *args)
+        if not reply[0]:
+            if reply[1] == "instance":
+                raise _instance_in_use(agent_id, instance, reply[2])
+            raise _in_use(agent_id, reply[2] if reply[2] != -2 else self._redis.pttl(beat_key))
+        if self._cluster:
+            self._redis.set(beat_key, _wire.heartbeat_value(), px=ttl_ms)
+            if reply[1] == "new":
+                publish(self._redis, _wire.SYSTEM_CHANNEL, event)
+
     def deregister(
-        self, agent_id: str, keep_state: bool = True, *, token: Optional[str] = None
+        self,
+        agent_id: str,
+        keep_state: bool = True,
+        *,
+        token: Optional[str] = None,
+        instance: Optional[str] = None,
     ) -> bool:
         """Delete the registration and heartbeat keys and announce DEREGISTER.
 
@@ -162,13 +235,34 @@ class AgentRegistry(LivenessReader):
             token: The token of the run that leaves: a registration held by
                 another token is left alone, checked atomically on one server.
                 None removes the registration whoever holds it.
+            instance: The instance of a reliable agent that leaves: its entry
+                goes (when it holds ``token``); the registration, heartbeat
+                (and state, without ``keep_state``) go, and DEREGISTER is
+                announced, only when no other live instance remains.
 
         Returns:
-            False when the registration belonged to another token and was
-            left alone; True otherwise.
+            False when the registration (or the instance's entry) belonged to
+            another token, or a registration that is not reliable holds the
+            id, and was left alone; True otherwise.
         """
         agent_key, beat_key = _wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)
         event = _wire.deregister_event(agent_id)
+        if instance is not None:
+            _wire.validate_agent_id(instance, "instance")
+            args = [token or "", "0" if keep_state else "1", _wire.SYSTEM_CHANNEL, event,
+                    _wire.instance_field(instance)]
+            if not self._cluster:
+                outcome = self._instance_deregister(
+                    keys=[agent_key, beat_key, _wire.state_key(agent_id)], args=args)
+                return outcome != _LEFT_ALONE
+            args[2] = ""
+            outcome = self._redis.eval(load_script("instance_deregister"), 1, agent_key, *args)
+            if outcome == _REMOVED:
+                self._redis.delete(beat_key)
+                if not keep_state:
+                    self._redis.delete(_wire.state_key(agent_id))
+                publish(self._redis, _wire.SYSTEM_CHANNEL, event)
+            return outcome != _LEFT_ALONE
         if not self._cluster:
             return bool(self._deregister(
                 keys=[agent_key, beat_key, _wire.state_key(agent_id)],
@@ -182,7 +276,9 @@ class AgentRegistry(LivenessReader):
         publish(self._redis, _wire.SYSTEM_CHANNEL, event)
         return True
 
-    def refresh(self, agent_id: str, token: str, heartbeat_ttl: float) -> str:
+    def refresh(
+        self, agent_id: str, token: str, heartbeat_ttl: float, *, instance: Optional[str] = None
+    ) -> str:
         """One heartbeat of the run holding ``token``: renew its heartbeat key.
 
         Only a registration held by ``token`` is touched: its heartbeat key is
@@ -190,17 +286,32 @@ class AgentRegistry(LivenessReader):
         ACTIVE if a registry marked it otherwise, and a TTL given by a prune
         pass is removed. Atomic on one server.
 
+        With ``instance`` (of a reliable agent), the entry of that instance
+        must hold ``token``: it is renewed for ``heartbeat_ttl`` seconds with
+        the heartbeat key, and the entries of other instances past their
+        expiry are dropped. The hash is judged by one script, on a cluster
+        too.
+
         Returns:
             ``"ok"``; ``"reactivated"`` (it was not ACTIVE); ``"gone"`` (no
-            registration: nothing written, register again with ``token``);
-            ``"taken"`` (another token holds the id: nothing written).
+            registration, or no entry of this instance: nothing written,
+            register again with ``token``, which joins a live registration);
+            ``"taken"`` (another token holds the id or this instance's entry,
+            or a registration that is not reliable replaced the instance's:
+            nothing written).
         """
         ttl_ms = checked_ttl_ms(heartbeat_ttl, "heartbeat_ttl")
         agent_key, beat_key = _wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)
         args = [token, ttl_ms, _wire.heartbeat_value(), _wire.STATUS_ACTIVE]
+        script = "refresh"
+        if instance is not None:
+            _wire.validate_agent_id(instance, "instance")
+            args.append(_wire.instance_field(instance))
+            script = "instance_refresh"
         if not self._cluster:
-            return str(self._refresh(keys=[agent_key, beat_key], args=args))
-        outcome = str(self._redis.eval(load_script("refresh"), 1, agent_key, *args))
+            runner = self._refresh if instance is None else self._instance_refresh
+            return str(runner(keys=[agent_key, beat_key], args=args))
+        outcome = str(self._redis.eval(load_script(script), 1, agent_key, *args))
         if outcome in (REFRESH_OK, REFRESH_REACTIVATED):
             self._redis.set(beat_key, _wire.heartbeat_value(), px=ttl_ms)
         return outcome
@@ -244,7 +355,10 @@ class AgentRegistry(LivenessReader):
         A registration that cannot be read (see the class) is skipped: None.
 
         Returns:
-            ``{"id", "capabilities", "metadata", "status", "registered_at"}``.
+            ``{"id", "capabilities", "metadata", "delivery", "instances",
+            "status", "registered_at"}``: ``delivery`` is ``"pubsub"`` or
+            ``"reliable"``; ``instances`` the live instances of a reliable
+            agent (0 when none is live), 1 for a pub/sub agent.
         """
         key = _wire.agent_key(agent_id).encode("utf-8")
         data = self._redis.execute_command("HGETALL", key, **RAW)
@@ -260,6 +374,11 @@ class AgentRegistry(LivenessReader):
             if self._on_skip is not None:
                 self._on_skip(1)
             return None
+        if data.get(_DELIVERY_FIELD) == _RELIABLE:
+            record["delivery"] = _wire.DELIVERY_RELIABLE
+            record["instances"] = int(self._redis.eval(load_script("instance_count"), 1, key))
+        else:
+            record["delivery"], record["instances"] = "pubsub", 1
         try:
             record["registered_at"] = float(data.get(b"registered_at", b"0"))
         except ValueError:
@@ -274,8 +393,12 @@ class AgentRegistry(LivenessReader):
                 ACTIVE agent.
 
         Returns:
-            ``{"id", "capabilities", "metadata"}`` for each agent, sorted by id.
-            Registrations that cannot be read are skipped (see the class).
+            ``{"id", "capabilities", "metadata", "delivery", "instances"}``
+            for each agent, sorted by id: ``delivery`` is ``"pubsub"`` or
+            ``"reliable"``; ``instances`` the live instances of a reliable
+            agent (their entries not yet expired, on Redis's clock), 1 for a
+            pub/sub agent. Registrations that cannot be read are skipped (see
+            the class).
 
         Raises:
             TypeError: ``capabilities`` is a bare string or holds non-strings.
@@ -300,6 +423,36 @@ class AgentRegistry(LivenessReader):
         self._redis.set(
             _wire.heartbeat_key(agent_id), _wire.heartbeat_value(), px=max(1, int(ttl * 1000))
         )
+
+
+def _checked_instance(delivery: object, instance: object) -> Optional[str]:
+    """The instance name of a reliable registration (its default filled in); None for pub/sub.
+
+    Raises:
+        TypeError, ValueError: an unknown delivery, a bad instance name, or
+            an instance given to a pub/sub registration.
+    """
+    if delivery not in DELIVERY_MODES:
+        raise ValueError(f"delivery must be 'pubsub' or 'reliable', not {delivery!r}")
+    if delivery != _wire.DELIVERY_RELIABLE:
+        if instance is not None:
+            raise ValueError("instance is only for delivery='reliable'")
+        return None
+    if instance is None:
+        return default_instance()
+    return _wire.validate_agent_id(instance, "instance")
+
+
+def _instance_in_use(agent_id: str, instance: str, left_ms: object) -> AgentIdInUseError:
+    expires_in = left_ms / 1000.0 if isinstance(left_ms, int) and left_ms >= 0 else None
+    return AgentIdInUseError(
+        f"agent id {agent_id!r} is in use as instance {instance!r}: another run holds that"
+        f" instance's live entry (it expires in {expires_in or 0:.1f} s unless renewed)."
+        f" Give each instance its own name (Agent(..., instance=...)); if that run died,"
+        f" wait for its entry to expire, or pass take_over=True to replace it.",
+        agent_id=agent_id,
+        expires_in=expires_in,
+    )
 
 
 def _in_use(agent_id: str, pttl: object) -> AgentIdInUseError:

@@ -136,6 +136,7 @@ class AgentRun:
                 self.registry, self.agent_id, self.capabilities, metadata,
                 options.heartbeat_interval, options.heartbeat_ttl, options.take_over,
                 lambda: transport.receiving, self.failed, f"{self.name}-heartbeat",
+                delivery=options.delivery, instance=options.instance,
             )
             self.ready = True
             self.abort_if_stopping()

@@ -145,6 +145,15 @@ ENVELOPE = "envelope"
 #: stream; pub/sub when the field is missing (as async 0.2 agents register).
 DELIVERY_FIELD = "delivery"
 DELIVERY_RELIABLE = "reliable"
+#: Prefix of the registration fields of a reliable agent's instances,
+#: ``instance:{name}``, each ``{expiry in ms on Redis's clock} {token}``
+#: (mas_sync's own: async agents neither write nor read them).
+INSTANCE_FIELD_PREFIX = "instance:"
+
+
+def instance_field(instance: str) -> str:
+    """The registration field of one instance of a reliable agent: ``instance:{name}``."""
+    return f"{INSTANCE_FIELD_PREFIX}{instance}"
 
 
 def stream_key(agent_id: str) -> str:

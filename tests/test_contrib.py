@@ -185,7 +185,8 @@ def test_declared_agents_publish_their_name_and_are_found_by_it(make_agents, mak
     assert agents.find("nobody") == []
     [found] = agents.discover(name="echo")
     assert found == {
-        "id": echo_id, "capabilities": ["echo"], "metadata": {"lang": "en", NAME_KEY: "echo"}
+        "id": echo_id, "capabilities": ["echo"], "metadata": {"lang": "en", NAME_KEY: "echo"},
+        "delivery": "pubsub", "instances": 1,
     }
     assert [a["id"] for a in agents.discover(["echo"])] == sorted([echo_id, "stranger"])
     assert agents.discover(["nlp"], name="echo") == []  # both must match

@@ -150,7 +150,8 @@ def test_discover_finds_everyone_else_among_hostile_and_foreign_keys(where, capl
             assert _ids(agent.discover(["x"])) == expected
             assert _ids(agent.discover()) == expected
             assert agent.discover(["x"])[5] == {"id": "ok-04", "capabilities": ["x"],
-                                                 "metadata": {"n": 4}}
+                                                 "metadata": {"n": 4}, "delivery": "pubsub",
+                                                 "instances": 1}
             assert agent.stats.skipped_registrations >= 2 * len(HOSTILE)
             # The registry alone, as a service or a script uses it.
             counted: List[int] = []

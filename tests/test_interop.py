@@ -153,7 +153,8 @@ def test_discovery_both_ways(make_agent, async_agent, aloop) -> None:
     other = async_agent("async-nlp", capabilities=["nlp", "async"])
     assert [a["id"] for a in sync_agent.discover(["nlp"])] == ["async-nlp", "sync-nlp"]
     assert sync_agent.discover(["async"]) == [
-        {"id": "async-nlp", "capabilities": ["nlp", "async"], "metadata": {}}
+        {"id": "async-nlp", "capabilities": ["nlp", "async"], "metadata": {},
+         "delivery": "pubsub", "instances": 1}
     ]
     seen = aloop.run(other.discover(capabilities=["sync"]))
     assert seen == [{"id": "sync-nlp", "capabilities": ["nlp", "sync"], "metadata": {}}]

@@ -18,7 +18,8 @@ def test_discover_by_capability_and_all(make_agent) -> None:
     assert [x["id"] for x in a.discover(["vision", "text"])] == ["a", "b"]
     assert [x["id"] for x in a.discover()] == ["a", "b", "c"]
     assert a.discover(["none"]) == []
-    assert a.discover(["nlp"])[0] == {"id": "a", "capabilities": ["nlp", "text"], "metadata": {}}
+    assert a.discover(["nlp"])[0] == {"id": "a", "capabilities": ["nlp", "text"], "metadata": {},
+                                      "delivery": "pubsub", "instances": 1}
 
 
 def test_discover_returns_metadata(make_agent) -> None:

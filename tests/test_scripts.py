@@ -17,7 +17,9 @@ NAMES = sorted(
 
 def test_the_package_holds_the_registry_scripts() -> None:
     assert NAMES == [
-        "condemn", "delete_hash", "deregister", "refresh", "register", "select_page", "write_hash",
+        "condemn", "delete_hash", "deregister", "instance_count", "instance_deregister",
+        "instance_refresh", "instance_register", "refresh", "register", "select_page",
+        "write_hash",
     ]
 
 

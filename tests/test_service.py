@@ -286,7 +286,8 @@ def test_the_service_prunes_registrations_dead_for_longer_than_prune_after(
         assert r.exists("agent.state:stale")
         threading.Event().wait(0.3)
         assert r.hget("agent:live", "status") == "ACTIVE" and r.pttl("agent:live") == -1
-    assert live.discover(["x"]) == [{"id": "live", "capabilities": ["x"], "metadata": {}}]
+    assert live.discover(["x"]) == [{"id": "live", "capabilities": ["x"], "metadata": {},
+                                     "delivery": "pubsub", "instances": 1}]
 
 
 def test_prune_after_is_checked() -> None:

@@ -293,7 +293,8 @@ class ProcessAgents:
                 registration metadata holds it under :data:`NAME_KEY`).
 
         Returns:
-            ``{"id", "capabilities", "metadata"}`` per agent, sorted by id.
+            ``{"id", "capabilities", "metadata", "delivery", "instances"}`` per
+            agent, sorted by id.
 
         Raises:
             TypeError, ValueError: bad ``capabilities`` or ``name``.

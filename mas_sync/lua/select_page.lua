@@ -15,19 +15,40 @@
 -- ARGV[4]: the mode, 'page' or 'entries'.
 -- ARGV[5:]: the capabilities wanted (any, when none).
 --
+-- Each selected hash also gives its delivery ('reliable' when its field
+-- 'delivery' says so, else 'pubsub') and its live instances: for a reliable
+-- agent, its entries 'instance:{name}' whose expiry (ms, on Redis's clock:
+-- TIME) is still ahead; 1 for a pub/sub agent.
+--
 -- Returns, in mode 'page' when every selected hash was readable,
--- {cursor, 'page', n, "[[id, capabilities, metadata], ...]"}: the keys never
--- travel to the client, which parses one JSON document a page. Otherwise
--- {cursor, 'entries', key, id, capabilities, metadata, ...}, the fields as
--- Redis holds them, which the client parses one by one.
+-- {cursor, 'page', n, "[[id, capabilities, metadata, delivery, instances],
+-- ...]"}: the keys never travel to the client, which parses one JSON document
+-- a page. Otherwise {cursor, 'entries', key, id, capabilities, metadata,
+-- delivery, instances, ...}, the fields as Redis holds them, which the client
+-- parses one by one.
 
 local want, any = {}, #ARGV == 4
 for i = 5, #ARGV do want[ARGV[i]] = true end
+local now
+local function instances(key)
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  local all, live = redis.call('HGETALL', key), 0
+  for i = 1, #all, 2 do
+    if string.sub(all[i], 1, 9) == 'instance:' then
+      local expiry = tonumber(string.match(all[i + 1], '^(%d+) ') or '0')
+      if expiry > now then live = live + 1 end
+    end
+  end
+  return live
+end
 local page = redis.call('SCAN', ARGV[1], 'MATCH', 'agent:*', 'COUNT', ARGV[2], 'TYPE', 'hash')
 local good, entries, unreadable = {}, {page[1], 'entries'}, false
 for _, key in ipairs(page[2]) do
   if #key > 6 and not string.find(key, ':', 7, true) then
-    local f = redis.call('HMGET', key, 'id', 'capabilities', 'metadata', 'status')
+    local f = redis.call('HMGET', key, 'id', 'capabilities', 'metadata', 'status', 'delivery')
     if f[4] == 'ACTIVE' then
       local id, caps_text, meta_text = f[1] or '', f[2] or '[]', f[3] or '{}'
       local ok_caps, caps = pcall(cjson.decode, caps_text)
@@ -41,11 +62,15 @@ for _, key in ipairs(page[2]) do
         end
       end
       if match and redis.call('EXISTS', key .. ARGV[3]) == 1 then
+        local delivery, count = 'pubsub', 1
+        if f[5] == 'reliable' then delivery, count = 'reliable', instances(key) end
         local n = #entries
         entries[n + 1], entries[n + 2] = key, id
         entries[n + 3], entries[n + 4] = caps_text, meta_text
+        entries[n + 5], entries[n + 6] = delivery, tostring(count)
         if readable then
-          good[#good + 1] = '[' .. cjson.encode(id) .. ',' .. caps_text .. ',' .. meta_text .. ']'
+          good[#good + 1] = '[' .. cjson.encode(id) .. ',' .. caps_text .. ',' .. meta_text
+            .. ',"' .. delivery .. '",' .. count .. ']'
         else
           unreadable = true
         end
