@@ -37,6 +37,10 @@ BLOCK_MS = 250
 #: Seconds between two claim passes (XAUTOCLAIM of idle entries, the touch
 #: that keeps this instance's own entries from looking idle, and a trim).
 CLAIM_INTERVAL = 1.0
+#: Seconds between two passes that delete the consumers of instances gone.
+CONSUMER_CLEANUP_INTERVAL = 60.0
+#: Seconds without a read after which a consumer that holds nothing is gone.
+CONSUMER_GONE_AFTER = 300.0
 #: Seconds between two tries of a reader that lost Redis, at most.
 MAX_BACKOFF = 2.0
 
@@ -169,6 +173,8 @@ class StreamTransport:
         self._lock = threading.Lock()
         self._inflight: Dict[str, Receipt] = {}
         self._reading = False
+        self._reading_at_stop = False
+        self._next_cleanup = 0.0
         self.thread = threading.Thread(
             target=self._loop, name=thread_name.rsplit("-", 1)[0] + "-reader", daemon=True
         )
@@ -214,15 +220,46 @@ class StreamTransport:
 
     def stop(self, client: Any, deadline: float) -> None:
         """Stop reading (the reader ends after its current read) and listening."""
+        self._reading_at_stop = self._reading
         self._stop.set()
         self.pubsub.stop(client, deadline)
         if self.thread.ident is not None and self.thread is not threading.current_thread():
             self.thread.join(max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
-        """Close the reader's connections (once the workers are done)."""
-        if self._raw is not None:
+        """Hand over what was not handled, and close the reader's connections.
+
+        Called once the workers are done. The entries this consumer still
+        holds (queued when the stop came, or handed back) are marked idle
+        for ``visibility_timeout``: the next claim pass of any instance,
+        a new one included, takes them at once. Skipped when Redis was
+        already unreachable.
+        """
+        if self._raw is None:
+            return
+        try:
+            if self._reading_at_stop:
+                self._hand_over()
+        except ANY_REDIS_ERROR as exc:
+            log.warning("Agent %s: could not hand over its pending entries (they are taken"
+                        " after visibility_timeout): %s", self._agent_id, exc)
+        finally:
             close_client(self._raw)
+
+    def _hand_over(self) -> None:
+        start = "-"
+        while True:
+            pending = self._bytes.xpending_range(
+                self.stream, _wire.CONSUMER_GROUP, start, "+", READ_COUNT, self.consumer
+            )
+            if pending:
+                self._bytes.xclaim(
+                    self.stream, _wire.CONSUMER_GROUP, self.consumer, 0,
+                    [p["message_id"] for p in pending], idle=self._visibility_ms, justid=True,
+                )
+            if len(pending) < READ_COUNT:
+                return
+            start = "(" + pending[-1]["message_id"].decode()
 
     def threads(self) -> List[threading.Thread]:
         """The listener and the reader, once started."""
@@ -386,6 +423,9 @@ class StreamTransport:
                 self.stream, _wire.CONSUMER_GROUP, self.consumer, self._visibility_ms // 2,
                 held, justid=True,
             )
+        if time.monotonic() >= self._next_cleanup:
+            self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_INTERVAL
+            self._forget_gone_consumers()
         room = self._events.room()
         if room <= 0:
             return
@@ -404,6 +444,21 @@ class StreamTransport:
         log.info("Agent %s: took %d idle entries of %s", self._agent_id, len(entries), self.stream)
         self._events.reclaimed(len(entries))
         self._deliver(entries, counts)
+
+    def _forget_gone_consumers(self) -> None:
+        """Delete the consumers of instances long gone that hold nothing.
+
+        Every instance name makes a consumer (the default names change with
+        each process); one that holds no entry and has not read for
+        :data:`CONSUMER_GONE_AFTER` (a live one reads every few hundred ms)
+        is removed. One that holds entries stays until they are claimed.
+        """
+        gone_ms = int(max(CONSUMER_GONE_AFTER, 2 * self._visibility) * 1000)
+        for consumer in self._bytes.xinfo_consumers(self.stream, _wire.CONSUMER_GROUP):
+            name = consumer["name"]
+            if (consumer["pending"] == 0 and consumer["idle"] > gone_ms
+                    and name != self.consumer.encode()):
+                self._bytes.xgroup_delconsumer(self.stream, _wire.CONSUMER_GROUP, name)
 
     def _deliver(self, entries: Sequence[Entry], counts: Optional[Dict[bytes, int]]) -> None:
         events = self._events

@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, Dict, Iterator, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 from flask import Flask
@@ -80,7 +80,8 @@ def test_agents_start_once_per_process_and_stop(example, example_app, r) -> None
     assert client.get("/summarize?text=two").status_code == 200
     assert example.mas.start(example_app) == first  # no second start
     assert sorted(r.keys("agent:*:heartbeat")) == sorted(
-        f"agent:{a}:heartbeat" for a in (first["summarizer"].id, agents.client.id)
+        f"agent:{a}:heartbeat"
+        for a in (first["summarizer"].id, first["jobs"].id, agents.client.id)
     )
     example.mas.stop(example_app)
     assert agents.running == {}
@@ -193,6 +194,43 @@ def test_gunicorn_preload_two_workers_each_run_agents_that_answer(make_agent, re
     # Each worker stopped its agents on the way out: nothing stays registered.
     assert [k for k in r.keys("agent:*") if "probe" not in k] == []
     print(f"gunicorn --preload -w 2: both workers' agents answered after {both_answered:.2f} s")
+
+
+class Reports(Agent):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reports: List[Dict[str, Any]] = []
+
+    def on_message(self, message: AgentMessage) -> None:
+        self.reports.append(message.payload)
+
+
+def test_gunicorn_workers_are_instances_of_one_reliable_agent(make_agent, redis_url, r) -> None:
+    port = free_port()
+    probe = make_agent("probe", Reports)
+
+    def jobs() -> List[Dict[str, Any]]:
+        return [a for a in probe.discover() if a["id"] == "jobs"]
+
+    with run_server(list(gunicorn_args(port)), env_extra={"MAS_REDIS_URL": redis_url}) as server:
+        wait_until(lambda: jobs() and jobs()[0]["instances"] == 2, timeout=30, interval=0.05,
+                   message="both workers join the agent 'jobs'")
+        assert jobs()[0]["delivery"] == "reliable"  # one entry, two instances
+        pids = [probe.request("jobs", {"job": n}, timeout=5).payload["pid"] for n in range(20)]
+        assert len(set(pids)) == 2 and server.pid not in pids  # both workers take jobs
+        assert probe.stats.replies_dropped == 0  # each reply came once, to the asker
+        server.signal_group(signal.SIGTERM)
+        assert server.wait(20) == 0, server.output()
+    assert jobs() == [] and not r.exists("agent:jobs")
+    # Sent while no worker runs: it waits in the stream for the next one.
+    probe.send("jobs", {"job": "while-down", "report_to": "probe"})
+    with run_server(list(gunicorn_args(port)), env_extra={"MAS_REDIS_URL": redis_url}) as server:
+        report = wait_until(lambda: probe.reports, timeout=30, interval=0.05,
+                            message="the job sent while down is done")
+        assert report[0]["job"] == "while-down"
+        server.signal_group(signal.SIGTERM)
+        assert server.wait(20) == 0, server.output()
+    assert probe.reports == report  # once
 
 
 def test_the_readme_example_works(redis_url) -> None:

@@ -306,3 +306,96 @@ def test_dedupe_window_skips_a_message_id_seen_within_it(make_agent: Any, r: red
     wait_until(lambda: worker.stats.duplicates == 1 and len(worker.seen) == 2)
     assert worker.payloads() == [{"n": 1}, {"n": 2}]
     wait_until(lambda: group_pending(r, "worker") == 0, message="duplicate not acknowledged")
+
+
+def test_instances_of_one_agent_share_its_messages(make_agent: Any, r: redis.Redis) -> None:
+    import time
+
+    class Slow(Recorder):
+        def on_message(self, message: AgentMessage) -> Any:
+            time.sleep(0.002)
+            return super().on_message(message)
+
+    one = make_agent("worker", Slow, instance="one", max_pending=4, **RELIABLE)
+    two = make_agent("worker", Slow, instance="two", max_pending=4, **RELIABLE)
+    sender = make_agent("sender")
+    sender.send_many([("worker", {"i": i}) for i in range(100)])
+    wait_until(lambda: len(one.seen) + len(two.seen) == 100, message="not all handled")
+    got = sorted(p["i"] for p in one.payloads() + two.payloads())
+    assert got == list(range(100))  # each message once, by one instance
+    assert one.seen and two.seen
+    wait_until(lambda: group_pending(r, "worker") == 0)
+    assert sender.discover()[-1]["instances"] == 2
+
+
+def test_a_reply_reaches_the_instance_that_asked(make_agent: Any) -> None:
+    make_agent("worker", Recorder, **RELIABLE)
+    askers = [make_agent("asker", instance=f"i{n}", **RELIABLE) for n in range(2)]
+    replies: Dict[int, Any] = {}
+
+    def ask(n: int) -> None:
+        replies[n] = askers[n].request("worker", {"from": n}, timeout=5).payload
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert replies == {0: {"echo": {"from": 0}}, 1: {"echo": {"from": 1}}}
+    # Each instance heard both replies on agent.asker, and took only its own.
+    assert [a.stats.replies_dropped for a in askers] == [0, 0]
+
+
+def test_a_published_message_is_handled_by_one_instance(make_agent: Any, r: redis.Redis) -> None:
+    one = make_agent("worker", Recorder, instance="one", **RELIABLE)
+    two = make_agent("worker", Recorder, instance="two", **RELIABLE)
+    r.publish("agent.worker", frame_message("async-peer", "worker", '{"hi":1}'))
+    wait_until(lambda: one.stats.duplicates + two.stats.duplicates == 1)
+    assert one.payloads() + two.payloads() == [{"hi": 1}]
+
+
+def test_a_stopping_instance_hands_over_what_it_did_not_handle(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    gate = threading.Event()
+
+    class Stuck(Recorder):
+        def on_message(self, message: AgentMessage) -> Any:
+            if message.payload["i"] == 0:
+                gate.wait(10)
+            return super().on_message(message)
+
+    first = make_agent("worker", Stuck, instance="a", max_workers=1, visibility_timeout=3600,
+                       **RELIABLE)
+    make_agent("sender").send_many([("worker", {"i": i}) for i in range(5)])
+    wait_until(lambda: group_pending(r, "worker") == 5)
+    first.stop(timeout=0.3)  # gives up on the stuck handler; four wait in its queue
+    gate.set()
+    assert first.stats.dropped_on_stop == 4
+    # A new instance takes them at once, not after the visibility timeout.
+    second = make_agent("worker", Recorder, instance="b", visibility_timeout=3600, **RELIABLE)
+    wait_until(lambda: {1, 2, 3, 4} <= {p["i"] for p in second.payloads()}, timeout=5,
+               message="handed-over entries not taken")
+    assert second.stats.reclaimed >= 4
+
+
+def test_consumers_of_instances_long_gone_are_deleted(
+    make_agent: Any, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mas_sync import _streams
+
+    worker = make_agent("worker", Recorder, instance="old", **RELIABLE)
+    make_agent("sender").send("worker", {"i": 0})
+    wait_until(lambda: worker.seen)
+    worker.stop()
+    r.xadd("agent.stream:worker", {"envelope": frame_message("a", "worker", '{"i":1}')})
+    [(_, [(entry_id, _)])] = r.xreadgroup("agents", "worker-held", {"agent.stream:worker": ">"})
+    r.xack("agent.stream:worker", "agents", entry_id)  # a consumer that holds nothing now
+    names = {c["name"] for c in r.xinfo_consumers("agent.stream:worker", "agents")}
+    assert names == {"worker-old", "worker-held"}
+    monkeypatch.setattr(_streams, "CONSUMER_GONE_AFTER", 0.0)
+    monkeypatch.setattr(_streams, "CONSUMER_CLEANUP_INTERVAL", 0.0)
+    make_agent("worker", Recorder, instance="new", visibility_timeout=0.05, **RELIABLE)
+    # (Redis 7.2 and later list the new consumer as soon as it reads.)
+    wait_until(lambda: {c["name"] for c in r.xinfo_consumers("agent.stream:worker", "agents")}
+               <= {"worker-new"}, message="gone consumers kept")

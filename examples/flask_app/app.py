@@ -39,6 +39,22 @@ class Summarizer(Agent):
             message.reply({"summary": " ".join(words[:3]), "words": len(words), "pid": os.getpid()})
 
 
+@mas.agent("jobs", id_format="{name}", delivery="reliable")
+class Jobs(Agent):
+    """One agent whose instances are the serving processes: each job goes to one of them.
+
+    Its inbox is the stream ``agent.stream:jobs``; a job sent while every
+    worker restarts waits there.
+    """
+
+    def on_message(self, message: AgentMessage) -> None:
+        done = {"job": message.payload.get("job"), "pid": os.getpid()}
+        if message.expects_reply:
+            message.reply(done)
+        elif isinstance(message.payload.get("report_to"), str):
+            self.send(message.payload["report_to"], done)
+
+
 def create_app(config: Optional[Dict[str, Any]] = None) -> Flask:
     """The application factory; ``config`` overrides the defaults."""
     app = Flask(__name__)
