@@ -1,6 +1,7 @@
 """mas_sync: blocking, thread-based multi-agent systems on Redis.
 
-Agents talk peer to peer over Redis pub/sub, register with heartbeats, keep
+Agents talk peer to peer over Redis pub/sub (or, opted in, Redis Streams with
+at-least-once delivery), register with heartbeats, keep
 their state in Redis and find each other by capability, on the same keys,
 channels and messages as the async MAS framework.
 """
@@ -8,6 +9,7 @@ channels and messages as the async MAS framework.
 import logging
 
 from ._agent import Agent, AgentStats
+from ._dead_letters import DeadLetter, DeadLetters
 from ._errors import (
     AgentIdInUseError,
     AgentNotRunningError,
@@ -36,6 +38,8 @@ __all__ = [
     "AgentRegistry",
     "AgentStats",
     "CannotReplyError",
+    "DeadLetter",
+    "DeadLetters",
     "MASConnectionError",
     "MASError",
     "MASService",

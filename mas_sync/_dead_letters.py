@@ -58,7 +58,9 @@ class DeadLetters:
     """The dead letters and stored messages of one reliable agent.
 
     Args:
-        client: A redis-py client (either ``decode_responses``).
+        client: A redis-py client. With ``decode_responses=False`` every
+            entry reads (bytes that are not UTF-8 shown escaped); with
+            ``True``, such an entry makes the call raise.
         agent_id: Whose streams.
     """
 

@@ -62,7 +62,9 @@ class RequestError(MASError, RuntimeError):
     Attributes:
         reply: The error reply.
         kind: ``"validation_error"`` when a typed handler refused the payload,
-            ``"handler_error"`` when the handler raised.
+            ``"handler_error"`` when the handler raised (for a reliable agent:
+            at its last attempt), ``"dead_letter"`` when a reliable agent gave
+            the request up unhandled (delivered ``max_attempts`` times).
         details: For validation errors, pydantic's list of errors.
     """
 
