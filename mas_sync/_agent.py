@@ -182,6 +182,9 @@ class Agent:
                 exists. Nothing of it is touched and no thread is left behind;
                 see ``take_over``.
             StateError: the state stored in Redis does not fit ``state_model``.
+            RedisCommandError: Redis refused a command the start needs (an
+                ACL, ``maxmemory``): say the consumer group of a reliable
+                agent's stream.
             AgentNotRunningError: the agent is already running or stopping,
                 or :meth:`stop` was called before ``start()`` returned (the
                 agent is then stopped).

@@ -21,10 +21,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import redis
 
 from . import _wire
-from ._errors import MASConnectionError
+from ._errors import MASConnectionError, RedisCommandError
 from ._options import AgentOptions
 from ._pubsub import PubSubTransport
 from ._redis import ANY_REDIS_ERROR, REDIS_ERRORS, close_client, make_client, redact_text
+from ._redis import retire_connections
 from ._scripts import load_script
 from ._transport import Batch, TransportEvents
 
@@ -202,7 +203,7 @@ class StreamTransport:
                 f" {self.stream}: {redact_text(str(exc), self._url)}"
             ) from exc
         except redis.RedisError as exc:
-            raise MASConnectionError(
+            raise RedisCommandError(
                 f"agent {self._agent_id!r}: Redis refused the consumer group of"
                 f" {self.stream}: {redact_text(str(exc), self._url)}"
             ) from exc
@@ -217,6 +218,8 @@ class StreamTransport:
     def moved(self) -> None:
         """Resubscribe on the new master; the reader's next read reconnects."""
         self.pubsub.moved()
+        if self._raw is not None:
+            retire_connections(self._raw)
 
     def stop(self, client: Any, deadline: float) -> None:
         """Stop reading (the reader ends after its current read) and listening."""
@@ -436,11 +439,10 @@ class StreamTransport:
         entries = [entry for entry in entries if entry[1] is not None]
         if not entries:
             return
-        pending = self._bytes.xpending_range(
-            self.stream, _wire.CONSUMER_GROUP, entries[0][0], entries[-1][0], len(entries) * 2,
-            self.consumer,
-        )
-        counts = {p["message_id"]: p["times_delivered"] for p in pending}
+        pipe = self._bytes.pipeline(transaction=False)
+        for entry_id, _ in entries:
+            pipe.xpending_range(self.stream, _wire.CONSUMER_GROUP, entry_id, entry_id, 1)
+        counts = {p[0]["message_id"]: p[0]["times_delivered"] for p in pipe.execute() if p}
         log.info("Agent %s: took %d idle entries of %s", self._agent_id, len(entries), self.stream)
         self._events.reclaimed(len(entries))
         self._deliver(entries, counts)

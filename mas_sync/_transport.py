@@ -67,6 +67,7 @@ class Transport(Protocol):
 
         Raises:
             MASConnectionError: Redis could not be reached.
+            RedisCommandError: Redis refused what receiving needs (an ACL).
         """
 
     @property

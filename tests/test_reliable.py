@@ -400,3 +400,19 @@ def test_consumers_of_instances_long_gone_are_deleted(
     # (Redis 7.2 and later list the new consumer as soon as it reads.)
     wait_until(lambda: {c["name"] for c in r.xinfo_consumers("agent.stream:worker", "agents")}
                <= {"worker-new"}, message="gone consumers kept")
+
+
+def test_a_stream_key_of_another_type_fails_the_start_clearly(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    from mas_sync import RedisCommandError
+
+    r.set("agent.stream:worker", "not a stream")
+    with pytest.raises(RedisCommandError, match="agent.stream:worker.*WRONGTYPE"):
+        make_agent("worker", Recorder, **RELIABLE)
+    assert not r.exists("agent:worker")
+    assert r.get("agent.stream:worker") == "not a stream"
+    # Senders do not take the key for a stream either: they publish.
+    sender = make_agent("sender")
+    sender.send("worker", {"i": 1})
+    assert r.get("agent.stream:worker") == "not a stream"
