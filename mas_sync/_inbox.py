@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Optional, Union
+from typing import Optional, Union
 
 from pydantic import ValidationError
 
 from ._message import AgentMessage, ReplySender, weak_reply_sender
 from ._requests import PendingRequests
 from ._stats import Counters, GapTracker
+from ._transport import Receipt
 from ._workers import OrderedPool
-
-if TYPE_CHECKING:
-    from ._streams import Receipt
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from ._registry import AgentRegistry
 from ._requests import PendingRequests
 from ._state import StateManager
 from ._stats import Counters, GapTracker
-from ._streams import Receipt, StreamTransport
-from ._transport import Transport
+from ._streams import StreamTransport
+from ._transport import Receipt, Transport
 from ._workers import OrderedPool
 
 log = logging.getLogger(__name__)

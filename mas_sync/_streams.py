@@ -49,7 +49,8 @@ Entry = Tuple[bytes, Optional[Dict[bytes, bytes]]]
 
 
 class Receipt:
-    """One delivery of a stream entry to this instance: how its handler settles it.
+    """One delivery of a stream entry to this instance: how its handler settles it
+    (a :class:`~mas_sync._transport.Receipt`).
 
     Attributes:
         entry_id: The entry's id in the stream.

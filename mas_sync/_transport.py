@@ -10,19 +10,42 @@ knows a transport only through :class:`Transport`.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, List, Optional, Protocol, Sequence, Tuple
-
-if TYPE_CHECKING:
-    from ._streams import Receipt
+from typing import Any, List, Optional, Protocol, Sequence, Tuple
 
 #: Framed messages to send: ``(target_id, data)`` pairs.
 Batch = Sequence[Tuple[str, str]]
 
 
+class Receipt(Protocol):
+    """One delivery of a message that must be settled: what a stream transport hands over.
+
+    Attributes:
+        data: The message JSON.
+        attempts: Deliveries so far, this one included.
+        max_attempts: Deliveries after which a failing message is given up.
+    """
+
+    data: bytes
+    attempts: int
+    max_attempts: int
+
+    def ack(self) -> None:
+        """Handled (and a request answered): never deliver it again."""
+
+    def dead_letter(self, error: str) -> None:
+        """Given up, for ``error``: keep it apart, and never deliver it again."""
+
+    def release(self) -> None:
+        """Not handled here: deliver it again later."""
+
+    def retry(self) -> bool:
+        """Wait the backoff, then take it again for one more attempt (False: leave it)."""
+
+
 class TransportEvents(Protocol):
     """What a transport tells its run; each is called on the transport's own thread."""
 
-    def received(self, data: bytes, receipt: Optional["Receipt"] = None) -> None:
+    def received(self, data: bytes, receipt: Optional[Receipt] = None) -> None:
         """One raw message for the agent. Must not block for long, nor raise.
 
         ``receipt`` comes with a message read from a stream: whoever handles
