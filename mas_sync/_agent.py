@@ -22,7 +22,7 @@ from ._stats import AgentStats, Counters, GapTracker
 
 
 class Agent:
-    """An agent that talks to its peers over Redis pub/sub, with blocking calls.
+    """An agent that talks to its peers over Redis pub/sub (or streams), with blocking calls.
 
     Subclass it and override :meth:`on_message` (and, if needed,
     :meth:`on_start`, :meth:`on_stop`, :meth:`on_error`, :meth:`get_metadata`).
@@ -36,7 +36,9 @@ class Agent:
       one sender are handled one at a time, in the order they were sent;
       messages from different senders are handled in parallel;
     - a heartbeat that refreshes ``agent:{id}:heartbeat`` every
-      ``heartbeat_interval`` seconds.
+      ``heartbeat_interval`` seconds;
+    - for a reliable agent (``delivery="reliable"``), a reader of its stream
+      ``agent.stream:{id}``.
 
     At most ``max_pending`` messages wait for a worker; a message arriving
     beyond that is dropped, logged and counted in :attr:`stats`, so that a slow
