@@ -15,11 +15,11 @@ NAMES = sorted(
 )
 
 
-def test_the_package_holds_the_registry_scripts() -> None:
+def test_the_package_holds_the_scripts() -> None:
     assert NAMES == [
         "condemn", "delete_hash", "deregister", "instance_count", "instance_deregister",
         "instance_refresh", "instance_register", "refresh", "register", "select_page",
-        "write_hash",
+        "trim_stream", "write_hash",
     ]
 
 
