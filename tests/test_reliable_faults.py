@@ -18,6 +18,7 @@ from typing import Any, Dict, Iterator, List, Set
 
 import pytest
 import redis
+from redis.exceptions import MovedError
 
 from mas_sync import Agent, AgentMessage, MASConnectionError, RequestError
 from mas_sync.testing import RedisServer, wait_until
@@ -233,3 +234,132 @@ def test_a_redis_restart_loses_no_message_whose_send_returned(agents: List[Agent
         print(f"\nredis restart (AOF): {len(returned)} sends returned, {len(refused)} raised"
               f" MASConnectionError; all handled {recovered:.2f} s after the SHUTDOWN;"
               f" handled twice: {len(handled) - len(set(handled))}")
+
+
+# --- 3. Redis Cluster ---------------------------------------------------------
+
+
+class Flaky(Recorder):
+    """Raises for a payload with ``"fail": True``, at every attempt."""
+
+    def on_message(self, message: AgentMessage) -> Any:
+        super().on_message(message)
+        if message.payload.get("fail"):
+            raise RuntimeError(f"attempt {message.attempt} fails")
+        return {"echo": message.payload} if message.expects_reply else None
+
+
+@pytest.fixture
+def cluster() -> Iterator[Any]:
+    from mas_sync.testing import LocalCluster, redis_version
+
+    with RedisServer() as probe:
+        if redis_version(probe) < (7,):
+            pytest.skip("Redis Cluster sharded pub/sub needs redis-server 7+")
+    with LocalCluster(primaries=3) as started:
+        yield started
+
+
+def _owner(cluster: Any, key: str) -> int:
+    """The index of the node whose slot range holds ``key`` (slots split evenly)."""
+    from redis.crc import key_slot
+
+    per_node = cluster.SLOTS // cluster.n
+    return min(key_slot(key.encode()) // per_node, cluster.n - 1)
+
+
+def test_a_reliable_agent_on_a_cluster(cluster: Any, agents: List[Agent]) -> None:
+    # An id whose stream and dead-letter stream live on two different nodes.
+    agent_id = next(f"rel-{n}" for n in range(100)
+                    if _owner(cluster, f"agent.stream:rel-{n}")
+                    != _owner(cluster, f"agent.dlq:rel-{n}"))
+    worker = _start(agents, Flaky(agent_id, redis_url=cluster.url, delivery="reliable",
+                                  retry_delay=0.01, max_attempts=2, retry_timeout=1.0, **FAST))
+    sender = _start(agents, Agent("sender", redis_url=cluster.url, retry_timeout=1.0, **FAST))
+    for i in range(20):
+        sender.send(agent_id, {"i": i})
+    assert sender.request(agent_id, {"q": 1}, timeout=5).payload == {"echo": {"q": 1}}
+    with pytest.raises(RequestError) as caught:
+        sender.request(agent_id, {"fail": True}, timeout=5)
+    assert caught.value.kind == "handler_error"
+    wait_until(lambda: len(worker.got()) == 23, message="every message handled")
+    assert worker.got()[:20] == [{"i": i} for i in range(20)]
+    assert worker.stats.retried == 1 and worker.stats.dead_lettered == 1
+    [letter] = wait_until(worker.dead_letters, message="the dead letter listed")
+    assert letter.attempts == 2 and letter.error == "RuntimeError: attempt 2 fails"
+    assert letter.message is not None and letter.message.payload["fail"] is True
+    assert [m.payload for m in worker.history()][:21] == \
+        [{"i": i} for i in range(20)] + [{"q": 1}]
+    # Each stream is on the node that owns its slot, and only there.
+    for key, length in ((f"agent.stream:{agent_id}", 22), (f"agent.dlq:{agent_id}", 1)):
+        owner = _owner(cluster, key)
+        for n, node in enumerate(cluster.nodes):
+            with redis.Redis(host="127.0.0.1", port=node.port) as client:
+                if n == owner:
+                    assert client.xlen(key) == length
+                else:
+                    with pytest.raises(MovedError):
+                        client.xlen(key)
+    stream_node = cluster.nodes[_owner(cluster, f"agent.stream:{agent_id}")]
+    with redis.Redis(host="127.0.0.1", port=stream_node.port) as client:
+        wait_until(lambda: client.xpending(f"agent.stream:{agent_id}", "agents")["pending"] == 0,
+                   message="every entry acknowledged")
+
+
+# --- 4. Sentinel failover -------------------------------------------------------
+
+
+@pytest.fixture
+def group() -> Iterator[Any]:
+    from mas_sync.testing import SentinelGroup
+
+    with SentinelGroup() as started:
+        yield started
+
+
+@pytest.mark.parametrize("how", ["failover", "master killed"])
+def test_a_reliable_agent_reads_its_stream_after_a_sentinel_failover(
+    group: Any, agents: List[Agent], how: str
+) -> None:
+    worker = _start(agents, Recorder("worker", redis_url=group.url, delivery="reliable",
+                                     retry_timeout=1.0, **FAST))
+    sender = _start(agents, Agent("sender", redis_url=group.url, retry_timeout=1.0, **FAST))
+    got = lambda: [p["i"] for p in worker.got()]  # noqa: E731
+    sender.send_many([("worker", {"i": i}) for i in range(50)])
+    wait_until(lambda: set(range(50)) <= set(got()), 10, message="the first 50 handled")
+    old = group.master_address()
+    with redis.Redis(host=old[0], port=old[1], socket_timeout=2) as master:
+        wait_until(lambda: master.xpending("agent.stream:worker", "agents")["pending"] == 0,
+                   message="the first 50 acknowledged")
+        assert master.execute_command("WAIT", 1, 5000) == 1  # the acks reached the replica
+    started = time.monotonic()
+    group.failover() if how == "failover" else group.kill_master()
+    wait_until(lambda: group.master_address() != old, 20, message="a new master")
+    sent = 50
+
+    def flowing() -> bool:
+        nonlocal sent
+        try:
+            sender.send("worker", {"i": sent})
+        except MASConnectionError:
+            return False
+        sent += 1
+        return sent - 1 in got()
+
+    wait_until(flowing, 20, interval=0.05, message="messages through the stream again")
+    back = time.monotonic() - started
+    sender.send_many([("worker", {"i": i}) for i in range(sent, sent + 50)])
+    sent += 50
+    wait_until(lambda: set(range(sent - 50, sent)) <= set(got()), 10,
+               message="the last 50 handled")
+    counts = collections.Counter(got())
+    # Acknowledged and replicated before the failover: not delivered again.
+    assert [i for i in range(50) if counts[i] != 1] == []
+    assert worker.is_running
+    new = group.master_address()
+    with redis.Redis(host=new[0], port=new[1], socket_timeout=2) as master:
+        wait_until(lambda: master.xpending("agent.stream:worker", "agents")["pending"] == 0,
+                   message="everything acknowledged on the new master")
+    lost = set(range(50, sent)) - set(counts)
+    print(f"\nsentinel, {how}: the stream read again {back:.2f} s after it;"
+          f" {sent - 50} sent after it, {len(lost)} lost")
