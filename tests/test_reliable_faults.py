@@ -20,7 +20,7 @@ import pytest
 import redis
 from redis.exceptions import MovedError
 
-from mas_sync import Agent, AgentMessage, MASConnectionError, RequestError
+from mas_sync import Agent, AgentMessage, MASConnectionError, RedisCommandError, RequestError
 from mas_sync.testing import RedisServer, wait_until
 
 from .conftest import FAST
@@ -284,8 +284,9 @@ def test_a_reliable_agent_on_a_cluster(cluster: Any, agents: List[Agent]) -> Non
     assert caught.value.kind == "handler_error"
     wait_until(lambda: len(worker.got()) == 23, message="every message handled")
     assert worker.got()[:20] == [{"i": i} for i in range(20)]
-    assert worker.stats.retried == 1 and worker.stats.dead_lettered == 1
+    # (The requester hears of the failure before the entry moves to the dead letters.)
     [letter] = wait_until(worker.dead_letters, message="the dead letter listed")
+    assert worker.stats.retried == 1 and worker.stats.dead_lettered == 1
     assert letter.attempts == 2 and letter.error == "RuntimeError: attempt 2 fails"
     assert letter.message is not None and letter.message.payload["fail"] is True
     assert [m.payload for m in worker.history()][:21] == \
@@ -363,3 +364,23 @@ def test_a_reliable_agent_reads_its_stream_after_a_sentinel_failover(
     lost = set(range(50, sent)) - set(counts)
     print(f"\nsentinel, {how}: the stream read again {back:.2f} s after it;"
           f" {sent - 50} sent after it, {len(lost)} lost")
+
+
+def test_a_master_short_of_replicas_refuses_sends_to_a_reliable_agent(
+    agents: List[Agent],
+) -> None:
+    # min-replicas-to-write: what Redis offers against the loss window of a failover.
+    with RedisServer() as server:
+        worker = _start(agents, Recorder("worker", redis_url=server.url, delivery="reliable",
+                                         **FAST))
+        sender = _start(agents, Agent("sender", redis_url=server.url, **FAST))
+        sender.send("worker", {"i": 0})
+        with redis.Redis.from_url(server.url) as admin:
+            admin.config_set("min-replicas-to-write", 1)
+            with pytest.raises(RedisCommandError, match="NOREPLICAS"):
+                sender.send("worker", {"i": 1})
+            admin.config_set("min-replicas-to-write", 0)
+        sender.send("worker", {"i": 2})
+        wait_until(lambda: [p["i"] for p in worker.got()] == [0, 2], 10,
+                   message="the agent reads again once the master takes writes")
+        assert worker.is_running
