@@ -112,6 +112,10 @@ def test_sigkilled_instances_lose_nothing_and_repeat_only_what_was_in_flight(
             held = r.xpending_range("agent.stream:chaos", "agents", "-", "+", 10_000, consumer)
             in_flight.append(_payload_ids(r, [p["message_id"] for p in held]))
             child = start_child(n)
+            # Taken back at once under the same name, after 0.5 s under a new one;
+            # never after the 30 s visibility_timeout of the killed instance.
+            wait_until(lambda: in_flight[-1] <= set(_handled(r)), 5,
+                       message=f"what instance {runs[n - 1][0]} held, handled by {runs[n][0]}")
     finally:
         sender.join(30)
     assert sent == list(range(total))
