@@ -183,6 +183,13 @@ class Recorder(Agent):
 
 
 @pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, with AOF on; asked for before ``agents``."""
+    with RedisServer(appendonly=True) as private:
+        yield private
+
+
+@pytest.fixture
 def agents() -> Iterator[List[Agent]]:
     started: List[Agent] = []
     yield started
@@ -196,58 +203,59 @@ def _start(agents: List[Agent], agent: Agent) -> Any:
     return agent
 
 
-def test_a_redis_restart_loses_no_message_whose_send_returned(agents: List[Agent]) -> None:
-    with RedisServer(appendonly=True) as server:
-        worker = _start(agents, Recorder("worker", redis_url=server.url, delivery="reliable",
-                                         **FAST))
-        sender = _start(agents, Agent("feeder", redis_url=server.url, retry_timeout=0.2,
-                                      **FAST))
-        returned: List[int] = []
-        refused: List[int] = []
-        other: List[BaseException] = []
-        done = threading.Event()
+def test_a_redis_restart_loses_no_message_whose_send_returned(
+    server: RedisServer, agents: List[Agent]
+) -> None:
+    worker = _start(agents, Recorder("worker", redis_url=server.url, delivery="reliable",
+                                     **FAST))
+    sender = _start(agents, Agent("feeder", redis_url=server.url, retry_timeout=0.2,
+                                  **FAST))
+    returned: List[int] = []
+    refused: List[int] = []
+    other: List[BaseException] = []
+    done = threading.Event()
 
-        def feed() -> None:
-            i = 0
-            while not done.is_set():
-                try:
-                    sender.send("worker", {"i": i})
-                    returned.append(i)
-                except MASConnectionError:
-                    refused.append(i)
-                except BaseException as exc:  # pragma: no cover - reported below
-                    other.append(exc)
-                i += 1
-                done.wait(0.002)
+    def feed() -> None:
+        i = 0
+        while not done.is_set():
+            try:
+                sender.send("worker", {"i": i})
+                returned.append(i)
+            except MASConnectionError:
+                refused.append(i)
+            except BaseException as exc:  # pragma: no cover - reported below
+                other.append(exc)
+            i += 1
+            done.wait(0.002)
 
-        feeding = threading.Thread(target=feed, name="test-feeder")
-        feeding.start()
-        try:
-            wait_until(lambda: len(worker.got()) >= 100, 10, message="100 handled")
-            stopped_at = time.monotonic()
-            server.shutdown()
-            wait_until(lambda: len(refused) >= 3, 10, message="sends refused while down")
-            server.start()
-            back = len(returned)
-            wait_until(lambda: len(returned) >= back + 100, 15, message="sends again")
-        finally:
-            done.set()
-            feeding.join(10)
-        assert not other, other
-        expected = set(returned)
-        wait_until(lambda: expected <= {p["i"] for p in worker.got()}, 15,
-                   message="every message whose send() returned handled")
-        recovered = time.monotonic() - stopped_at
-        handled = [p["i"] for p in worker.got()]
-        assert worker.is_running
-        assert worker.stats.disconnects >= 1 and worker.stats.reconnects >= 1
-        # A request after the restart goes by the stream too, and is answered.
-        # (Its reply comes by pub/sub: wait until the sender listens again.)
-        wait_until(lambda: sender.stats.reconnects >= 1, 10, message="the sender resubscribed")
-        assert sender.request("worker", {"q": 1}, timeout=5).payload == {"echo": {"q": 1}}
-        print(f"\nredis restart (AOF): {len(returned)} sends returned, {len(refused)} raised"
-              f" MASConnectionError; all handled {recovered:.2f} s after the SHUTDOWN;"
-              f" handled twice: {len(handled) - len(set(handled))}")
+    feeding = threading.Thread(target=feed, name="test-feeder")
+    feeding.start()
+    try:
+        wait_until(lambda: len(worker.got()) >= 100, 10, message="100 handled")
+        stopped_at = time.monotonic()
+        server.shutdown()
+        wait_until(lambda: len(refused) >= 3, 10, message="sends refused while down")
+        server.start()
+        back = len(returned)
+        wait_until(lambda: len(returned) >= back + 100, 15, message="sends again")
+    finally:
+        done.set()
+        feeding.join(10)
+    assert not other, other
+    expected = set(returned)
+    wait_until(lambda: expected <= {p["i"] for p in worker.got()}, 15,
+               message="every message whose send() returned handled")
+    recovered = time.monotonic() - stopped_at
+    handled = [p["i"] for p in worker.got()]
+    assert worker.is_running
+    assert worker.stats.disconnects >= 1 and worker.stats.reconnects >= 1
+    # A request after the restart goes by the stream too, and is answered.
+    # (Its reply comes by pub/sub: wait until the sender listens again.)
+    wait_until(lambda: sender.stats.reconnects >= 1, 10, message="the sender resubscribed")
+    assert sender.request("worker", {"q": 1}, timeout=5).payload == {"echo": {"q": 1}}
+    print(f"\nredis restart (AOF): {len(returned)} sends returned, {len(refused)} raised"
+          f" MASConnectionError; all handled {recovered:.2f} s after the SHUTDOWN;"
+          f" handled twice: {len(handled) - len(set(handled))}")
 
 
 # --- 3. Redis Cluster ---------------------------------------------------------
@@ -381,23 +389,22 @@ def test_a_reliable_agent_reads_its_stream_after_a_sentinel_failover(
 
 
 def test_a_master_short_of_replicas_refuses_sends_to_a_reliable_agent(
-    agents: List[Agent],
+    server: RedisServer, agents: List[Agent]
 ) -> None:
     # min-replicas-to-write: what Redis offers against the loss window of a failover.
-    with RedisServer() as server:
-        worker = _start(agents, Recorder("worker", redis_url=server.url, delivery="reliable",
-                                         **FAST))
-        sender = _start(agents, Agent("sender", redis_url=server.url, **FAST))
-        sender.send("worker", {"i": 0})
-        with redis.Redis.from_url(server.url) as admin:
-            admin.config_set("min-replicas-to-write", 1)
-            with pytest.raises(RedisCommandError, match="NOREPLICAS"):
-                sender.send("worker", {"i": 1})
-            admin.config_set("min-replicas-to-write", 0)
-        sender.send("worker", {"i": 2})
-        wait_until(lambda: [p["i"] for p in worker.got()] == [0, 2], 10,
-                   message="the agent reads again once the master takes writes")
-        assert worker.is_running
+    worker = _start(agents, Recorder("worker", redis_url=server.url, delivery="reliable",
+                                     **FAST))
+    sender = _start(agents, Agent("sender", redis_url=server.url, **FAST))
+    sender.send("worker", {"i": 0})
+    with redis.Redis.from_url(server.url) as admin:
+        admin.config_set("min-replicas-to-write", 1)
+        with pytest.raises(RedisCommandError, match="NOREPLICAS"):
+            sender.send("worker", {"i": 1})
+        admin.config_set("min-replicas-to-write", 0)
+    sender.send("worker", {"i": 2})
+    wait_until(lambda: [p["i"] for p in worker.got()] == [0, 2], 10,
+               message="the agent reads again once the master takes writes")
+    assert worker.is_running
 
 
 def test_a_restarted_instance_takes_back_more_entries_than_its_queue_holds(
