@@ -84,7 +84,7 @@ class Receipt:
 
     def release(self) -> None:
         """Leave the entry pending (not handled here): it is delivered again later."""
-        self.transport.settle(self)
+        self.transport.release(self)
 
     def retry(self) -> bool:
         """Wait the backoff of this attempt, then take the entry again for one more attempt.
@@ -176,6 +176,7 @@ class StreamTransport:
         self._inflight: Dict[str, Receipt] = {}
         self._reading = False
         self._reading_at_stop = False
+        self._own_left = False  # entries this consumer holds and does not handle
         self._next_cleanup = 0.0
         self.thread = threading.Thread(
             target=self._loop, name=thread_name.rsplit("-", 1)[0] + "-reader", daemon=True
@@ -286,6 +287,11 @@ class StreamTransport:
         with self._lock:
             self._inflight.pop(receipt.entry_id, None)
 
+    def release(self, receipt: Receipt) -> None:
+        """The queue had no room for the entry: the reader takes it back once it has."""
+        self.settle(receipt)
+        self._own_left = True
+
     def dead_letter(self, receipt: Receipt, error: str) -> None:
         """Add the entry to the dead-letter stream, then acknowledge it."""
         self.settle(receipt)
@@ -350,7 +356,7 @@ class StreamTransport:
             try:
                 if setup:
                     self._ensure_group()
-                    self._take_own_pending()
+                    self._own_left = True
                     setup = False
                     self._reading = True
                     backoff = 0.05
@@ -366,6 +372,11 @@ class StreamTransport:
                 room = events.room()
                 if room <= 0:
                     self._stop.wait(0.005)
+                    continue
+                if self._own_left:  # older than any new entry: first
+                    self._own_left = False  # (set again by an entry refused meanwhile)
+                    if not self._take_own_pending(room):
+                        self._own_left = True
                     continue
                 reply = self._bytes.xreadgroup(
                     _wire.CONSUMER_GROUP, self.consumer, {self.stream: ">"},
@@ -398,8 +409,12 @@ class StreamTransport:
                 backoff = min(backoff * 2, MAX_BACKOFF)
         self._reading = False
 
-    def _take_own_pending(self) -> None:
-        """At start (and after an outage): take back what this consumer had not acknowledged."""
+    def _take_own_pending(self, room: int) -> bool:
+        """Take back what this consumer holds and does not handle, ``room`` entries at most.
+
+        At start (a restarted instance), after an outage, and after the queue
+        refused an entry. Returns False when ``room`` ran out first.
+        """
         with self._lock:
             held = set(self._inflight)
         start = "-"
@@ -409,14 +424,22 @@ class StreamTransport:
             )
             ids = [p["message_id"] for p in pending if p["message_id"].decode() not in held]
             if ids:
+                ids = ids[:room]
+                room -= len(ids)
                 counts = {p["message_id"]: p["times_delivered"] + 1 for p in pending}
                 entries = self._bytes.xclaim(
                     self.stream, _wire.CONSUMER_GROUP, self.consumer, 0, ids
                 )
+                gone = [entry_id for entry_id, fields in entries if fields is None]
+                if gone:  # deleted from the stream while pending: nothing to handle
+                    self._bytes.xack(self.stream, _wire.CONSUMER_GROUP, *gone)
                 self._deliver(entries, counts)
+                if room <= 0:
+                    return False
             if len(pending) < READ_COUNT:
-                return
+                return True
             start = "(" + pending[-1]["message_id"].decode()
+        return True
 
     def _claim_idle(self) -> None:
         """Keep this instance's entries from looking idle; take those idle elsewhere."""

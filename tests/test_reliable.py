@@ -111,7 +111,8 @@ def test_a_failing_handler_is_tried_again_until_it_succeeds(
     reply = asker.request("worker", {"ok_at": 3}, timeout=5)
     assert reply.payload == {"done_at": 3}
     assert [m.attempt for m in worker.seen] == [1, 2, 3]
-    wait_until(lambda: worker.stats.handled == 1)  # counted once the reply is out
+    # (The reply goes out before the handled message is counted.)
+    wait_until(lambda: worker.stats.handled == 1, message="counted as handled")
     stats = worker.stats
     assert stats.retried == 2 and stats.handler_errors == 2
     wait_until(lambda: group_pending(r, "worker") == 0, message="not acknowledged")

@@ -81,8 +81,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 class RedisServer:
     """A redis-server process of its own, on 127.0.0.1 and a free port.
 
-    Nothing is saved to disk. Use it as a context manager, or call
-    :meth:`start` and :meth:`stop`.
+    Nothing is saved to disk unless ``appendonly`` is set. Use it as a
+    context manager, or call :meth:`start` and :meth:`stop`.
 
     Args:
         executable: The redis-server binary; by default :func:`find_redis_server`.
@@ -92,6 +92,9 @@ class RedisServer:
         startup_timeout: Seconds to wait for the server to answer.
         config: Text of a configuration file to start the server with (a
             sentinel needs one it can rewrite).
+        appendonly: Log every write to an append-only file (fsync every
+            second), which the server loads when it starts again: a
+            :meth:`shutdown` then :meth:`start` keeps every write.
     """
 
     def __init__(
@@ -102,12 +105,14 @@ class RedisServer:
         extra_args: Sequence[str] = (),
         startup_timeout: float = 10.0,
         config: str = "",
+        appendonly: bool = False,
     ) -> None:
         self.executable = executable or find_redis_server()
         self.port = port
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.config = config
+        self.appendonly = appendonly
         self.process: Optional[subprocess.Popen] = None
         self._dir: Optional[tempfile.TemporaryDirectory] = None
         self._log_path = ""
@@ -150,7 +155,7 @@ class RedisServer:
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes" if self.appendonly else "no",
                 "--dir", self._dir.name,
                 "--daemonize", "no",
                 "--loglevel", "warning",
@@ -181,6 +186,24 @@ class RedisServer:
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the server with ``SHUTDOWN``, as an operator would; keep its files.
+
+        Redis flushes its append-only file (see ``appendonly``) before it
+        exits. :meth:`start` starts it again on the same port.
+        """
+        assert self.process is not None and self.port is not None
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout,
+                             retry=Retry(NoBackoff(), 0))
+        try:
+            client.shutdown()
+        except redis.ConnectionError:
+            pass  # it closed the connection as it exited
+        finally:
+            client.close()
+        self.process.wait(timeout)
+        self.process = None
 
     def restart(self, *, keep_data: bool = False, down_for: float = 0.0) -> None:
         """Kill the server (SIGKILL, as a crash would) and start it on the same port.
