@@ -125,7 +125,7 @@ class _Acks:
             except ANY_REDIS_ERROR as exc:
                 log.warning(
                     "Agent %s: could not acknowledge %d messages (they will be delivered"
-                    " again after visibility_timeout): %s", self._agent_id, len(ids), exc,
+                    " again): %s", self._agent_id, len(ids), exc,
                 )
 
 
@@ -349,7 +349,8 @@ class StreamTransport:
     def _loop(self) -> None:
         events = self._events
         setup = True
-        failing = False
+        failing = False  # Redis lost, logged once
+        refused = False  # Redis refused to let it read, logged once
         backoff = 0.05
         next_claim = 0.0
         while not self._stop.is_set():
@@ -359,7 +360,6 @@ class StreamTransport:
                     self._own_left = True
                     setup = False
                     self._reading = True
-                    backoff = 0.05
                     if failing:
                         failing = False
                         log.info("Agent %s: reading %s again", self._agent_id, self.stream)
@@ -382,6 +382,10 @@ class StreamTransport:
                     _wire.CONSUMER_GROUP, self.consumer, {self.stream: ">"},
                     count=min(room, READ_COUNT), block=self._block_ms,
                 )
+                backoff = 0.05
+                if refused:
+                    refused = False
+                    log.info("Agent %s: reading %s again", self._agent_id, self.stream)
                 for _, entries in reply or ():
                     self._deliver(entries, None)
             except REDIS_ERRORS as exc:
@@ -397,8 +401,11 @@ class StreamTransport:
             except redis.ResponseError as exc:
                 setup = True
                 if "NOGROUP" not in str(exc):  # the stream was deleted: make it again
-                    log.warning("Agent %s: reading %s failed: %s", self._agent_id, self.stream, exc)
-                    events.restarted(exc)
+                    if not refused:  # once until a read succeeds (NOREPLICAS, an ACL, ...)
+                        refused = True
+                        log.warning("Agent %s: Redis refused to let it read %s: %s",
+                                    self._agent_id, self.stream, exc)
+                        events.restarted(exc)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF)
             except Exception as exc:  # pragma: no cover - a defect; keep reading

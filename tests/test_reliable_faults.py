@@ -397,9 +397,22 @@ def test_a_master_short_of_replicas_refuses_sends_to_a_reliable_agent(
     sender = _start(agents, Agent("sender", redis_url=server.url, **FAST))
     sender.send("worker", {"i": 0})
     with redis.Redis.from_url(server.url) as admin:
+        # Acknowledged first: an acknowledgement refused would deliver it again.
+        wait_until(lambda: admin.xpending("agent.stream:worker", "agents")["pending"] == 0
+                   and worker.got(), message="the first message acknowledged")
         admin.config_set("min-replicas-to-write", 1)
         with pytest.raises(RedisCommandError, match="NOREPLICAS"):
             sender.send("worker", {"i": 1})
+
+        def refused_reads() -> int:  # the reader's reads, and its group's creation
+            stats = admin.info("commandstats")
+            return sum(int(stats.get(f"cmdstat_{name}", {}).get("rejected_calls", 0))
+                       for name in ("xreadgroup", "xgroup|create"))
+
+        first = refused_reads()
+        wait_until(lambda: refused_reads() >= first + 3, 10, message="reads refused again")
+        # Refused again and again, the reader says so once (a warning, one restart).
+        assert worker.stats.listener_restarts == 1
         admin.config_set("min-replicas-to-write", 0)
     sender.send("worker", {"i": 2})
     wait_until(lambda: [p["i"] for p in worker.got()] == [0, 2], 10,
