@@ -175,6 +175,7 @@ class StreamTransport:
         self._reading = False
         self._reading_at_stop = False
         self._next_cleanup = 0.0
+        self._claim_from = "0-0"
         self.thread = threading.Thread(
             target=self._loop, name=thread_name.rsplit("-", 1)[0] + "-reader", daemon=True
         )
@@ -342,6 +343,7 @@ class StreamTransport:
         failing = False
         backoff = 0.05
         next_claim = 0.0
+        claiming = False
         while not self._stop.is_set():
             try:
                 if setup:
@@ -357,8 +359,11 @@ class StreamTransport:
                 now = time.monotonic()
                 if now >= next_claim:
                     next_claim = now + CLAIM_INTERVAL
-                    self._claim_idle()
+                    self._touch()
                     self._trim(keys=[self.stream], args=[_wire.CONSUMER_GROUP, self._maxlen])
+                    claiming, self._claim_from = True, "0-0"
+                if claiming and events.room() > 0:
+                    claiming = self._claim_idle()
                 room = events.room()
                 if room <= 0:
                     self._stop.wait(0.005)
@@ -414,8 +419,8 @@ class StreamTransport:
                 return
             start = "(" + pending[-1]["message_id"].decode()
 
-    def _claim_idle(self) -> None:
-        """Keep this instance's entries from looking idle; take those idle elsewhere."""
+    def _touch(self) -> None:
+        """Keep this instance's entries from looking idle; now and then, forget gone consumers."""
         with self._lock:
             held = list(self._inflight)
         if held:
@@ -426,24 +431,38 @@ class StreamTransport:
         if time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_INTERVAL
             self._forget_gone_consumers()
-        room = self._events.room()
-        if room <= 0:
-            return
-        _, entries, *_ = self._bytes.xautoclaim(
-            self.stream, _wire.CONSUMER_GROUP, self.consumer, self._visibility_ms,
-            start_id="0-0", count=min(room, READ_COUNT),
-        )
-        entries = [entry for entry in entries if entry[1] is not None]
-        if not entries:
-            return
-        pending = self._bytes.xpending_range(
-            self.stream, _wire.CONSUMER_GROUP, entries[0][0], entries[-1][0], len(entries) * 2,
-            self.consumer,
-        )
-        counts = {p["message_id"]: p["times_delivered"] for p in pending}
-        log.info("Agent %s: took %d idle entries of %s", self._agent_id, len(entries), self.stream)
-        self._events.reclaimed(len(entries))
-        self._deliver(entries, counts)
+
+    def _claim_idle(self) -> bool:
+        """Take the entries idle elsewhere, a page at a time, as long as the workers have room.
+
+        Returns:
+            True when the workers ran out of room before the pending list was
+            scanned to its end: the reader then reads no new entries, and
+            goes on claiming once there is room, so that the entries of a
+            crashed instance do not wait behind newer ones.
+        """
+        while True:
+            room = self._events.room()
+            if room <= 0:
+                return True
+            cursor, entries, *_ = self._bytes.xautoclaim(
+                self.stream, _wire.CONSUMER_GROUP, self.consumer, self._visibility_ms,
+                start_id=self._claim_from, count=min(room, READ_COUNT),
+            )
+            self._claim_from = cursor.decode() if isinstance(cursor, bytes) else cursor
+            entries = [entry for entry in entries if entry[1] is not None]
+            if entries:
+                pending = self._bytes.xpending_range(
+                    self.stream, _wire.CONSUMER_GROUP, entries[0][0], entries[-1][0],
+                    len(entries) * 2, self.consumer,
+                )
+                counts = {p["message_id"]: p["times_delivered"] for p in pending}
+                log.info("Agent %s: took %d idle entries of %s",
+                         self._agent_id, len(entries), self.stream)
+                self._events.reclaimed(len(entries))
+                self._deliver(entries, counts)
+            if self._claim_from == "0-0":
+                return False
 
     def _forget_gone_consumers(self) -> None:
         """Delete the consumers of instances long gone that hold nothing.
