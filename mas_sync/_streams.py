@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import redis
 
@@ -96,22 +96,51 @@ class Receipt:
 
 
 class _Acks:
-    """Acknowledges entries in batches: the worker that finds none in flight sends them all."""
+    """Acknowledges entries in batches.
 
-    def __init__(self, client: redis.Redis, stream: str, agent_id: str) -> None:
+    A worker that acknowledges while other messages wait for a worker leaves
+    its entry for later (up to :data:`READ_COUNT` of them): the worker that
+    finds none waiting sends them all, in one XACK, and so does the reader
+    before each read. A backlog is thus acknowledged a batch at a time, not
+    a round trip per message, and an entry waits at most one read (about
+    ``BLOCK_MS``) to be acknowledged.
+
+    Args:
+        client: The run's command client.
+        stream: The agent's stream.
+        agent_id: Whose (for the log).
+        waiting: How many messages wait for a worker.
+    """
+
+    def __init__(
+        self, client: redis.Redis, stream: str, agent_id: str, waiting: Callable[[], int]
+    ) -> None:
         self._client = client
         self._stream = stream
         self._agent_id = agent_id
+        self._waiting = waiting
         self._lock = threading.Lock()
         self._ids: List[str] = []
         self._flushing = False
 
     def add(self, entry_id: str) -> None:
+        """Acknowledge ``entry_id``: now, or with the next batch if messages wait."""
         with self._lock:
             self._ids.append(entry_id)
-            if self._flushing:
-                return  # the flushing worker takes it along
+            if self._flushing or (len(self._ids) < READ_COUNT and self._waiting() > 0):
+                return  # the flushing thread takes it along, or the next batch does
             self._flushing = True
+        self._send()
+
+    def flush(self) -> None:
+        """Send what waits to be acknowledged (unless another thread is sending)."""
+        with self._lock:
+            if self._flushing or not self._ids:
+                return
+            self._flushing = True
+        self._send()
+
+    def _send(self) -> None:
         while True:
             with self._lock:
                 ids, self._ids = self._ids, []
@@ -125,6 +154,10 @@ class _Acks:
                     "Agent %s: could not acknowledge %d messages (they will be delivered"
                     " again after visibility_timeout): %s", self._agent_id, len(ids), exc,
                 )
+            except BaseException:
+                with self._lock:
+                    self._flushing = False
+                raise
 
 
 class StreamTransport:
@@ -160,6 +193,7 @@ class StreamTransport:
         self.stream = _wire.stream_key(agent_id)
         self.consumer = _wire.consumer_name(agent_id, options.instance)
         self.max_attempts = options.max_attempts
+        self._max_pending = options.max_pending
         self._visibility_ms = int(options.visibility_timeout * 1000)
         self._retry_delay = options.retry_delay
         self._maxlen = options.stream_maxlen
@@ -167,7 +201,7 @@ class StreamTransport:
         self._block_ms = max(1, min(BLOCK_MS, int(options.command_timeout * 500)))
         self._raw_args = (options.max_workers + 2, options.command_timeout, client_name)
         self._raw: Optional[redis.Redis] = None
-        self.acks = _Acks(client, self.stream, agent_id)
+        self.acks = _Acks(client, self.stream, agent_id, self._waiting)
         self._client = client
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -179,6 +213,10 @@ class StreamTransport:
         self.thread = threading.Thread(
             target=self._loop, name=thread_name.rsplit("-", 1)[0] + "-reader", daemon=True
         )
+
+    def _waiting(self) -> int:
+        """Messages that wait for a worker."""
+        return self._max_pending - self._events.room()
 
     # -- Transport -------------------------------------------------------------
 
@@ -239,6 +277,7 @@ class StreamTransport:
         if self._raw is None:
             return
         try:
+            self.acks.flush()
             if self._reading_at_stop:
                 self._hand_over()
         except ANY_REDIS_ERROR as exc:
@@ -364,6 +403,7 @@ class StreamTransport:
                     claiming, self._claim_from = True, "0-0"
                 if claiming and events.room() > 0:
                     claiming = self._claim_idle()
+                self.acks.flush()
                 room = events.room()
                 if room <= 0:
                     self._stop.wait(0.005)

@@ -56,3 +56,54 @@ def test_every_idle_entry_is_taken_in_one_pass_before_new_ones(
     assert took < 0.5 + 1.0 + 1.0, f"took {took:.2f} s"
     assert again.stats.reclaimed == 500
     wait_until(lambda: again.count(set(range(2500))) == 2500, message="new entries not handled")
+
+
+def xack_calls(r: redis.Redis) -> int:
+    return int(r.info("commandstats").get("cmdstat_xack", {}).get("calls", 0))
+
+
+def test_acknowledgements_of_a_backlog_go_in_batches(make_agent: Any, r: redis.Redis) -> None:
+    # 1,000 messages of one sender wait: one worker handles them in order.
+    worker = make_agent("worker", Counter, delivery="reliable", instance="one")
+    worker.stop()
+    pipe = r.pipeline(transaction=False)
+    for n in range(1000):
+        pipe.xadd("agent.stream:worker", {"envelope": frame_message("a", "worker", f'{{"n":{n}}}')})
+    pipe.execute()
+    r.config_resetstat()
+    again = make_agent("worker", Counter, delivery="reliable", instance="one")
+    wait_until(lambda: again.count(set(range(1000))) == 1000, message="not handled")
+    wait_until(lambda: int(r.xpending("agent.stream:worker", "agents")["pending"]) == 0,
+               message="not acknowledged")
+    # One XACK per message made the worker wait a round trip for each.
+    assert xack_calls(r) <= 100
+
+
+def test_an_acknowledgement_waits_little_behind_a_busy_sender(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    gate = threading.Event()
+
+    class Gated(Counter):
+        def on_message(self, message: AgentMessage) -> None:
+            if message.sender_id == "slow":
+                gate.wait(10)
+            super().on_message(message)
+
+    worker = make_agent("worker", Gated, delivery="reliable", instance="one")
+    slow, quick = make_agent("slow"), make_agent("quick")
+    try:
+        for n in range(5):
+            slow.send("worker", {"n": 1000 + n})  # the first blocks a worker, four wait
+        wait_until(lambda: int(r.xpending("agent.stream:worker", "agents")["pending"]) == 5,
+                   message="not read")
+        for n in range(20):
+            quick.send("worker", {"n": n})
+        wait_until(lambda: worker.count(set(range(20))) == 20, message="not handled")
+        # Messages still wait for a worker, yet what was handled is acknowledged.
+        wait_until(lambda: int(r.xpending("agent.stream:worker", "agents")["pending"]) == 5,
+                   timeout=2.0, message="handled messages not acknowledged")
+    finally:
+        gate.set()
+    wait_until(lambda: int(r.xpending("agent.stream:worker", "agents")["pending"]) == 0,
+               message="not acknowledged")
