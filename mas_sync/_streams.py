@@ -210,12 +210,19 @@ class StreamTransport:
         self._reading_at_stop = False
         self._next_cleanup = 0.0
         self._claim_from = "0-0"
+        self._in_read = False
         self.thread = threading.Thread(
             target=self._loop, name=thread_name.rsplit("-", 1)[0] + "-reader", daemon=True
         )
 
     def _waiting(self) -> int:
-        """Messages that wait for a worker."""
+        """Messages that wait for a worker, or 0 when the reader waits for entries.
+
+        While the reader is not blocked in its read, it sends what waits to
+        be acknowledged before its next read: a worker need not.
+        """
+        if not self._in_read:
+            return 1
         return self._max_pending - self._events.room()
 
     # -- Transport -------------------------------------------------------------
@@ -408,10 +415,14 @@ class StreamTransport:
                 if room <= 0:
                     self._stop.wait(0.005)
                     continue
-                reply = self._bytes.xreadgroup(
-                    _wire.CONSUMER_GROUP, self.consumer, {self.stream: ">"},
-                    count=min(room, READ_COUNT), block=self._block_ms,
-                )
+                self._in_read = True
+                try:
+                    reply = self._bytes.xreadgroup(
+                        _wire.CONSUMER_GROUP, self.consumer, {self.stream: ">"},
+                        count=min(room, READ_COUNT), block=self._block_ms,
+                    )
+                finally:
+                    self._in_read = False
                 for _, entries in reply or ():
                     self._deliver(entries, None)
             except REDIS_ERRORS as exc:
