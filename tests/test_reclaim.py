@@ -107,3 +107,22 @@ def test_an_acknowledgement_waits_little_behind_a_busy_sender(
         gate.set()
     wait_until(lambda: int(r.xpending("agent.stream:worker", "agents")["pending"]) == 0,
                message="not acknowledged")
+
+
+def test_a_short_visibility_timeout_is_checked_more_often_than_every_second(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    worker = make_agent("worker", Counter, delivery="reliable", instance="first")
+    worker.stop()
+    r.xadd("agent.stream:worker", {"envelope": frame_message("a", "worker", '{"n":7}')})
+    r.xreadgroup("agents", "worker-dead", {"agent.stream:worker": ">"})
+    (entry_id,) = [p["message_id"] for p in r.xpending_range("agent.stream:worker", "agents", "-", "+", 10)]
+    # Idle for 0.8 s already: it may be taken 0.2 s from now; a claim pass
+    # at start is too early for it, and the next came a second later.
+    r.xclaim("agent.stream:worker", "agents", "worker-dead", 0, [entry_id], idle=800, justid=True)
+    started = time.monotonic()
+    again = make_agent("worker", Counter, delivery="reliable", instance="second",
+                       visibility_timeout=1.0)
+    wait_until(lambda: again.count({7}) == 1, timeout=5, message="idle entry not taken")
+    took = time.monotonic() - started
+    assert took < 0.75, f"took {took:.2f} s"
