@@ -100,18 +100,20 @@ class Receipt:
 class _Acks:
     """Acknowledges entries in batches.
 
-    A worker that acknowledges while other messages wait for a worker leaves
-    its entry for later (up to :data:`READ_COUNT` of them): the worker that
-    finds none waiting sends them all, in one XACK, and so does the reader
-    before each read. A backlog is thus acknowledged a batch at a time, not
-    a round trip per message, and an entry waits at most one read (about
-    ``BLOCK_MS``) to be acknowledged.
+    A worker that acknowledges while other messages wait for a worker, or
+    while the reader is between two reads, leaves its entry for later (up to
+    :data:`READ_COUNT` of them): the reader sends them all, in one XACK,
+    before its next read, and a worker that finds none waiting while the
+    reader is blocked in a read sends them itself. A backlog is thus
+    acknowledged a batch at a time, not a round trip per message, and an
+    entry waits at most one read (about ``BLOCK_MS``) to be acknowledged.
 
     Args:
         client: The run's command client.
         stream: The agent's stream.
         agent_id: Whose (for the log).
-        waiting: How many messages wait for a worker.
+        waiting: How many messages wait for a worker (more than 0 also while
+            the reader is between two reads).
     """
 
     def __init__(
@@ -219,7 +221,7 @@ class StreamTransport:
         )
 
     def _waiting(self) -> int:
-        """Messages that wait for a worker, or 0 when the reader waits for entries.
+        """Messages that wait for a worker; at least 1 while the reader is between reads.
 
         While the reader is not blocked in its read, it sends what waits to
         be acknowledged before its next read: a worker need not.
