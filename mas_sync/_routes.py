@@ -87,9 +87,15 @@ class Routes:
         was looked up is not made again: that message is published instead.
         """
         streams = set() if direct else self.reliable({target for target, _ in batch})
-        if len(batch) == 1 and not streams:
+        if len(batch) == 1:  # one command, without a pipeline's cost
             target_id, data = batch[0]
-            self._publish(_wire.agent_channel(target_id), data)
+            if not streams:
+                self._publish(_wire.agent_channel(target_id), data)
+            elif self._client.xadd(
+                _wire.stream_key(target_id), {_wire.ENVELOPE: data}, nomkstream=True
+            ) is None:
+                self.forget(target_id)
+                self.send(batch, direct=True)
             return
         pipe = self._client.pipeline(transaction=False)
         for target_id, data in batch:

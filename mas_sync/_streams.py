@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import redis
 
@@ -36,7 +36,9 @@ READ_COUNT = 100
 #: Longest a read blocks, in ms; a stop waits for it at most this long.
 BLOCK_MS = 250
 #: Seconds between two claim passes (XAUTOCLAIM of idle entries, the touch
-#: that keeps this instance's own entries from looking idle, and a trim).
+#: that keeps this instance's own entries from looking idle, and a trim), at
+#: most; a quarter of ``visibility_timeout`` (not under 0.05 s) when that is
+#: shorter, so that an entry idle that long is taken within a quarter of it more.
 CLAIM_INTERVAL = 1.0
 #: Seconds between two passes that delete the consumers of instances gone.
 CONSUMER_CLEANUP_INTERVAL = 60.0
@@ -98,22 +100,53 @@ class Receipt:
 
 
 class _Acks:
-    """Acknowledges entries in batches: the worker that finds none in flight sends them all."""
+    """Acknowledges entries in batches.
 
-    def __init__(self, client: redis.Redis, stream: str, agent_id: str) -> None:
+    A worker that acknowledges while other messages wait for a worker, or
+    while the reader is between two reads, leaves its entry for later (up to
+    :data:`READ_COUNT` of them): the reader sends them all, in one XACK,
+    before its next read, and a worker that finds none waiting while the
+    reader is blocked in a read sends them itself. A backlog is thus
+    acknowledged a batch at a time, not a round trip per message, and an
+    entry waits at most one read (about ``BLOCK_MS``) to be acknowledged.
+
+    Args:
+        client: The run's command client.
+        stream: The agent's stream.
+        agent_id: Whose (for the log).
+        waiting: How many messages wait for a worker (more than 0 also while
+            the reader is between two reads).
+    """
+
+    def __init__(
+        self, client: redis.Redis, stream: str, agent_id: str, waiting: Callable[[], int]
+    ) -> None:
         self._client = client
         self._stream = stream
         self._agent_id = agent_id
+        self._waiting = waiting
         self._lock = threading.Lock()
         self._ids: List[str] = []
         self._flushing = False
 
     def add(self, entry_id: str) -> None:
+        """Acknowledge ``entry_id``: now, or with the next batch if messages wait."""
         with self._lock:
             self._ids.append(entry_id)
-            if self._flushing:
-                return  # the flushing worker takes it along
+            if self._flushing or (len(self._ids) < READ_COUNT and self._waiting() > 0):
+                return  # the flushing thread takes it along, or the next batch does
             self._flushing = True
+        self._send()
+
+    def flush(self) -> None:
+        """Send what waits to be acknowledged (unless another thread is sending)."""
+        with self._lock:
+            if self._flushing or not self._ids:
+                return
+            self._flushing = True
+        self._send()
+
+    def _send(self) -> None:
         while True:
             with self._lock:
                 ids, self._ids = self._ids, []
@@ -127,6 +160,10 @@ class _Acks:
                     "Agent %s: could not acknowledge %d messages (they will be delivered"
                     " again): %s", self._agent_id, len(ids), exc,
                 )
+            except BaseException:
+                with self._lock:
+                    self._flushing = False
+                raise
 
 
 class StreamTransport:
@@ -162,14 +199,16 @@ class StreamTransport:
         self.stream = _wire.stream_key(agent_id)
         self.consumer = _wire.consumer_name(agent_id, options.instance)
         self.max_attempts = options.max_attempts
+        self._max_pending = options.max_pending
         self._visibility_ms = int(options.visibility_timeout * 1000)
         self._retry_delay = options.retry_delay
         self._maxlen = options.stream_maxlen
         self._visibility = options.visibility_timeout
+        self._claim_interval = min(CLAIM_INTERVAL, max(0.05, options.visibility_timeout / 4))
         self._block_ms = max(1, min(BLOCK_MS, int(options.command_timeout * 500)))
         self._raw_args = (options.max_workers + 2, options.command_timeout, client_name)
         self._raw: Optional[redis.Redis] = None
-        self.acks = _Acks(client, self.stream, agent_id)
+        self.acks = _Acks(client, self.stream, agent_id, self._waiting)
         self._client = client
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -178,9 +217,21 @@ class StreamTransport:
         self._reading_at_stop = False
         self._own_left = False  # entries this consumer holds and does not handle
         self._next_cleanup = 0.0
+        self._claim_from = "0-0"
+        self._in_read = False
         self.thread = threading.Thread(
             target=self._loop, name=thread_name.rsplit("-", 1)[0] + "-reader", daemon=True
         )
+
+    def _waiting(self) -> int:
+        """Messages that wait for a worker; at least 1 while the reader is between reads.
+
+        While the reader is not blocked in its read, it sends what waits to
+        be acknowledged before its next read: a worker need not.
+        """
+        if not self._in_read:
+            return 1
+        return self._max_pending - self._events.room()
 
     # -- Transport -------------------------------------------------------------
 
@@ -243,6 +294,7 @@ class StreamTransport:
         if self._raw is None:
             return
         try:
+            self.acks.flush()
             if self._reading_at_stop:
                 self._hand_over()
         except ANY_REDIS_ERROR as exc:
@@ -353,6 +405,7 @@ class StreamTransport:
         refused = False  # Redis refused to let it read, logged once
         backoff = 0.05
         next_claim = 0.0
+        claiming = False
         while not self._stop.is_set():
             try:
                 if setup:
@@ -366,9 +419,13 @@ class StreamTransport:
                         events.reconnected()
                 now = time.monotonic()
                 if now >= next_claim:
-                    next_claim = now + CLAIM_INTERVAL
-                    self._claim_idle()
+                    next_claim = now + self._claim_interval
+                    self._touch()
                     self._trim(keys=[self.stream], args=[_wire.CONSUMER_GROUP, self._maxlen])
+                    claiming, self._claim_from = True, "0-0"
+                if claiming and events.room() > 0:
+                    claiming = self._claim_idle()
+                self.acks.flush()
                 room = events.room()
                 if room <= 0:
                     self._stop.wait(0.005)
@@ -378,10 +435,14 @@ class StreamTransport:
                     if not self._take_own_pending(room):
                         self._own_left = True
                     continue
-                reply = self._bytes.xreadgroup(
-                    _wire.CONSUMER_GROUP, self.consumer, {self.stream: ">"},
-                    count=min(room, READ_COUNT), block=self._block_ms,
-                )
+                self._in_read = True
+                try:
+                    reply = self._bytes.xreadgroup(
+                        _wire.CONSUMER_GROUP, self.consumer, {self.stream: ">"},
+                        count=min(room, READ_COUNT), block=self._block_ms,
+                    )
+                finally:
+                    self._in_read = False
                 backoff = 0.05
                 if refused:
                     refused = False
@@ -448,8 +509,8 @@ class StreamTransport:
             start = "(" + pending[-1]["message_id"].decode()
         return True
 
-    def _claim_idle(self) -> None:
-        """Keep this instance's entries from looking idle; take those idle elsewhere."""
+    def _touch(self) -> None:
+        """Keep this instance's entries from looking idle; now and then, forget gone consumers."""
         with self._lock:
             held = list(self._inflight)
         if held:
@@ -460,23 +521,38 @@ class StreamTransport:
         if time.monotonic() >= self._next_cleanup:
             self._next_cleanup = time.monotonic() + CONSUMER_CLEANUP_INTERVAL
             self._forget_gone_consumers()
-        room = self._events.room()
-        if room <= 0:
-            return
-        _, entries, *_ = self._bytes.xautoclaim(
-            self.stream, _wire.CONSUMER_GROUP, self.consumer, self._visibility_ms,
-            start_id="0-0", count=min(room, READ_COUNT),
-        )
-        entries = [entry for entry in entries if entry[1] is not None]
-        if not entries:
-            return
-        pipe = self._bytes.pipeline(transaction=False)
-        for entry_id, _ in entries:
-            pipe.xpending_range(self.stream, _wire.CONSUMER_GROUP, entry_id, entry_id, 1)
-        counts = {p[0]["message_id"]: p[0]["times_delivered"] for p in pipe.execute() if p}
-        log.info("Agent %s: took %d idle entries of %s", self._agent_id, len(entries), self.stream)
-        self._events.reclaimed(len(entries))
-        self._deliver(entries, counts)
+
+    def _claim_idle(self) -> bool:
+        """Take the entries idle elsewhere, a page at a time, as long as the workers have room.
+
+        Returns:
+            True when the workers ran out of room before the pending list was
+            scanned to its end: the reader then reads no new entries, and
+            goes on claiming once there is room, so that the entries of a
+            crashed instance do not wait behind newer ones.
+        """
+        while True:
+            room = self._events.room()
+            if room <= 0:
+                return True
+            cursor, entries, *_ = self._bytes.xautoclaim(
+                self.stream, _wire.CONSUMER_GROUP, self.consumer, self._visibility_ms,
+                start_id=self._claim_from, count=min(room, READ_COUNT),
+            )
+            self._claim_from = cursor.decode() if isinstance(cursor, bytes) else cursor
+            entries = [entry for entry in entries if entry[1] is not None]
+            if entries:
+                pipe = self._bytes.pipeline(transaction=False)
+                for entry_id, _ in entries:
+                    pipe.xpending_range(self.stream, _wire.CONSUMER_GROUP, entry_id, entry_id, 1)
+                counts = {p[0]["message_id"]: p[0]["times_delivered"]
+                          for p in pipe.execute() if p}
+                log.info("Agent %s: took %d idle entries of %s",
+                         self._agent_id, len(entries), self.stream)
+                self._events.reclaimed(len(entries))
+                self._deliver(entries, counts)
+            if self._claim_from == "0-0":
+                return False
 
     def _forget_gone_consumers(self) -> None:
         """Delete the consumers of instances long gone that hold nothing.

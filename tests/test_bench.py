@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -33,10 +34,34 @@ def test_quick_benchmark_prints_its_table() -> None:
         "request/reply round trip, mas_sync",
         "discover() among 1,000 agents, mas_sync",
         "start 100 agents in one process",
+        "reliable burst, raw redis-py XADD/XREADGROUP/XACK (ceiling)",
+        "reliable burst, mas_sync send()",
+        "ratio reliable / pub/sub send()",
+        "reliable send_many(), 100 a batch, acknowledged",
+        "paced 2,000 msg/s, mas_sync reliable",
+        "ratio 2 instances / 1, 1 worker",
+        "poison message to agent.dlq:{id}, mas_sync",
+        "chaos: duplicates",
+        "chaos: reclaim after a kill",
     ):
         assert load in table
     assert "threads left after stop: 0" in table
+    assert "after 3 deliveries, 3 handler calls" in table
+    # Nothing is lost, whatever the speed of the machine.
+    figures = {re.split(r"\s{2,}", line)[0]: re.split(r"\s{2,}", line)[1]
+               for line in table.splitlines() if re.search(r"\w\s{2,}\S", line)}
+    assert figures["chaos: 1,000 messages, SIGKILL every 500 received: not handled"] == "0"
+    assert figures["Redis restarted mid-run (AOF): acknowledged sends not handled"].startswith("0 of ")
     assert " lost" not in table.replace("; 0 lost", "")
+
+
+def test_only_names_a_half() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mas_sync.bench", "--only", "streams"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(os.environ),
+    )
+    assert result.returncode == 2
+    assert "pubsub" in result.stderr and "reliable" in result.stderr
 
 
 def test_format_table_aligns_columns() -> None:

@@ -278,3 +278,193 @@ def many_agents(url: str, n: int, out: Any) -> None:
     out.put({"start": started, "stop": stopped, "threads": threads, "rss_kib": rss,
              "clients": clients, "left": threading.active_count() - threads0})
     probe.close()
+
+
+# -- reliable delivery (streams) ----------------------------------------------------
+
+#: The consumer group of the raw stream rows, as mas_sync's (``agents``).
+RAW_GROUP = "agents"
+
+
+def raw_stream_receiver(url: str, stream: str, n: int, ready: Any, out: Any) -> None:
+    """The ceiling: XREADGROUP up to 100 entries, then one XACK for them, as a bare loop."""
+    client = redis.Redis.from_url(url)
+    try:
+        client.xgroup_create(stream, RAW_GROUP, id="0", mkstream=True)
+    except redis.ResponseError:
+        pass
+    ready.set()
+    got, latencies, last = 0, [], 0.0
+    deadline = time.monotonic() + 120
+    while got < n and time.monotonic() < deadline:
+        reply = client.xreadgroup(RAW_GROUP, "raw-rx", {stream: ">"}, count=100, block=250)
+        for _, entries in reply or ():
+            ids = []
+            for entry_id, fields in entries:
+                ids.append(entry_id)
+                got += 1
+                if got % 10 == 0:
+                    latencies.append(time.time() - json.loads(fields[b"envelope"])["payload"]["t"])
+            client.xack(stream, RAW_GROUP, *ids)
+            last = time.time()
+    out.put({"got": got, "last": last, "latencies": latencies})
+    client.close()
+
+
+def raw_stream_sender(url: str, stream: str, n: int, rate: Optional[float], out: Any) -> None:
+    """One XADD per message (the envelope field, as mas_sync writes it)."""
+    client = redis.Redis.from_url(url)
+
+    def send(i: int) -> None:
+        message = {"sender_id": "raw-tx", "target_id": "rx", "timestamp": time.time(),
+                   "message_id": str(i), "payload": dict(PAYLOAD, t=time.time())}
+        client.xadd(stream, {"envelope": json.dumps(message)})
+
+    start = _pace(rate, n, send)
+    out.put({"start": start, "end": time.time()})
+    client.close()
+
+
+def _wait_acknowledged(client: redis.Redis, stream: str, deadline: float) -> float:
+    """Wait until the group holds no pending entry; returns the time it was seen so."""
+    while time.monotonic() < deadline:
+        if int(client.xpending(stream, RAW_GROUP)["pending"]) == 0:
+            return time.time()
+        time.sleep(0.0005)
+    return time.time()
+
+
+def reliable_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
+    """A reliable agent; "last" is when the n-th message was handled *and* acknowledged."""
+    from .. import Agent
+
+    done = threading.Event()
+    lock = threading.Lock()
+    tally = _Tally(n)
+
+    class Rx(Agent):
+        def on_message(self, message: Any) -> None:
+            with lock:
+                if tally.record(message.payload):
+                    done.set()
+
+    agent = Rx(agent_id, redis_url=url, delivery="reliable", instance="rx")
+    agent.start()
+    ready.set()
+    done.wait(120)
+    probe = redis.Redis.from_url(url)
+    result = tally.result()
+    result["last"] = _wait_acknowledged(probe, f"agent.stream:{agent_id}", time.monotonic() + 10)
+    probe.close()
+    out.put(result)
+    agent.stop()
+
+
+def instance_receiver(url: str, agent_id: str, instance: str, workers: int, n: int,
+                      counter: Any, finished: Any, ready: Any, stop: Any) -> None:
+    """One instance of a reliable agent whose handler sleeps 1 ms (its work).
+
+    ``counter`` (shared by the instances) counts the messages handled; the
+    instance that handles the n-th stores the time in ``finished``.
+    """
+    from .. import Agent
+
+    class Worker(Agent):
+        def on_message(self, message: Any) -> None:
+            time.sleep(0.001)
+            with counter.get_lock():
+                counter.value += 1
+                if counter.value == n:
+                    finished.value = time.time()
+
+    agent = Worker(agent_id, redis_url=url, delivery="reliable", instance=instance,
+                   max_workers=workers)
+    agent.start()
+    ready.set()
+    stop.wait(300)
+    agent.stop()
+
+
+def indexed_sender(url: str, target: str, n: int, rate: Optional[float], out: Any) -> None:
+    """Send ``{"i": i}`` for i < n by ``send()``; reports the indices whose send() returned."""
+    from .. import Agent, MASError
+
+    agent = Agent(f"itx-{os.getpid()}", redis_url=url)
+    agent.start()
+    acked: List[int] = []
+    failed: List[str] = []
+
+    def send(i: int) -> None:
+        try:
+            agent.send(target, {"i": i, "t": time.time()})
+        except MASError as exc:
+            failed.append(f"{i}: {type(exc).__name__}")
+        else:
+            acked.append(i)
+
+    start = _pace(rate, n, send)
+    out.put({"start": start, "end": time.time(), "acked": acked, "failed": failed})
+    try:
+        agent.stop()
+    except MASError:
+        pass
+
+
+#: The hash where the chaos receiver counts each message index it handled.
+CHAOS_HANDLED = "bench.chaos.handled"
+
+
+def chaos_receiver(url: str, agent_id: str, instance: str, kill_after: int,
+                   visibility: float, ready: Any, stop: Any) -> None:
+    """A reliable agent that SIGKILLs its own process as its ``kill_after``-th message arrives.
+
+    Each message handled is counted in Redis (HINCRBY per index) before the
+    handler returns, so that the kill loses no record. ``kill_after`` 0 never kills.
+    """
+    import signal
+
+    from .. import Agent
+
+    record = redis.Redis.from_url(url)
+    lock = threading.Lock()
+    received = [0]
+
+    class Victim(Agent):
+        def on_message(self, message: Any) -> None:
+            with lock:
+                received[0] += 1
+                now = received[0]
+            if kill_after and now == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            record.hincrby(CHAOS_HANDLED, str(message.payload["i"]), 1)
+
+    agent = Victim(agent_id, redis_url=url, delivery="reliable", instance=instance,
+                   visibility_timeout=visibility)
+    agent.start()
+    ready.set()
+    stop.wait(600)
+    agent.stop()
+
+
+def outage_receiver(url: str, agent_id: str, handled: Any, ready: Any, stop: Any, out: Any) -> None:
+    """A reliable agent that keeps the indices it handled; ``handled`` counts the distinct ones."""
+    from .. import Agent
+
+    lock = threading.Lock()
+    seen: set = set()
+
+    class Rx(Agent):
+        def on_message(self, message: Any) -> None:
+            with lock:
+                if message.payload["i"] not in seen:
+                    seen.add(message.payload["i"])
+                    with handled.get_lock():
+                        handled.value += 1
+
+    agent = Rx(agent_id, redis_url=url, delivery="reliable", instance="rx")
+    agent.start()
+    ready.set()
+    stop.wait(300)
+    with lock:
+        out.put({"handled": sorted(seen), "disconnects": agent.stats.disconnects})
+    agent.stop()
