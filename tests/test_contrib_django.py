@@ -264,11 +264,14 @@ def test_views_reach_the_agents_of_runagents_by_name_and_get_starts_none(
                 assert mas.agents.running == {}
                 assert mas.find("summarizer") == [summarizer]  # no second copy
                 assert [a["id"] for a in mas.discover(["nlp"])] == [summarizer]
-                registered = {k for k in r.keys("agent:*") if k.count(":") == 1}
-                assert registered == {
+                expected = {
                     f"agent:{summarizer}", f"agent:echo-{host_name()}-{server.pid}",
                     f"agent:{mas.client.id}",
                 }
+                # runagents starts its agents one after the other: the echo
+                # agent may register a moment after the summarizer.
+                wait_until(lambda: {k for k in r.keys("agent:*") if k.count(":") == 1}
+                           == expected, timeout=10, message="runagents' agents registered")
             finally:
                 django_project.stop()
         server.process.send_signal(signal.SIGTERM)
