@@ -40,6 +40,14 @@ BLOCK_MS = 250
 #: most; a quarter of ``visibility_timeout`` (not under 0.05 s) when that is
 #: shorter, so that an entry idle that long is taken within a quarter of it more.
 CLAIM_INTERVAL = 1.0
+#: Longest, in ms, that the reader lets acknowledgements gather before it
+#: sends them in one XACK.
+ACK_DELAY_MS = 5
+#: Seconds the reader waits after a read that found entries (fewer than a
+#: full batch) before it reads again, so that messages trickling in one at a
+#: time are read several at once: fewer round trips for Redis and the
+#: process, for at most this much more latency.
+READ_LINGER = 0.001
 #: Seconds between two passes that delete the consumers of instances gone.
 CONSUMER_CLEANUP_INTERVAL = 60.0
 #: Seconds without a read after which a consumer that holds nothing is gone.
@@ -105,10 +113,11 @@ class _Acks:
     A worker that acknowledges while other messages wait for a worker, or
     while the reader is between two reads, leaves its entry for later (up to
     :data:`READ_COUNT` of them): the reader sends them all, in one XACK,
-    before its next read, and a worker that finds none waiting while the
-    reader is blocked in a read sends them itself. A backlog is thus
-    acknowledged a batch at a time, not a round trip per message, and an
-    entry waits at most one read (about ``BLOCK_MS``) to be acknowledged.
+    once they have gathered for :data:`ACK_DELAY_MS` (it reads with no
+    longer a block meanwhile). A worker that finds none waiting while the
+    reader is blocked in a read sends them itself. A stream of messages is
+    thus acknowledged a batch at a time, not a round trip per message, and an
+    entry waits a few milliseconds at most to be acknowledged.
 
     Args:
         client: The run's command client.
@@ -128,6 +137,7 @@ class _Acks:
         self._lock = threading.Lock()
         self._ids: List[str] = []
         self._flushing = False
+        self._last = 0.0
 
     def add(self, entry_id: str) -> None:
         """Acknowledge ``entry_id``: now, or with the next batch if messages wait."""
@@ -138,6 +148,15 @@ class _Acks:
             self._flushing = True
         self._send()
 
+    @property
+    def waiting(self) -> bool:
+        """Whether some entries wait to be acknowledged."""
+        return bool(self._ids)
+
+    def due(self) -> bool:
+        """Whether those waiting have gathered long enough to be sent."""
+        return bool(self._ids) and time.monotonic() - self._last >= ACK_DELAY_MS / 1000
+
     def flush(self) -> None:
         """Send what waits to be acknowledged (unless another thread is sending)."""
         with self._lock:
@@ -147,6 +166,7 @@ class _Acks:
         self._send()
 
     def _send(self) -> None:
+        self._last = time.monotonic()
         while True:
             with self._lock:
                 ids, self._ids = self._ids, []
@@ -425,7 +445,8 @@ class StreamTransport:
                     claiming, self._claim_from = True, "0-0"
                 if claiming and events.room() > 0:
                     claiming = self._claim_idle()
-                self.acks.flush()
+                if self.acks.due():
+                    self.acks.flush()
                 room = events.room()
                 if room <= 0:
                     self._stop.wait(0.005)
@@ -439,7 +460,8 @@ class StreamTransport:
                 try:
                     reply = self._bytes.xreadgroup(
                         _wire.CONSUMER_GROUP, self.consumer, {self.stream: ">"},
-                        count=min(room, READ_COUNT), block=self._block_ms,
+                        count=min(room, READ_COUNT),
+                        block=self._block_ms if not self.acks.waiting else ACK_DELAY_MS,
                     )
                 finally:
                     self._in_read = False
@@ -447,8 +469,13 @@ class StreamTransport:
                 if refused:
                     refused = False
                     log.info("Agent %s: reading %s again", self._agent_id, self.stream)
+                got = 0
                 for _, entries in reply or ():
+                    got += len(entries)
                     self._deliver(entries, None)
+                if 0 < got < READ_COUNT:
+                    # Messages are trickling in: let a few gather for the next read.
+                    self._stop.wait(READ_LINGER)
             except REDIS_ERRORS as exc:
                 self._reading = False
                 setup = True
