@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from mas_sync import Agent
-from mas_sync.testing import RedisServer
+from mas_sync._redis import CLUSTER_MIN_REDIS_PY
+from mas_sync.testing import LocalCluster, RedisServer, redis_version
 
 # Fast heartbeats for tests; production defaults are 30 s and 60 s.
 FAST = dict(heartbeat_interval=0.2, heartbeat_ttl=1.0)
@@ -29,6 +30,22 @@ def redis_server(mas_redis_server: RedisServer) -> RedisServer:
 def redis_url(mas_redis_url: str) -> str:
     """The session server's URL, flushed before each test."""
     return mas_redis_url
+
+
+@pytest.fixture(scope="session")
+def cluster_supported(redis_server: RedisServer) -> None:
+    """Skip where mas_sync cannot run on a cluster: redis-server or redis-py too old."""
+    if tuple(int(p) for p in redis.__version__.split(".")[:2]) < CLUSTER_MIN_REDIS_PY[:2]:
+        pytest.skip(f"cluster mode needs redis-py 8.1+, not {redis.__version__}")
+    if redis_version(redis_server) < (7,):
+        pytest.skip("Redis Cluster sharded pub/sub needs redis-server 7+")
+
+
+@pytest.fixture
+def cluster(cluster_supported: None) -> Iterator[LocalCluster]:
+    """A Redis Cluster of three primaries of the test's own."""
+    with LocalCluster(primaries=3) as started:
+        yield started
 
 
 @pytest.fixture

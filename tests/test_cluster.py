@@ -15,24 +15,13 @@ import redis
 from redis.cluster import RedisCluster
 
 from mas_sync import AgentIdInUseError, AgentRegistry, MASConnectionError, MASService
-from mas_sync.testing import LocalCluster, RedisServer, redis_version, wait_until
+from mas_sync.testing import LocalCluster, wait_until
 
 from .support import FAST as SUPPORT_FAST, Inbox, flows
 
 FAST = dict(SUPPORT_FAST, retry_timeout=1.0)
 
 
-@pytest.fixture(scope="module")
-def version_ok() -> None:
-    with RedisServer() as probe:
-        if redis_version(probe) < (7,):
-            pytest.skip("Redis Cluster sharded pub/sub needs redis-server 7+")
-
-
-@pytest.fixture
-def cluster(version_ok) -> Iterator[LocalCluster]:
-    with LocalCluster(primaries=3) as started:
-        yield started
 
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
 from mas_sync import Agent, AgentIdInUseError, AgentRegistry
-from mas_sync.testing import LocalCluster, RedisServer, redis_version, wait_until
+from mas_sync.testing import wait_until
 
 from .conftest import FAST
 
@@ -184,17 +184,6 @@ def test_bad_delivery_and_instance_are_refused_before_writing(r) -> None:
 # --- Redis Cluster -------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def version_ok() -> None:
-    with RedisServer() as probe:
-        if redis_version(probe) < (7,):
-            pytest.skip("Redis Cluster sharded pub/sub needs redis-server 7+")
-
-
-@pytest.fixture
-def cluster(version_ok) -> Iterator[LocalCluster]:
-    with LocalCluster(primaries=3) as started:
-        yield started
 
 
 def test_instances_on_a_cluster(cluster) -> None:

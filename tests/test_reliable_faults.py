@@ -271,17 +271,6 @@ class Flaky(Recorder):
         return {"echo": message.payload} if message.expects_reply else None
 
 
-@pytest.fixture
-def cluster() -> Iterator[Any]:
-    from mas_sync.testing import LocalCluster, redis_version
-
-    with RedisServer() as probe:
-        if redis_version(probe) < (7,):
-            pytest.skip("Redis Cluster sharded pub/sub needs redis-server 7+")
-    with LocalCluster(primaries=3) as started:
-        yield started
-
-
 def _owner(cluster: Any, key: str) -> int:
     """The index of the node whose slot range holds ``key`` (slots split evenly)."""
     from redis.crc import key_slot
