@@ -85,7 +85,7 @@ class Receipt:
 
     def ack(self) -> None:
         """The message was handled (and a request answered): remove it from the pending list."""
-        self.transport.settle(self)
+        # Held (and not taken back) until the XACK is out: see _Acks.
         self.transport.acks.add(self.entry_id)
 
     def dead_letter(self, error: str) -> None:
@@ -125,37 +125,50 @@ class _Acks:
         agent_id: Whose (for the log).
         waiting: How many messages wait for a worker (more than 0 also while
             the reader is between two reads).
+        sent: Called with the ids of each XACK once it is answered (or
+            failed): until then their entries are still pending in Redis,
+            and the reader must not take them back as unhandled.
     """
 
     def __init__(
-        self, client: redis.Redis, stream: str, agent_id: str, waiting: Callable[[], int]
+        self,
+        client: redis.Redis,
+        stream: str,
+        agent_id: str,
+        waiting: Callable[[], int],
+        sent: Callable[[List[str]], None],
     ) -> None:
         self._client = client
         self._stream = stream
         self._agent_id = agent_id
         self._waiting = waiting
+        self._sent = sent
         self._lock = threading.Lock()
         self._ids: List[str] = []
         self._flushing = False
-        self._last = 0.0
+        self._since = 0.0  # when the oldest entry waiting was added
 
     def add(self, entry_id: str) -> None:
         """Acknowledge ``entry_id``: now, or with the next batch if messages wait."""
         with self._lock:
+            if not self._ids:
+                self._since = time.monotonic()
             self._ids.append(entry_id)
             if self._flushing or (len(self._ids) < READ_COUNT and self._waiting() > 0):
                 return  # the flushing thread takes it along, or the next batch does
             self._flushing = True
         self._send()
 
-    @property
-    def waiting(self) -> bool:
-        """Whether some entries wait to be acknowledged."""
-        return bool(self._ids)
+    def block_ms(self, longest: int) -> int:
+        """How long the reader may block in a read: until those waiting are due."""
+        if not self._ids:
+            return longest
+        left = ACK_DELAY_MS - (time.monotonic() - self._since) * 1000
+        return max(1, min(longest, int(left)))
 
     def due(self) -> bool:
         """Whether those waiting have gathered long enough to be sent."""
-        return bool(self._ids) and time.monotonic() - self._last >= ACK_DELAY_MS / 1000
+        return bool(self._ids) and time.monotonic() - self._since >= ACK_DELAY_MS / 1000
 
     def flush(self) -> None:
         """Send what waits to be acknowledged (unless another thread is sending)."""
@@ -166,7 +179,6 @@ class _Acks:
         self._send()
 
     def _send(self) -> None:
-        self._last = time.monotonic()
         while True:
             with self._lock:
                 ids, self._ids = self._ids, []
@@ -175,7 +187,9 @@ class _Acks:
                     return
             try:
                 self._client.xack(self._stream, _wire.CONSUMER_GROUP, *ids)
+                self._sent(ids)
             except ANY_REDIS_ERROR as exc:
+                self._sent(ids)  # pending still: delivered again, so no longer held
                 log.warning(
                     "Agent %s: could not acknowledge %d messages (they will be delivered"
                     " again): %s", self._agent_id, len(ids), exc,
@@ -228,7 +242,7 @@ class StreamTransport:
         self._block_ms = max(1, min(BLOCK_MS, int(options.command_timeout * 500)))
         self._raw_args = (options.max_workers + 2, options.command_timeout, client_name)
         self._raw: Optional[redis.Redis] = None
-        self.acks = _Acks(client, self.stream, agent_id, self._waiting)
+        self.acks = _Acks(client, self.stream, agent_id, self._waiting, self._settle_ids)
         self._client = client
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -356,8 +370,13 @@ class StreamTransport:
     # -- what receipts do --------------------------------------------------------
 
     def settle(self, receipt: Receipt) -> None:
+        """The entry is no longer handled here."""
+        self._settle_ids([receipt.entry_id])
+
+    def _settle_ids(self, entry_ids: List[str]) -> None:
         with self._lock:
-            self._inflight.pop(receipt.entry_id, None)
+            for entry_id in entry_ids:
+                self._inflight.pop(entry_id, None)
 
     def release(self, receipt: Receipt) -> None:
         """The queue had no room for the entry: the reader takes it back once it has."""
@@ -366,7 +385,6 @@ class StreamTransport:
 
     def dead_letter(self, receipt: Receipt, error: str) -> None:
         """Add the entry to the dead-letter stream, then acknowledge it."""
-        self.settle(receipt)
         fields = _wire.dead_letter_fields(
             receipt.data, error, receipt.attempts, self.consumer, receipt.entry_id
         )
@@ -379,6 +397,7 @@ class StreamTransport:
                 "Agent %s: could not dead-letter entry %s (it stays pending): %s",
                 self._agent_id, receipt.entry_id, exc,
             )
+            self.settle(receipt)
             return
         log.warning(
             "Agent %s: entry %s moved to %s after %d attempts: %s",
@@ -461,7 +480,7 @@ class StreamTransport:
                     reply = self._bytes.xreadgroup(
                         _wire.CONSUMER_GROUP, self.consumer, {self.stream: ">"},
                         count=min(room, READ_COUNT),
-                        block=self._block_ms if not self.acks.waiting else ACK_DELAY_MS,
+                        block=self.acks.block_ms(self._block_ms),
                     )
                 finally:
                     self._in_read = False

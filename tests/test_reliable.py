@@ -417,3 +417,23 @@ def test_a_stream_key_of_another_type_fails_the_start_clearly(
     sender = make_agent("sender")
     sender.send("worker", {"i": 1})
     assert r.get("agent.stream:worker") == "not a stream"
+
+
+def test_an_entry_whose_ack_is_not_out_yet_is_not_taken_back(
+    make_agent: Any, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mas_sync import _streams
+
+    # Acknowledgements held back (as while a batch gathers) for the whole test.
+    monkeypatch.setattr(_streams, "ACK_DELAY_MS", 3_600_000)
+    monkeypatch.setattr(_streams.StreamTransport, "_waiting", lambda self: 1)
+    worker = make_agent("worker", Recorder, **RELIABLE)
+    make_agent("sender").send("worker", {"n": 1})
+    wait_until(lambda: worker.payloads() == [{"n": 1}])
+    assert group_pending(r, "worker") == 1  # handled, its XACK not sent yet
+    transport = worker._mas_run.transport
+    transport._own_left = True  # what a refused entry, or a reconnection, does
+    wait_until(lambda: not transport._own_left, message="no pass over its own entries")
+    assert worker.payloads() == [{"n": 1}]  # not handled a second time
+    worker.stop()
+    assert group_pending(r, "worker") == 0  # sent at the stop

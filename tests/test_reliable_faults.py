@@ -130,11 +130,14 @@ def test_sigkilled_instances_lose_nothing_and_repeat_only_what_was_in_flight(
     twice = {i for i, c in counts.items() if c > 1}
     print(f"\nchaos: {total} messages, {len(in_flight)} SIGKILLs in {elapsed:.1f} s;"
           f" held at each kill {[len(h) for h in in_flight]}; handled twice: {len(twice)}")
-    assert max(counts.values()) <= 2
     for n, held in enumerate(in_flight, 1):
         if runs[n][0] == runs[n - 1][0]:  # restarted under its name: took them back at once
             assert held <= _handled_by(r, n), f"run {n} did not take back what run {n - 1} held"
-    assert twice <= set().union(*in_flight), "a message not in flight at a kill ran twice"
+    # Each handling beyond the first is owed to a kill that found the message
+    # in flight (one in flight at two kills in a row can run three times).
+    for i in twice:
+        kills = sum(i in held for held in in_flight)
+        assert counts[i] - 1 <= kills, f"message {i} ran {counts[i]} times, in flight at {kills}"
     for held in in_flight:
         # What one kill can repeat: the handlers running, the entries queued,
         # and those handled whose ack had not gone out yet.
