@@ -12,7 +12,7 @@ import json
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import redis
 
@@ -104,7 +104,10 @@ class _Tally:
         return {"got": self.got, "last": self.last, "latencies": self.latencies}
 
 
-def sync_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
+def _tallying_agent(
+    n: int, agent_id: str, **options: Any
+) -> Tuple[Any, _Tally, threading.Event]:
+    """An agent that tallies what it handles; the event is set at the n-th message."""
     from .. import Agent
 
     done = threading.Event()
@@ -117,7 +120,11 @@ def sync_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None
                 if tally.record(message.payload):
                     done.set()
 
-    agent = Rx(agent_id, redis_url=url, max_pending=max(1000, n))
+    return Rx(agent_id, **options), tally, done
+
+
+def sync_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
+    agent, tally, done = _tallying_agent(n, agent_id, redis_url=url, max_pending=max(1000, n))
     agent.start()
     ready.set()
     done.wait(120)
@@ -336,19 +343,9 @@ def _wait_acknowledged(client: redis.Redis, stream: str, deadline: float) -> flo
 
 def reliable_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
     """A reliable agent; "last" is when the n-th message was handled *and* acknowledged."""
-    from .. import Agent
-
-    done = threading.Event()
-    lock = threading.Lock()
-    tally = _Tally(n)
-
-    class Rx(Agent):
-        def on_message(self, message: Any) -> None:
-            with lock:
-                if tally.record(message.payload):
-                    done.set()
-
-    agent = Rx(agent_id, redis_url=url, delivery="reliable", instance="rx")
+    agent, tally, done = _tallying_agent(
+        n, agent_id, redis_url=url, delivery="reliable", instance="rx"
+    )
     agent.start()
     ready.set()
     done.wait(120)
