@@ -68,6 +68,15 @@ def make_agent(mas_agents: Callable[..., Any]) -> Callable[..., Any]:
     return factory
 
 
+@pytest.fixture
+def agents() -> Iterator[List[Agent]]:
+    """Agents a test builds on servers of its own (see ``support.start``); stopped at teardown."""
+    started: List[Agent] = []
+    yield started
+    for agent in started:
+        agent.stop(timeout=5)
+
+
 def mas_threads() -> List[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("mas-")]
 

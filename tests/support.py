@@ -1,4 +1,5 @@
-"""What the tests share: an agent that keeps its messages, a probe, forks and held locks."""
+"""What the tests share: agents kept to stop, an agent that keeps its messages, a probe,
+forks and held locks."""
 
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ from mas_sync import Agent, AgentMessage, MASConnectionError
 
 #: Fast heartbeats and a short retry window, for tests that break Redis.
 FAST = dict(heartbeat_interval=0.2, heartbeat_ttl=1.0)
+
+
+def start(agents: List[Agent], agent: Agent) -> Any:
+    """Start ``agent`` and keep it in ``agents`` (the ``agents`` fixture stops them)."""
+    agents.append(agent)
+    agent.start()
+    return agent
 
 
 class Inbox(Agent):

@@ -20,7 +20,7 @@ from mas_sync._stats import GapTracker
 from mas_sync.testing import RedisServer, wait_until
 
 from .proxy import FreezableProxy
-from .support import FAST, Inbox, flows
+from .support import FAST, Inbox, flows, start
 
 
 
@@ -29,20 +29,6 @@ from .support import FAST, Inbox, flows
 def server() -> Iterator[RedisServer]:
     with RedisServer() as private:
         yield private
-
-
-@pytest.fixture
-def agents() -> Iterator[List[Agent]]:
-    started: List[Agent] = []
-    yield started
-    for agent in started:
-        agent.stop(timeout=5)
-
-
-def start(agents: List[Agent], agent: Agent) -> Any:
-    agents.append(agent)
-    agent.start()
-    return agent
 
 
 

@@ -24,6 +24,7 @@ from mas_sync import Agent, AgentMessage, MASConnectionError, RedisCommandError,
 from mas_sync.testing import RedisServer, wait_until
 
 from .conftest import FAST
+from .support import start
 
 # --- 1. SIGKILL: instances crash while messages flow --------------------------
 
@@ -192,26 +193,12 @@ def server() -> Iterator[RedisServer]:
         yield private
 
 
-@pytest.fixture
-def agents() -> Iterator[List[Agent]]:
-    started: List[Agent] = []
-    yield started
-    for agent in started:
-        agent.stop(timeout=5)
-
-
-def _start(agents: List[Agent], agent: Agent) -> Any:
-    agents.append(agent)
-    agent.start()
-    return agent
-
-
 def test_a_redis_restart_loses_no_message_whose_send_returned(
     server: RedisServer, agents: List[Agent]
 ) -> None:
-    worker = _start(agents, Recorder("worker", redis_url=server.url, delivery="reliable",
+    worker = start(agents, Recorder("worker", redis_url=server.url, delivery="reliable",
                                      **FAST))
-    sender = _start(agents, Agent("feeder", redis_url=server.url, retry_timeout=0.2,
+    sender = start(agents, Agent("feeder", redis_url=server.url, retry_timeout=0.2,
                                   **FAST))
     returned: List[int] = []
     refused: List[int] = []
@@ -287,9 +274,9 @@ def test_a_reliable_agent_on_a_cluster(cluster: Any, agents: List[Agent]) -> Non
     agent_id = next(f"rel-{n}" for n in range(100)
                     if _owner(cluster, f"agent.stream:rel-{n}")
                     != _owner(cluster, f"agent.dlq:rel-{n}"))
-    worker = _start(agents, Flaky(agent_id, redis_url=cluster.url, delivery="reliable",
+    worker = start(agents, Flaky(agent_id, redis_url=cluster.url, delivery="reliable",
                                   retry_delay=0.01, max_attempts=2, retry_timeout=1.0, **FAST))
-    sender = _start(agents, Agent("sender", redis_url=cluster.url, retry_timeout=1.0, **FAST))
+    sender = start(agents, Agent("sender", redis_url=cluster.url, retry_timeout=1.0, **FAST))
     for i in range(20):
         sender.send(agent_id, {"i": i})
     assert sender.request(agent_id, {"q": 1}, timeout=5).payload == {"echo": {"q": 1}}
@@ -336,9 +323,9 @@ def group() -> Iterator[Any]:
 def test_a_reliable_agent_reads_its_stream_after_a_sentinel_failover(
     group: Any, agents: List[Agent], how: str
 ) -> None:
-    worker = _start(agents, Recorder("worker", redis_url=group.url, delivery="reliable",
+    worker = start(agents, Recorder("worker", redis_url=group.url, delivery="reliable",
                                      retry_timeout=1.0, **FAST))
-    sender = _start(agents, Agent("sender", redis_url=group.url, retry_timeout=1.0, **FAST))
+    sender = start(agents, Agent("sender", redis_url=group.url, retry_timeout=1.0, **FAST))
     got = lambda: [p["i"] for p in worker.got()]  # noqa: E731
     sender.send_many([("worker", {"i": i}) for i in range(50)])
     wait_until(lambda: set(range(50)) <= set(got()), 10, message="the first 50 handled")
@@ -384,9 +371,9 @@ def test_a_master_short_of_replicas_refuses_sends_to_a_reliable_agent(
     server: RedisServer, agents: List[Agent]
 ) -> None:
     # min-replicas-to-write: what Redis offers against the loss window of a failover.
-    worker = _start(agents, Recorder("worker", redis_url=server.url, delivery="reliable",
+    worker = start(agents, Recorder("worker", redis_url=server.url, delivery="reliable",
                                      **FAST))
-    sender = _start(agents, Agent("sender", redis_url=server.url, **FAST))
+    sender = start(agents, Agent("sender", redis_url=server.url, **FAST))
     sender.send("worker", {"i": 0})
     with redis.Redis.from_url(server.url) as admin:
         # Acknowledged first: an acknowledgement refused would deliver it again.
