@@ -228,6 +228,11 @@ def test_gunicorn_workers_are_instances_of_one_reliable_agent(make_agent, redis_
         report = wait_until(lambda: probe.reports, timeout=30, interval=0.05,
                             message="the job sent while down is done")
         assert report[0]["job"] == "while-down"
+        # Both workers booted before the stop: a SIGTERM that reaches a worker
+        # gunicorn is still forking (before it set its signal handlers) is
+        # lost, and the master then waits out its graceful timeout.
+        wait_until(lambda: jobs() and jobs()[0]["instances"] == 2, timeout=30, interval=0.05,
+                   message="both workers join the agent 'jobs' again")
         server.signal_group(signal.SIGTERM)
         assert server.wait(20) == 0, server.output()
     assert probe.reports == report  # once
