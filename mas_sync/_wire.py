@@ -184,6 +184,21 @@ def seen_key(agent_id: str, message_id: str) -> str:
     return f"mas_sync:seen:{agent_id}:{message_id}"
 
 
+def nonce_key(agent_id: str, nonce: str) -> str:
+    """A signed message's nonce, as one receiver saw it: ``mas_sync:nonce:{id}:{nonce}``."""
+    return f"mas_sync:nonce:{agent_id}:{nonce}"
+
+
+def rate_key(agent_id: str, sender_id: str) -> str:
+    """The rate limit that an agent applies to one sender: ``mas_sync:rate:{id}:{sender}``."""
+    return f"mas_sync:rate:{agent_id}:{sender_id}"
+
+
+def breaker_key(target_id: str) -> str:
+    """The shared circuit breaker of requests to ``target_id``: ``mas_sync:breaker:{target}``."""
+    return f"mas_sync:breaker:{target_id}"
+
+
 def dead_letter_fields(
     envelope: bytes, error: str, attempts: int, consumer: str, entry_id: str
 ) -> Dict[str, Any]:

@@ -16,6 +16,9 @@ def test_key_and_channel_builders() -> None:
     assert _wire.state_key("a1") == "agent.state:a1"
     assert _wire.agent_channel("a1") == "agent.a1"
     assert _wire.SYSTEM_CHANNEL == "mas.system"
+    assert _wire.nonce_key("a1", "n1") == "mas_sync:nonce:a1:n1"
+    assert _wire.rate_key("a1", "s1") == "mas_sync:rate:a1:s1"
+    assert _wire.breaker_key("a1") == "mas_sync:breaker:a1"
 
 
 def test_agent_id_from_key_skips_other_keys() -> None:
