@@ -25,6 +25,7 @@ from ._handlers import handler
 from ._message import AgentMessage
 from ._registry import AgentRegistry
 from ._service import MASService
+from ._signing import Keyring, SigningKey
 from ._state import StateManager
 from .signals import stop_on_signals
 
@@ -40,12 +41,14 @@ __all__ = [
     "CannotReplyError",
     "DeadLetter",
     "DeadLetters",
+    "Keyring",
     "MASConnectionError",
     "MASError",
     "MASService",
     "RedisCommandError",
     "RequestError",
     "RequestTimeout",
+    "SigningKey",
     "StateError",
     "StateManager",
     "__version__",

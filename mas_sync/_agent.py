@@ -17,6 +17,7 @@ from ._message import AgentMessage
 from ._options import AgentOptions
 from ._redis import check_redis_url
 from ._run import AgentRun
+from ._signing import Keyring
 from ._state import StateManager
 from ._stats import AgentStats, Counters, GapTracker
 
@@ -108,6 +109,23 @@ class Agent:
         stream_maxlen: Reliable delivery: about how many entries the
             agent's stream keeps (for :meth:`replay`), and its dead-letter
             stream; an entry not yet acknowledged is never removed.
+        keyring: Signing keys (see :class:`~mas_sync.Keyring` and README,
+            Security): every message the agent sends is signed with its
+            signing key, and a signed message it receives is refused unless
+            its signature verifies under a key it holds, was made within
+            ``signature_window`` of Redis' clock, by a key that may sign for
+            its ``sender_id``, with a nonce not seen before. None (the
+            default) signs and checks nothing.
+        require_signed: Refuse unsigned messages too (replies included).
+            Needs a ``keyring``.
+        signature_window: Seconds by which a signature's time may differ
+            from Redis' clock; nonces are remembered twice as long.
+        accept_from: Sender ids whose messages the agent accepts; others
+            are refused (``not_allowed``). Replies are not concerned: only
+            the agent asked can answer a request. None accepts any sender.
+        accept_capabilities: Senders registered with any of these
+            capabilities are accepted too (registrations are read once per
+            sender every 5 seconds).
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message.
@@ -136,6 +154,11 @@ class Agent:
         retry_delay: float = 1.0,
         dedupe_window: Optional[float] = None,
         stream_maxlen: int = 10_000,
+        keyring: Optional[Keyring] = None,
+        require_signed: bool = False,
+        signature_window: float = 300.0,
+        accept_from: Optional[Iterable[str]] = None,
+        accept_capabilities: Optional[Iterable[str]] = None,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
@@ -147,8 +170,15 @@ class Agent:
             state_model, heartbeat_interval, heartbeat_ttl, max_workers, max_pending,
             max_message_bytes, retry_timeout, command_timeout, probe_interval, take_over,
             delivery, instance, max_attempts, visibility_timeout, retry_delay, dedupe_window,
-            stream_maxlen,
+            stream_maxlen, keyring, require_signed, signature_window, accept_from,
+            accept_capabilities,
         )
+        signing_key = keyring.signing_key if keyring is not None else None
+        if signing_key is not None and not signing_key.may_sign_for(self.id):
+            raise ValueError(
+                f"the signing key {signing_key.key_id!r} of the keyring may not sign for"
+                f" {self.id!r} (its senders are {sorted(signing_key.senders or ())})"
+            )
         self._mas_lock = threading.RLock()
         self._mas_run: Optional[AgentRun] = None
         self._mas_state: Optional[StateManager] = None

@@ -37,16 +37,20 @@ class Seen:
         window: ``dedupe_window``: seconds a handled message is remembered;
             None remembers nothing.
         shared_channel: The agent is reliable: its instances share its channel.
+        claim: Seconds at least for which the instances remember who took a
+            message published on their channel (default and least
+            :data:`CHANNEL_CLAIM_SECONDS`).
     """
 
     def __init__(
-        self, client: redis.Redis, agent_id: str, window: Optional[float], shared_channel: bool
+        self, client: redis.Redis, agent_id: str, window: Optional[float], shared_channel: bool,
+        claim: float = 0.0,
     ) -> None:
         self._client = client
         self._agent_id = agent_id
         self._window_ms = None if window is None else max(1, int(window * 1000))
         self._shared_channel = shared_channel
-        claim = max(window or 0.0, CHANNEL_CLAIM_SECONDS)
+        claim = max(window or 0.0, CHANNEL_CLAIM_SECONDS, claim)
         self._claim_ms = int(claim * 1000)
 
     @property

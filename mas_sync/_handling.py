@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 from pydantic import ValidationError
 
 from . import _wire
+from ._admission import Admission
 from ._dedupe import Seen
 from ._handlers import HandlerSpec, action_of, body_of
 from ._inbox import first_error, parse_message
 from ._message import AgentMessage
 from ._outbox import Outbox
+from ._signing import Refused
 from ._stats import Counters
 
 log = logging.getLogger(__name__)
+
+#: Messages of one sender, queued behind the one being admitted, whose nonces
+#: are recorded in the same round trip.
+ADMIT_AHEAD = 100
 
 #: What :meth:`Handling.attempt` returns for a payload its handler's model refused.
 _REJECTED = "the payload does not fit the handler's model"
@@ -52,15 +58,25 @@ class Handling:
         counters: The agent's counters.
         outbox: Where replies go.
         seen: What tells a message handled already (a duplicate) from a new one.
+        admission: What refuses messages (signatures, senders, rates); None
+            admits every message.
     """
 
     def __init__(
-        self, agent: AgentHooks, counters: Counters, outbox: Outbox, seen: Optional[Seen] = None
+        self,
+        agent: AgentHooks,
+        counters: Counters,
+        outbox: Outbox,
+        seen: Optional[Seen] = None,
+        admission: Optional[Admission] = None,
     ) -> None:
         self.agent = agent
         self.counters = counters
         self.outbox = outbox
         self.seen = seen if seen is not None and seen.active else None
+        self.admission = admission
+        #: The messages queued behind one, from its sender (set with the pool).
+        self.peek: Callable[[str, int], List[AgentMessage]] = lambda sender_id, limit: []
 
     def handle(self, message: AgentMessage) -> None:
         """Call the handler of ``message``; never raises.
@@ -70,12 +86,28 @@ class Handling:
         backoff while attempts are left, then moved to the dead-letter stream.
         """
         receipt = message._receipt
+        admission = self.admission
+        if admission is not None:
+            try:
+                admission.verify(message)
+            except Refused as refusal:
+                self.refuse(message, refusal)
+                return
         seen = self.seen
         if seen is not None and not seen.take(message):
             self.counters.add("duplicates")
             if receipt is not None:
                 receipt.ack()
             return
+        if admission is not None:
+            # After the check for a duplicate: of the instances of a reliable
+            # agent that hear one message on its channel, only the one that
+            # takes it records its nonce.
+            try:
+                admission.admit(message, lambda: self.peek(message.sender_id, ADMIT_AHEAD))
+            except Refused as refusal:
+                self.refuse(message, refusal)
+                return
         if receipt is None:
             if self.attempt(message) is None and seen is not None:
                 seen.done(message)
@@ -156,6 +188,26 @@ class Handling:
         receipt.dead_letter(error)
         self.reply_error(
             message, "dead_letter", f"gave up after {receipt.attempts} attempts: {error}"
+        )
+
+    def refuse(self, message: AgentMessage, refusal: Refused) -> None:
+        """A message its agent does not admit: count, log once per sender and reason, answer."""
+        reason = refusal.reason
+        self.counters.add(f"refused_{reason}")
+        admission = self.admission
+        if admission is not None and admission.should_log(message.sender_id, reason):
+            log.warning(
+                "Agent %s: refused message %s from %s (%s): %s; further refusals of %s"
+                " for this reason are counted, not logged",
+                self.agent.id, message.message_id, message.sender_id, reason,
+                refusal.detail, message.sender_id,
+            )
+        receipt = message._receipt
+        if receipt is not None:
+            self.counters.add("dead_lettered")
+            receipt.dead_letter(f"refused ({reason}): {refusal.detail}")
+        self.reply_error(
+            message, "refused", f"{reason}: {refusal.detail}", [{"reason": reason}]
         )
 
     def reject(self, message: AgentMessage, spec: HandlerSpec, exc: ValidationError) -> None:

@@ -7,6 +7,7 @@ from typing import Optional, Union
 
 from pydantic import ValidationError
 
+from ._admission import Admission
 from ._message import AgentMessage, ReplySender, weak_reply_sender
 from ._requests import PendingRequests
 from ._stats import Counters, GapTracker
@@ -36,6 +37,9 @@ class Inbox:
         instance: A reliable agent's instance: replies meant for another
             instance of the agent (each hears them on ``agent.{id}``) are
             ignored. None for a pub/sub agent.
+        admission: Checks signatures (see :mod:`._admission`): here, of
+            every message, before a reply is given to its request or any
+            other message is queued; None checks nothing.
     """
 
     def __init__(
@@ -49,8 +53,10 @@ class Inbox:
         gaps: GapTracker,
         reply: ReplySender,
         instance: Optional[str] = None,
+        admission: Optional[Admission] = None,
     ) -> None:
         self.agent_id = agent_id
+        self.admission = admission
         self.max_message_bytes = max_message_bytes
         self.max_pending = max_pending
         self.pool = pool
@@ -93,6 +99,9 @@ class Inbox:
                 receipt.dead_letter(f"not a valid agent message: {first_error(exc)}")
             return
         message._reply = self._reply
+        admission = self.admission
+        if admission is not None:
+            admission.read(data, message)
         if message.seq is not None and message.sender_run is not None:
             self.gaps.observe(message.sender_id, message.sender_run, message.seq)
         if message.is_reply:
@@ -101,6 +110,18 @@ class Inbox:
             target_instance = message.target_instance
             if target_instance is not None and target_instance != self.instance:
                 return  # for another instance of this agent
+            if admission is not None:
+                refusal = admission.check_reply(message)
+                if refusal is not None:
+                    self.counters.add(f"refused_{refusal.reason}")
+                    if admission.should_log(message.sender_id, refusal.reason):
+                        log.warning(
+                            "Agent %s: refused reply %s from %s (%s): %s; further refusals"
+                            " of %s for this reason are counted, not logged",
+                            agent_id, message.message_id, message.sender_id, refusal.reason,
+                            refusal.detail, message.sender_id,
+                        )
+                    return
             # Replies go to the thread waiting in request(), never to on_message.
             assert message.correlation_id is not None
             if not self.requests.resolve(message.correlation_id, message):

@@ -67,6 +67,7 @@ class AgentMessage(BaseModel):
     _replied: bool = PrivateAttr(default=False)
     _receipt: Any = PrivateAttr(default=None)  # a stream delivery's (see _streams.Receipt)
     _attempt: int = PrivateAttr(default=1)
+    _checked: Any = PrivateAttr(default=None)  # what its receiver found (see _admission.Checked)
 
     def __eq__(self, other: object) -> bool:
         # Equal fields and request markers; the means to reply is not compared,
@@ -86,21 +87,25 @@ class AgentMessage(BaseModel):
         state = super().__getstate__()
         private = state.get("__pydantic_private__")
         if private:
-            state["__pydantic_private__"] = dict(private, _reply=None, _receipt=None)
+            state["__pydantic_private__"] = dict(
+                private, _reply=None, _receipt=None, _checked=None
+            )
         return state
 
     def __copy__(self) -> "AgentMessage":
         copied = super().__copy__()
         copied._reply = None
         copied._receipt = None
+        copied._checked = None
         return copied
 
     def __deepcopy__(self, memo: Optional[Dict[int, Any]] = None) -> "AgentMessage":
         memo = {} if memo is None else memo
         if self._reply is not None:
             memo[id(self._reply)] = None  # deep-copied as None: copies do not reply
-        if self._receipt is not None:
-            memo[id(self._receipt)] = None
+        for private in (self._receipt, self._checked):
+            if private is not None:  # deep-copied as None: a key's secret is never copied
+                memo[id(private)] = None
         return super().__deepcopy__(memo)
 
     def _take_markers(self) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import Optional, Type
+from typing import FrozenSet, Iterable, Optional, Type, Union
 
 from pydantic import BaseModel
 
 from ._checks import check_seconds
-from ._wire import validate_agent_id
+from ._signing import Keyring
+from ._wire import validate_agent_id, validate_capabilities
 
 #: Bounds of the constructor's counts: beyond them, a typo rather than a plan.
 MAX_WORKERS = 10_000
@@ -43,6 +44,11 @@ class AgentOptions:
     retry_delay: float = 1.0
     dedupe_window: Optional[float] = None
     stream_maxlen: int = 10_000
+    keyring: Optional[Keyring] = None
+    require_signed: bool = False
+    signature_window: float = 300.0
+    accept_from: Union[Iterable[str], FrozenSet[str], None] = None
+    accept_capabilities: Union[Iterable[str], FrozenSet[str], None] = None
 
     def __post_init__(self) -> None:
         """Refuse a bad setting, named in the message (TypeError, ValueError)."""
@@ -88,9 +94,36 @@ class AgentOptions:
         if self.dedupe_window is not None:
             check_seconds("dedupe_window", self.dedupe_window)
             object.__setattr__(self, "dedupe_window", float(self.dedupe_window))
+        if self.keyring is not None and not isinstance(self.keyring, Keyring):
+            raise TypeError(f"keyring must be a Keyring, not {type(self.keyring).__name__}")
+        if not isinstance(self.require_signed, bool):
+            raise TypeError(f"require_signed must be a bool, not {self.require_signed!r}")
+        if self.require_signed and self.keyring is None:
+            raise ValueError("require_signed=True needs a keyring to verify signatures with")
+        check_seconds("signature_window", self.signature_window)
+        if self.accept_from is not None:
+            if isinstance(self.accept_from, (str, bytes)):
+                raise TypeError("accept_from must be a collection of agent ids, not one string")
+            object.__setattr__(self, "accept_from", frozenset(
+                validate_agent_id(a, "an id of accept_from") for a in _iterate(self.accept_from)
+            ))
+        if self.accept_capabilities is not None:
+            object.__setattr__(self, "accept_capabilities", frozenset(
+                validate_capabilities(self.accept_capabilities, "accept_capabilities")
+            ))
         for name in ("heartbeat_interval", "heartbeat_ttl", "retry_timeout",
-                     "command_timeout", "probe_interval", "visibility_timeout", "retry_delay"):
+                     "command_timeout", "probe_interval", "visibility_timeout", "retry_delay",
+                     "signature_window"):
             object.__setattr__(self, name, float(getattr(self, name)))
+
+
+def _iterate(items: object) -> Iterable[object]:
+    try:
+        return iter(items)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(
+            f"accept_from must be a collection of agent ids, not {type(items).__name__}"
+        ) from None
 
 
 def default_instance() -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pydantic import BaseModel
 
@@ -33,6 +33,8 @@ class Outbox:
         requests: The run's table of requests waiting for a reply.
         instance: The instance of a reliable agent, named in its requests so
             that the reply reaches it (not another instance); None otherwise.
+        sign: Signs each framed message (see :func:`~mas_sync._signing.sign`);
+            None sends them unsigned.
     """
 
     def __init__(
@@ -42,8 +44,10 @@ class Outbox:
         calls: CallGate,
         requests: PendingRequests,
         instance: Optional[str] = None,
+        sign: Optional[Callable[[str], str]] = None,
     ) -> None:
         self.agent_id = agent_id
+        self.sign = sign
         self.instance = instance
         self.transport = transport
         self.calls = calls
@@ -71,6 +75,8 @@ class Outbox:
             sender_instance=sender_instance,
             target_instance=target_instance,
         )
+        if self.sign is not None:
+            data = self.sign(data)
         return message_id, data
 
     def send(self, target_id: str, body: str) -> str:

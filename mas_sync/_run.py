@@ -9,7 +9,8 @@ from typing import Any, Callable, Optional, Tuple
 
 import redis
 
-from . import _json
+from . import _json, _signing
+from ._admission import Admission
 from ._calls import CallGate
 from ._dead_letters import DeadLetters
 from ._dedupe import Seen
@@ -118,18 +119,31 @@ class AgentRun:
             transport = self.transport_factory(*args)
         self.transport = transport
         instance = options.instance if reliable else None
-        self.outbox = Outbox(self.agent_id, transport, self.calls, self.requests, instance)
-        seen = Seen(client, self.agent_id, options.dedupe_window, shared_channel=reliable)
-        self.handling = handling = Handling(self.agent, self.counters, self.outbox, seen)
+        self.clock = clock = _signing.RedisClock(client)
+        self.outbox = Outbox(
+            self.agent_id, transport, self.calls, self.requests, instance, self.signer()
+        )
+        self.admission = admission = self.make_admission()
+        seen = Seen(
+            client, self.agent_id, options.dedupe_window, shared_channel=reliable,
+            # A replay on the shared channel is a duplicate as long as a nonce is kept.
+            claim=2 * options.signature_window + 1 if options.keyring is not None else 0.0,
+        )
+        self.handling = handling = Handling(
+            self.agent, self.counters, self.outbox, seen, admission
+        )
         self.pool = pool = OrderedPool(
             self.name, handling.handle, options.max_workers, options.max_pending
         )
+        handling.peek = pool.peek
         self.inbox = Inbox(
             self.agent_id, options.max_message_bytes, options.max_pending, pool,
-            self.requests, self.counters, self.gaps, self.outbox.reply, instance,
+            self.requests, self.counters, self.gaps, self.outbox.reply, instance, admission,
         )
         try:
             ping(client, self.url)
+            if options.keyring is not None:
+                clock.measure()
             metadata = self.agent.get_metadata()
             _json.dumps_object(metadata, "get_metadata() result")
             self.heartbeat = Heartbeat(
@@ -158,6 +172,32 @@ class AgentRun:
             self.join_threads(deadline)
             self.close(deadline)
             raise
+
+    def signer(self) -> Optional[Callable[[str], str]]:
+        """What signs the run's messages, with the keyring's signing key of the moment."""
+        keyring = self.options.keyring
+        if keyring is None:
+            return None
+        clock = self.clock
+
+        def sign(text: str) -> str:
+            key = keyring.signing_key
+            return text if key is None else _signing.sign(text, key, clock.now())
+
+        return sign
+
+    def make_admission(self) -> Optional[Admission]:
+        """The run's checks of what it receives; None when the agent asks for none."""
+        options = self.options
+        if (options.keyring is None and options.accept_from is None
+                and options.accept_capabilities is None):
+            return None
+        assert self.client is not None
+        return Admission(
+            self.agent_id, self.client, self.registry, options.keyring, options.require_signed,
+            options.signature_window, options.accept_from, options.accept_capabilities,
+            None, self.clock, shared_channel=options.delivery == "reliable",
+        )
 
     def dead_letters(self) -> DeadLetters:
         """The agent's stored messages and dead letters, read through a client of raw bytes."""

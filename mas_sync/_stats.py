@@ -58,6 +58,19 @@ class AgentStats:
         duplicates: Messages not handled because they were already: within
             ``dedupe_window``, or taken by another instance of a reliable
             agent (what peers publish reaches every instance).
+        refused_unsigned: Messages refused because they were not signed
+            (``require_signed``).
+        refused_bad_signature: Messages refused because their signature did
+            not verify: tampered with, or signed by a key the agent does not
+            hold.
+        refused_stale: Messages refused because their signature's time was
+            outside ``signature_window`` of Redis' clock.
+        refused_replayed: Messages refused because their nonce had been seen.
+        refused_not_allowed: Messages refused because their sender is not
+            accepted (``accept_from``, ``accept_capabilities``), or their
+            key may not sign for it.
+        refused_rate_limited: Messages refused because their sender went
+            beyond ``rate_limit``.
     """
 
     received: int = 0
@@ -77,6 +90,18 @@ class AgentStats:
     dead_lettered: int = 0
     reclaimed: int = 0
     duplicates: int = 0
+    refused_unsigned: int = 0
+    refused_bad_signature: int = 0
+    refused_stale: int = 0
+    refused_replayed: int = 0
+    refused_not_allowed: int = 0
+    refused_rate_limited: int = 0
+
+    @property
+    def refused(self) -> int:
+        """Messages refused, for any reason (the sum of the ``refused_*`` counters)."""
+        return (self.refused_unsigned + self.refused_bad_signature + self.refused_stale
+                + self.refused_replayed + self.refused_not_allowed + self.refused_rate_limited)
 
 
 class Counters:

@@ -20,11 +20,13 @@ class Receipt(Protocol):
     """One delivery of a message that must be settled: what a stream transport hands over.
 
     Attributes:
+        entry_id: The entry's id in the stream (Redis' clock when it was added).
         data: The message JSON.
         attempts: Deliveries so far, this one included.
         max_attempts: Deliveries after which a failing message is given up.
     """
 
+    entry_id: str
     data: bytes
     attempts: int
     max_attempts: int

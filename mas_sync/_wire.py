@@ -7,6 +7,7 @@ one deployment. See ``WIRE.md`` of the MAS framework for the contract itself.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -185,8 +186,15 @@ def seen_key(agent_id: str, message_id: str) -> str:
 
 
 def nonce_key(agent_id: str, nonce: str) -> str:
-    """A signed message's nonce, as one receiver saw it: ``mas_sync:nonce:{id}:{nonce}``."""
-    return f"mas_sync:nonce:{agent_id}:{nonce}"
+    """A signed message's nonce, as one receiver saw it: ``mas_sync:nonce:{<id>}:<nonce>``.
+
+    The braces make the id a hash tag: all the nonces of one agent are in one
+    Redis Cluster slot, so that one script records many at once. (An id
+    holding ``}`` would end the tag early, or leave it empty: the tag is then
+    the id's SHA-1 instead.)
+    """
+    tag = agent_id if "}" not in agent_id else hashlib.sha1(agent_id.encode()).hexdigest()
+    return f"mas_sync:nonce:{{{tag}}}:{nonce}"
 
 
 def rate_key(agent_id: str, sender_id: str) -> str:

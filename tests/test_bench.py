@@ -43,6 +43,8 @@ def test_quick_benchmark_prints_its_table() -> None:
         "poison message to agent.dlq:{id}, mas_sync",
         "chaos: duplicates",
         "chaos: reclaim after a kill",
+        "pub/sub burst, signed, receiver require_signed",
+        "ratio signed / unsigned",
     ):
         assert load in table
     assert "threads left after stop: 0" in table
@@ -61,7 +63,7 @@ def test_only_names_a_half() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=60, env=dict(os.environ),
     )
     assert result.returncode == 2
-    assert "pubsub" in result.stderr and "reliable" in result.stderr
+    assert all(part in result.stderr for part in ("pubsub", "reliable", "security"))
 
 
 def test_format_table_aligns_columns() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -16,7 +17,8 @@ def test_key_and_channel_builders() -> None:
     assert _wire.state_key("a1") == "agent.state:a1"
     assert _wire.agent_channel("a1") == "agent.a1"
     assert _wire.SYSTEM_CHANNEL == "mas.system"
-    assert _wire.nonce_key("a1", "n1") == "mas_sync:nonce:a1:n1"
+    assert _wire.nonce_key("a1", "n1") == "mas_sync:nonce:{a1}:n1"
+    assert _wire.nonce_key("}a", "n1") == "mas_sync:nonce:{%s}:n1" % hashlib.sha1(b"}a").hexdigest()
     assert _wire.rate_key("a1", "s1") == "mas_sync:rate:a1:s1"
     assert _wire.breaker_key("a1") == "mas_sync:breaker:a1"
 

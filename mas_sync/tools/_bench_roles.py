@@ -123,19 +123,39 @@ def _tallying_agent(
     return Rx(agent_id, **options), tally, done
 
 
-def sync_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
-    agent, tally, done = _tallying_agent(n, agent_id, redis_url=url, max_pending=max(1000, n))
+def _bench_keyring() -> Any:
+    """The keyring of the signed rows: one key, shared by sender and receiver."""
+    from .. import Keyring, SigningKey
+
+    return Keyring([SigningKey("bench", b"bench-secret-of-32-bytes-0123456")])
+
+
+def sync_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any,
+                  signed: bool = False) -> None:
+    options: Dict[str, Any] = {}
+    if signed:
+        options = dict(keyring=_bench_keyring(), require_signed=True)
+    agent, tally, done = _tallying_agent(
+        n, agent_id, redis_url=url, max_pending=max(1000, n), **options
+    )
     agent.start()
     ready.set()
     done.wait(120)
-    out.put(dict(tally.result(), missed=agent.stats.missed, dropped=agent.stats.dropped_overflow))
+    out.put(dict(tally.result(), missed=agent.stats.missed, dropped=agent.stats.dropped_overflow,
+                 refused=agent.stats.refused))
     agent.stop()
+
+
+def signed_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
+    """:func:`sync_receiver` with ``require_signed``, verifying every message."""
+    sync_receiver(url, agent_id, n, ready, out, signed=True)
 
 
 def sync_sender(url: str, target: str, n: int, rate: Optional[float], mode: str, out: Any) -> None:
     from .. import Agent
 
-    agent = Agent(f"tx-{os.getpid()}", redis_url=url)
+    keyring = _bench_keyring() if mode == "signed" else None
+    agent = Agent(f"tx-{os.getpid()}", redis_url=url, keyring=keyring)
     agent.start()
     if mode == "batch":
         start = time.time()

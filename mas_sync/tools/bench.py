@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m mas_sync.bench [--quick] [--only pubsub|reliable] [--redis-url URL]``.
+"""Benchmarks: ``python -m mas_sync.bench [--quick] [--only pubsub|reliable|security] [--redis-url URL]``.
 
 Prints a table of what mas_sync does on this machine and this Redis, beside
 the ceiling of raw redis-py pub/sub and, when ``mas-framework`` (the async MAS
@@ -18,8 +18,12 @@ framework) is installed, the async framework on the same loads:
   1,000 messages (what was lost, duplicated, and how soon the entries it held
   were taken), and Redis restarted (AOF on) in the middle of a run.
 
-``--only pubsub`` runs the first half (everything but reliable delivery),
-``--only reliable`` the second. A row with a target says it, and ends with
+- signed messages: bursts with and without signing (the receiver with
+  ``require_signed``, so every message is verified and its nonce recorded).
+
+``--only pubsub`` runs the first part (everything but reliable delivery and
+the protections), ``--only reliable`` the second, ``--only security`` the
+third. A row with a target says it, and ends with
 MISSED when the figure misses it.
 
 Senders and receivers run in separate processes. Without ``--redis-url`` a
@@ -113,6 +117,11 @@ class Bench:
             mode = kind.split(":", 1)[1]
             result = self.pair(roles.reliable_receiver, (self.url, "rx", n),
                                [(roles.sync_sender, (self.url, "rx", n, None, mode))])
+        elif kind == "signed":
+            result = self.pair(roles.signed_receiver, (self.url, "rx", n),
+                               [(roles.sync_sender, (self.url, "rx", n, None, "signed"))])
+            if result.get("refused"):
+                raise RuntimeError(f"the signed receiver refused {result['refused']} messages")
         elif kind == "async":
             result = self.pair(roles.async_receiver, (self.url, "rx", n),
                                [(roles.async_sender, (self.url, "rx", n, None))])
@@ -454,7 +463,7 @@ def _target(met: bool, note: str) -> str:
 
 
 def run(url: str, quick: bool, only: Optional[str] = None) -> List[Row]:
-    """Run the scenarios (``only`` "pubsub" or "reliable": that half) against ``url``.
+    """Run the scenarios (``only`` "pubsub", "reliable" or "security": that part) against ``url``.
 
     Returns:
         The table's rows.
@@ -468,10 +477,12 @@ def run(url: str, quick: bool, only: Optional[str] = None) -> List[Row]:
           f" redis-py {redis.__version__} {'with' if HIREDIS_AVAILABLE else 'without'} hiredis,"
           f" Redis at {url}" + (" (quick: the figures mean little)" if quick else ""),
           file=sys.stderr)
-    if only != "reliable":
+    if only in (None, "pubsub"):
         run_pubsub(bench, n, seconds)
-    if only != "pubsub":
+    if only in (None, "reliable"):
         run_reliable(bench, n, seconds)
+    if only in (None, "security"):
+        run_security(bench, n)
     bench.flush()
     return bench.rows
 
@@ -527,6 +538,15 @@ def run_reliable(bench: Bench, n: int, seconds: float) -> None:
     bench.outage(1_000 if quick else 10_000, 2_000.0)
 
 
+def run_security(bench: Bench, n: int) -> None:
+    """The rows of the opt-in protections: what signing and verifying cost."""
+    rates = bench.bursts([("pub/sub burst, mas_sync send(), unsigned", "send"),
+                          ("pub/sub burst, signed, receiver require_signed", "signed")],
+                         n, 1 if bench.quick else 5)
+    ratio = rates["signed"] / rates["send"] if rates["send"] else 0.0
+    bench.add("ratio signed / unsigned", f"{ratio:.2f}", _target(ratio >= 0.9, "(target >= 0.90)"))
+
+
 def format_table(rows: Sequence[Row]) -> str:
     """The rows as a reStructuredText table."""
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -544,8 +564,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mas_sync.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--redis-url", help="Redis to use; its database is flushed (default: a private redis-server)")
     parser.add_argument("--quick", action="store_true", help="short loads, to check the harness")
-    parser.add_argument("--only", choices=("pubsub", "reliable"),
-                        help="run one half: pub/sub delivery (and the rest) or reliable delivery")
+    parser.add_argument("--only", choices=("pubsub", "reliable", "security"),
+                        help="run one part: pub/sub delivery (and the rest), reliable delivery,"
+                             " or the opt-in protections (signing)")
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 agents need descriptors
