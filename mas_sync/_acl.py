@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from . import _wire
 
@@ -153,25 +153,29 @@ def service_acl_rules(
     return [_line(name, _password_rules(password, nopass), rules, acl_file)]
 
 
-def _commands(names: tuple) -> List[str]:
+def _commands(names: Tuple[str, ...]) -> List[str]:
     """``-@all`` then ``+name`` for each command, once each, in order."""
     return ["-@all", *("+" + name for name in dict.fromkeys(names))]
 
 
-def _selector(commands: tuple, patterns: List[str]) -> str:
+def _selector(commands: Tuple[str, ...], patterns: List[str]) -> str:
     """A selector: one more set of commands, keys and channels, checked on its own."""
     return "(" + " ".join(["+" + name for name in commands] + patterns) + ")"
 
 
 def _check_user(user: object) -> str:
+    """``user`` if Redis takes it as a user name."""
     if not isinstance(user, str):
         raise TypeError(f"user must be a str, not {type(user).__name__}")
     if not _USER_NAME.match(user):
-        raise ValueError(f"user {user!r} must be non-empty, without white space or control characters")
+        raise ValueError(
+            f"user {user!r} must be non-empty, without white space or control characters"
+        )
     return user
 
 
 def _password_rules(password: Optional[str], nopass: bool) -> List[str]:
+    """The password rules: ``nopass``, the password's SHA-256 (``#<hex>``), or none."""
     if password is not None and not isinstance(password, str):
         raise TypeError(f"password must be a str, not {type(password).__name__}")
     if password is not None and nopass:
@@ -186,6 +190,7 @@ def _password_rules(password: Optional[str], nopass: bool) -> List[str]:
 
 
 def _line(name: str, passwords: List[str], rules: List[str], acl_file: bool) -> str:
+    """One user's line: ``ACL SETUSER`` or the ACL file's ``user``, then its rules."""
     head = ["user", name] if acl_file else ["ACL", "SETUSER", name]
     head += ["reset", "on"]
     return " ".join([*head, *passwords, *rules])

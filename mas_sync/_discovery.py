@@ -49,7 +49,10 @@ class RegistrationReader:
         ))
 
     def _server_ms(self, key: Optional[bytes] = None) -> int:
-        """Redis's clock (TIME), in ms: on a cluster, the node holding ``key`` (or the default one)."""
+        """Redis's clock (TIME), in ms; on a cluster, that of the node holding ``key``.
+
+        Without ``key``, on a cluster, that of the default node.
+        """
         if self._cluster:
             node = (self._redis.get_default_node() if key is None
                     else self._redis.get_node_from_key(key))

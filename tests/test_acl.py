@@ -6,7 +6,6 @@ import logging
 import os
 import tempfile
 import threading
-import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
