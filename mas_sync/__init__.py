@@ -8,6 +8,7 @@ channels and messages as the async MAS framework.
 
 import logging
 
+from ._acl import acl_rules, service_acl_rules
 from ._agent import Agent, AgentStats
 from ._dead_letters import DeadLetter, DeadLetters
 from ._errors import (
@@ -52,7 +53,9 @@ __all__ = [
     "StateError",
     "StateManager",
     "__version__",
+    "acl_rules",
     "handler",
+    "service_acl_rules",
     "stop_on_signals",
 ]
 

@@ -11,7 +11,6 @@ import redis
 from redis.client import NEVER_DECODE
 
 from . import _json, _wire
-from ._scripts import load_script
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +46,22 @@ class RegistrationReader:
         return list(self._redis.scan_iter(
             match=_wire.AGENT_KEY_PATTERN, count=SCAN_COUNT, _type="hash", **RAW
         ))
+
+    def _server_ms(self, key: Optional[bytes] = None) -> int:
+        """Redis's clock (TIME), in ms; on a cluster, that of the node holding ``key``.
+
+        Without ``key``, on a cluster, that of the default node.
+        """
+        if self._cluster:
+            node = (self._redis.get_default_node() if key is None
+                    else self._redis.get_node_from_key(key))
+            reply = self._redis.time(target_nodes=node)
+        else:
+            reply = self._redis.time()
+        if isinstance(reply, dict):  # a cluster's reply, by node
+            reply = next(iter(reply.values()))
+        seconds, micros = reply
+        return int(seconds) * 1000 + int(micros) // 1000
 
     def _log_skip(self, key: bytes, reason: object) -> None:
         """Log that ``key`` was skipped: a warning the first time, then at debug level."""
@@ -123,10 +138,11 @@ class RegistrationReader:
     ) -> List[Dict[str, Any]]:
         # A cluster spreads the keys over slots and nodes, which one script
         # cannot span: the hashes are read with pipelined HMGETs, and the
-        # heartbeat keys of the matching ones with pipelined EXISTS, with a
-        # script counting the live instances of each reliable one. As on
-        # one server, a registration that cannot be read is counted only if
-        # it is ACTIVE and beating.
+        # heartbeat keys of the matching ones with pipelined EXISTS, and each
+        # reliable one whole (HGETALL), to count its live instances on the
+        # clock of one node (a script would need write access to the key).
+        # As on one server, a registration that cannot be read is counted
+        # only if it is ACTIVE and beating.
         found = []
         suffix = _wire.HEARTBEAT_KEY_SUFFIX.encode("ascii")
         for first in range(0, len(keys), SCAN_COUNT):
@@ -163,11 +179,14 @@ class RegistrationReader:
                 pipe.exists(key + suffix)
             for key, outcome in candidates:
                 if isinstance(outcome, dict) and outcome["delivery"] == _wire.DELIVERY_RELIABLE:
-                    pipe.execute_command("EVAL", load_script("instance_count"), 1, key)
+                    pipe.execute_command("HGETALL", key, **RAW)
                     counted.append(outcome)
             replies = pipe.execute(raise_on_error=False)
-            for record, count in zip(counted, replies[len(candidates):]):
-                record["instances"] = count if isinstance(count, int) else 0
+            now_ms = self._server_ms() if counted else 0
+            for record, fields in zip(counted, replies[len(candidates):]):
+                record["instances"] = (
+                    _wire.live_instances(fields, now_ms) if isinstance(fields, dict) else 0
+                )
             for (key, outcome), beating in zip(candidates, replies):
                 if isinstance(beating, Exception) or not beating:
                     continue

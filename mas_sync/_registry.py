@@ -376,7 +376,10 @@ class AgentRegistry(LivenessReader):
             return None
         if data.get(_DELIVERY_FIELD) == _RELIABLE:
             record["delivery"] = _wire.DELIVERY_RELIABLE
-            record["instances"] = int(self._redis.eval(load_script("instance_count"), 1, key))
+            # Counted here, on Redis's clock, rather than in a script: EVAL
+            # on a key needs write access to it, which a least-privilege
+            # agent has to its own registration only (see _acl.py).
+            record["instances"] = _wire.live_instances(data, self._server_ms(key))
         else:
             record["delivery"], record["instances"] = "pubsub", 1
         try:

@@ -152,6 +152,26 @@ DELIVERY_RELIABLE = "reliable"
 INSTANCE_FIELD_PREFIX = "instance:"
 
 
+def live_instances(fields: Mapping[bytes, bytes], now_ms: int) -> int:
+    """How many ``instance:{name}`` fields of a registration hash expire after ``now_ms``.
+
+    ``fields`` is the hash as HGETALL returns it (bytes); ``now_ms`` is
+    Redis's clock (TIME) in milliseconds. Each field holds
+    ``{expiry in ms} {token}``; one that does not parse counts as expired.
+    """
+    prefix = INSTANCE_FIELD_PREFIX.encode("ascii")
+    live = 0
+    for name, value in fields.items():
+        if name.startswith(prefix):
+            expiry = _INSTANCE_EXPIRY.match(value)
+            if expiry is not None and int(expiry.group(1)) > now_ms:
+                live += 1
+    return live
+
+
+_INSTANCE_EXPIRY = re.compile(rb"([0-9]+) ")
+
+
 def instance_field(instance: str) -> str:
     """The registration field of one instance of a reliable agent: ``instance:{name}``."""
     return f"{INSTANCE_FIELD_PREFIX}{instance}"
@@ -239,12 +259,25 @@ def wake_channel(channel: str) -> str:
     that one sharded pub/sub connection (on the node that owns that slot)
     reads both.
     """
-    nonce = uuid.uuid4().hex
-    slot = key_slot(channel.encode())
+    return f"{WAKE_CHANNEL_PREFIX}{{{_wake_tag(channel)}}}:{uuid.uuid4().hex}"
+
+
+def wake_channel_pattern(channel: str) -> str:
+    """The glob pattern of every :func:`wake_channel` of ``channel``: ``mas_sync:wake:{<tag>}:*``.
+
+    For ACL rules (``&`` channel patterns). The tag holds no glob character
+    when ``channel`` is an agent's channel or ``mas.system``.
+    """
+    return f"{WAKE_CHANNEL_PREFIX}{{{_wake_tag(channel)}}}:*"
+
+
+def _wake_tag(channel: str) -> str:
+    """The hash tag of ``channel``'s wake-up channels: in the same Cluster slot as ``channel``."""
     tag = _hashed_part(channel)
     if "}" in tag:  # cannot be wrapped in braces: find another tag in the slot
+        slot = key_slot(channel.encode())
         tag = next(str(n) for n in itertools.count() if key_slot(str(n).encode()) == slot)
-    return f"{WAKE_CHANNEL_PREFIX}{{{tag}}}:{nonce}"
+    return tag
 
 
 def _hashed_part(name: str) -> str:

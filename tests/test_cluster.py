@@ -145,3 +145,23 @@ def test_stop_and_start_with_every_node_gone(cluster) -> None:
     assert not agent.is_running
     with pytest.raises(MASConnectionError, match="cannot reach Redis Cluster"):
         Inbox("late", redis_url=cluster.url, **FAST).start()
+
+
+def test_instances_of_a_reliable_agent_are_counted_on_a_cluster(cluster) -> None:
+    started = [Inbox("worker", ["jobs"], cluster.url, delivery="reliable", instance=name, **FAST)
+               for name in ("one", "two")]
+    try:
+        for agent in started:
+            agent.start()
+        [found] = started[0].discover(["jobs"])
+        assert (found["delivery"], found["instances"]) == ("reliable", 2)
+        client = RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port, decode_responses=True)
+        try:
+            assert AgentRegistry(client).get_agent("worker")["instances"] == 2
+        finally:
+            client.close()
+        started[1].stop(timeout=3)
+        assert started[0].discover(["jobs"])[0]["instances"] == 1
+    finally:
+        for agent in started:
+            agent.stop(timeout=3)

@@ -149,3 +149,21 @@ def test_state_values_are_encoded_like_the_async_framework() -> None:
     assert _wire.encode_state_value("s") == "s"
     assert _wire.encode_state_value([1, "a"]) == '[1, "a"]'
     assert _wire.encode_state_value({"k": 1}) == '{"k": 1}'
+
+
+@pytest.mark.parametrize("channel", ["agent.a", "agent.x{y}z", "agent.q}{", "mas.system"])
+def test_the_wake_channel_pattern_matches_every_wake_channel_of_its_channel(channel: str) -> None:
+    import fnmatch
+
+    pattern = _wire.wake_channel_pattern(channel)
+    assert pattern.startswith("mas_sync:wake:{") and pattern.endswith("}:*")
+    assert all(fnmatch.fnmatchcase(_wire.wake_channel(channel), pattern) for _ in range(3))
+    assert not fnmatch.fnmatchcase(_wire.wake_channel("agent.other"), pattern)
+
+
+def test_live_instances_counts_the_entries_that_expire_later() -> None:
+    fields = {b"id": b"w", b"instance:a": b"2000 t1", b"instance:b": b"1000 t2",
+              b"instance:c": b"not a number", b"instance:d": b"3000 t4"}
+    assert _wire.live_instances(fields, 1000) == 2
+    assert _wire.live_instances(fields, 5000) == 0
+    assert _wire.live_instances({}, 0) == 0
