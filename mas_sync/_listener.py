@@ -47,7 +47,7 @@ class ChannelListener:
     on which :meth:`stop` publishes. Nothing is ever published on
     ``channel`` itself, so its other subscribers see only real messages.
     When Redis refuses the wake-up channel (an ACL that does not allow
-    ``&mas_sync:wake:*``), a warning says so once and the thread reads
+    :func:`~mas_sync._wire.wake_channel_pattern`), a warning says so once and the thread reads
     without it: a stop then waits for the end of the current bounded read.
 
     Watchdog: when nothing has arrived for ``probe_interval`` seconds, the
@@ -260,11 +260,12 @@ class ChannelListener:
         ):
             return False
         self._use_wake = False
+        pattern = _wire.wake_channel_pattern(self._channel.decode())
         log.warning(
             "%s: Redis refuses the wake-up channel (%s); allow the channels"
-            " mas_sync:wake:* (ACL: &mas_sync:wake:*) for a prompt stop(),"
+            " %s (ACL: &%s, as python -m mas_sync acl prints) for a prompt stop(),"
             " which otherwise takes up to %s s",
-            self._owner, exc, POLL_INTERVAL,
+            self._owner, exc, pattern, pattern, POLL_INTERVAL,
         )
         return True
 

@@ -128,7 +128,8 @@ def test_an_acl_that_refuses_the_wake_channel_only_slows_stop_down(
         agent.start()  # as before the wake channel existed
         try:
             assert agent.is_running
-            assert "mas_sync:wake:*" in caplog.text  # the warning says what to allow
+            # The warning says what to allow.
+            assert _wire.wake_channel_pattern("agent.guarded") in caplog.text
         finally:
             started = time.monotonic()
             agent.stop(timeout=5)
