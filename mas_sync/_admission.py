@@ -136,7 +136,8 @@ class Admission:
         Raises:
             Refused: ``unsigned``, ``bad_signature``, ``stale`` or ``not_allowed``.
         """
-        self._check_signature(message, message._checked, message._receipt)
+        private = message.__pydantic_private__
+        self._check_signature(message, private["_checked"], private["_receipt"])
         accept_from, capabilities = self.accept_from, self.accept_capabilities
         if accept_from is None and capabilities is None:
             return
@@ -147,30 +148,30 @@ class Admission:
             return
         raise Refused("not_allowed", f"this agent does not accept messages from {sender_id!r}")
 
-    def admit(
-        self, message: AgentMessage,
-        ahead: Callable[[], Sequence[AgentMessage]] = lambda: (),
-    ) -> None:
-        """The checks that cost Redis calls: the nonce, then the rate.
+    def record_nonces(self, messages: Sequence[AgentMessage]) -> None:
+        """Record the nonces of the signed ``messages``, in one script call (transport's thread).
 
-        The nonces of ``message`` and of the signed messages ``ahead()`` of
-        it (queued behind it, from the same sender) are recorded in one
-        script call, so that a sender's messages, handled one at a time, do
-        not wait for one round trip each.
+        Called with the messages that arrived together, before they are
+        queued, so that a burst costs one round trip, not one per message.
+        """
+        batch = []
+        for message in messages:
+            checked = message.__pydantic_private__["_checked"]
+            if checked is not None and checked.signature is not None and checked.fresh is None:
+                batch.append((message, checked))
+        if batch:
+            self._record_nonces(batch)
+
+    def admit(self, message: AgentMessage) -> None:
+        """The checks that cost Redis calls: the nonce (unless recorded already), then the rate.
 
         Raises:
             Refused: ``replayed`` or ``rate_limited``.
         """
-        checked = message._checked
+        checked = message.__pydantic_private__["_checked"]
         if checked is not None and checked.signature is not None:
             if checked.fresh is None:
-                batch = [(message, checked)]
-                for other in ahead():
-                    record = other._checked
-                    if record is not None and record.signature is not None \
-                            and record.fresh is None:
-                        batch.append((other, record))
-                self._record_nonces(batch)
+                self._record_nonces([(message, checked)])
             if not checked.fresh:
                 raise Refused(
                     "replayed", f"nonce {checked.signature.nonce} was seen before (message"
@@ -185,7 +186,7 @@ class Admission:
         keys, tokens = [], []
         for message, checked in batch:
             keys.append(_wire.nonce_key(self.agent_id, checked.signature.nonce))
-            receipt = message._receipt
+            receipt = message.__pydantic_private__["_receipt"]
             if receipt is not None:
                 # A stream entry delivered again (a retry, another instance)
                 # is the same entry: its id is the token.

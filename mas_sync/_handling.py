@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Any, Dict, List, Optional, Protocol
 
 from pydantic import ValidationError
 
@@ -19,10 +19,6 @@ from ._signing import Refused
 from ._stats import Counters
 
 log = logging.getLogger(__name__)
-
-#: Messages of one sender, queued behind the one being admitted, whose nonces
-#: are recorded in the same round trip.
-ADMIT_AHEAD = 100
 
 #: What :meth:`Handling.attempt` returns for a payload its handler's model refused.
 _REJECTED = "the payload does not fit the handler's model"
@@ -75,8 +71,6 @@ class Handling:
         self.outbox = outbox
         self.seen = seen if seen is not None and seen.active else None
         self.admission = admission
-        #: The messages queued behind one, from its sender (set with the pool).
-        self.peek: Callable[[str, int], List[AgentMessage]] = lambda sender_id, limit: []
 
     def handle(self, message: AgentMessage) -> None:
         """Call the handler of ``message``; never raises.
@@ -104,7 +98,7 @@ class Handling:
             # agent that hear one message on its channel, only the one that
             # takes it records its nonce.
             try:
-                admission.admit(message, lambda: self.peek(message.sender_id, ADMIT_AHEAD))
+                admission.admit(message)
             except Refused as refusal:
                 self.refuse(message, refusal)
                 return

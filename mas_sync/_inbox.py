@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional, Union
+import threading
+from typing import List, Optional, Union
 
 from pydantic import ValidationError
 
@@ -15,6 +16,9 @@ from ._transport import Receipt
 from ._workers import OrderedPool
 
 log = logging.getLogger(__name__)
+
+#: Messages held for :meth:`Inbox.flush` at most: a longer batch is flushed at once.
+MAX_HELD = 100
 
 
 class Inbox:
@@ -39,7 +43,9 @@ class Inbox:
             ignored. None for a pub/sub agent.
         admission: Checks signatures (see :mod:`._admission`): here, of
             every message, before a reply is given to its request or any
-            other message is queued; None checks nothing.
+            other message is queued; None checks nothing. With a keyring,
+            the messages that arrive together are held until the transport
+            calls :meth:`flush`, and their nonces recorded in one call.
     """
 
     def __init__(
@@ -57,6 +63,10 @@ class Inbox:
     ) -> None:
         self.agent_id = agent_id
         self.admission = admission
+        #: Whether messages are held until :meth:`flush`.
+        self.holds = admission is not None and admission.keyring is not None
+        self._held: List[AgentMessage] = []
+        self._held_lock = threading.Lock()
         self.max_message_bytes = max_message_bytes
         self.max_pending = max_pending
         self.pool = pool
@@ -134,6 +144,29 @@ class Inbox:
             return
         if receipt is not None:
             message._receipt, message._attempt = receipt, receipt.attempts
+        if self.holds:
+            with self._held_lock:
+                self._held.append(message)
+                full = len(self._held) >= MAX_HELD
+            if full:
+                self.flush()
+            return
+        self.queue(message, receipt)
+
+    def flush(self) -> None:
+        """Record the nonces of the messages held (one Redis call), then queue them, in order."""
+        with self._held_lock:
+            held, self._held = self._held, []
+        if not held:
+            return
+        assert self.admission is not None
+        self.admission.record_nonces(held)
+        for message in held:
+            self.queue(message, message._receipt)
+
+    def queue(self, message: AgentMessage, receipt: Optional[Receipt]) -> None:
+        """Queue ``message`` for the workers; what the queue has no room for is dropped or left."""
+        agent_id = self.agent_id
         if self.pool.submit(message.sender_id, message):
             if self._overflowing:
                 log.warning(

@@ -70,6 +70,9 @@ class ChannelListener:
         channel: The channel to read.
         on_data: Called in the listener thread with each message's raw bytes.
             It must not block for long and must not raise.
+        on_idle: Called in the listener thread after one or more
+            ``on_data`` calls, once the connection holds no further message
+            (the thread is about to wait); None: not called.
         name: The thread name.
         owner: Who owns the listener, for log lines.
         on_disconnect: Called in the listener thread when the connection is lost.
@@ -90,6 +93,7 @@ class ChannelListener:
         on_data: Callable[[bytes], None],
         name: str,
         owner: str,
+        on_idle: Optional[Callable[[], None]] = None,
         on_disconnect: Optional[Callable[[], None]] = None,
         on_reconnect: Optional[Callable[[], None]] = None,
         on_restart: Optional[Callable[[BaseException], None]] = None,
@@ -101,6 +105,7 @@ class ChannelListener:
         self.url = url
         self.channel = channel
         self._on_data = on_data
+        self._on_idle = on_idle
         self._owner = owner
         self._on_disconnect = on_disconnect
         self._on_reconnect = on_reconnect
@@ -283,16 +288,23 @@ class ChannelListener:
         last_seen = time.monotonic()
         probe_sent: Optional[float] = None
         poll = min(POLL_INTERVAL, self._probe_timeout)
+        on_idle = self._on_idle
+        delivered = False  # on_data was called since on_idle last was
         while not self._stop.is_set():
             if self._reset:
                 self._reset = False
                 self._kick.clear()
                 raise DeadConnection("reset requested")
+            wait = 0.0 if delivered else poll
             if self._sharded:
-                message = pubsub.get_sharded_message(timeout=poll)
+                message = pubsub.get_sharded_message(timeout=wait)
             else:
-                message = pubsub.get_message(timeout=poll)
+                message = pubsub.get_message(timeout=wait)
             now = time.monotonic()
+            if message is None and delivered:
+                delivered = False
+                on_idle()  # type: ignore[misc]
+                continue
             if message is None:
                 if self._sharded:
                     continue  # redis-py watches the shard connections itself
@@ -314,6 +326,7 @@ class ChannelListener:
                 continue  # (a PONG has no channel)
             if kind == "message" or kind == "smessage":
                 self._on_data(message["data"])
+                delivered = on_idle is not None
             elif kind == "subscribe" or kind == "ssubscribe":
                 self._subscribed = True
                 self._receiving = True

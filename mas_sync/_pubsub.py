@@ -65,6 +65,7 @@ class PubSubTransport:
             events.received,
             name=self._thread_name,
             owner=f"Agent {self._agent_id}",
+            on_idle=events.flush if events.batches else None,
             on_disconnect=events.disconnected,
             on_reconnect=events.reconnected,
             on_restart=events.restarted,

@@ -135,7 +135,6 @@ class AgentRun:
         self.pool = pool = OrderedPool(
             self.name, handling.handle, options.max_workers, options.max_pending
         )
-        handling.peek = pool.peek
         self.inbox = Inbox(
             self.agent_id, options.max_message_bytes, options.max_pending, pool,
             self.requests, self.counters, self.gaps, self.outbox.reply, instance, admission,
@@ -245,6 +244,7 @@ class AgentRun:
         pool, transport = self.pool, self.transport
         assert pool is not None and transport is not None
         transport.stop(quick, deadline)
+        self.inbox.flush()  # what the transport received last
         # No reply can arrive any more: fail the waiting requests now, so that
         # handlers blocked in request() return before the drain below.
         self.requests.close(f"agent {agent_id!r} stopped")
@@ -313,6 +313,15 @@ class AgentRun:
     def received(self, data: bytes, receipt: Optional[Receipt] = None) -> None:
         """Transport thread: one raw message for the agent."""
         self.inbox.receive(data, receipt)
+
+    @property
+    def batches(self) -> bool:
+        """Whether the inbox holds messages until :meth:`flush`."""
+        return self.inbox.holds
+
+    def flush(self) -> None:
+        """Transport thread: the messages received so far are a batch."""
+        self.inbox.flush()
 
     def room(self) -> int:
         """Transport thread: how many more messages the workers may queue."""

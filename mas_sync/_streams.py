@@ -630,3 +630,5 @@ class StreamTransport:
                     continue  # being handled here already
                 receipt = self._inflight[entry_id] = Receipt(self, entry_id, data, attempts)
             events.received(data, receipt)
+        if events.batches:
+            events.flush()

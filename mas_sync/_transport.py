@@ -54,6 +54,17 @@ class TransportEvents(Protocol):
         the message settles it (acknowledge, try again, dead-letter).
         """
 
+    def flush(self) -> None:
+        """The messages passed so far are all there is for now: the transport is about to wait.
+
+        Called after a batch of :meth:`received` (a stream read, or a pub/sub
+        connection whose buffer ran dry) when :attr:`batches` is true.
+        """
+
+    #: Whether the run wants :meth:`flush` calls (they cost the transport a
+    #: look at its connection after each message that ends a batch).
+    batches: bool
+
     def room(self) -> int:
         """How many more messages the workers take now (a stream is read no faster)."""
 

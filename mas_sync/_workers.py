@@ -12,7 +12,6 @@ returns cannot hang the process.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -80,12 +79,6 @@ class OrderedPool:
             elif not self._threads:
                 self._wake_locked()  # no worker could be started so far: try again
             return True
-
-    def peek(self, key: Any, limit: int) -> List[Any]:
-        """Up to ``limit`` items queued for ``key``, oldest first, left in the queue."""
-        with self._lock:
-            box = self._boxes.get(key)
-            return list(itertools.islice(box, limit)) if box else []
 
     def open(self) -> None:
         """Let workers start and run what was queued so far."""
