@@ -108,6 +108,19 @@ class Agent:
         stream_maxlen: Reliable delivery: about how many entries the
             agent's stream keeps (for :meth:`replay`), and its dead-letter
             stream; an entry not yet acknowledged is never removed.
+        breaker_failures: Failed requests in a row to one target (timeouts,
+            and error replies but for the caller's own faults such as
+            ``validation_error``) after which its circuit breaker opens:
+            :meth:`request` to it raises :class:`~mas_sync.CircuitOpenError`
+            at once, sending nothing, for ``breaker_cooldown`` seconds; then
+            one trial request is let through, whose success closes the
+            breaker and whose failure opens it again (see README, Circuit
+            breakers). None (the default): no breaker.
+        breaker_cooldown: Seconds a breaker stays open before its trial.
+        breaker_shared: Keep the breakers in Redis (``mas_sync:breaker:{target}``),
+            shared by every agent that sets it: what one learns protects the
+            others. False (the default): this run's own breakers. Where Redis
+            cannot be asked, the run decides alone, with a warning.
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message.
@@ -136,6 +149,9 @@ class Agent:
         retry_delay: float = 1.0,
         dedupe_window: Optional[float] = None,
         stream_maxlen: int = 10_000,
+        breaker_failures: Optional[int] = None,
+        breaker_cooldown: float = 30.0,
+        breaker_shared: bool = False,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
@@ -147,7 +163,7 @@ class Agent:
             state_model, heartbeat_interval, heartbeat_ttl, max_workers, max_pending,
             max_message_bytes, retry_timeout, command_timeout, probe_interval, take_over,
             delivery, instance, max_attempts, visibility_timeout, retry_delay, dedupe_window,
-            stream_maxlen,
+            stream_maxlen, breaker_failures, breaker_cooldown, breaker_shared,
         )
         self._mas_lock = threading.RLock()
         self._mas_run: Optional[AgentRun] = None
@@ -314,6 +330,8 @@ class Agent:
                 ``TimeoutError``); a reply that comes later is dropped.
             RequestError: the other agent replied with an error: its handler
                 raised, or refused the payload (``kind == "validation_error"``).
+            CircuitOpenError: the circuit breaker of ``target_id`` is open
+                (see ``breaker_failures``): nothing was sent.
             AgentNotRunningError: this agent is not started, or was stopped
                 while waiting.
             TypeError, ValueError, MASConnectionError: as :meth:`send` (the

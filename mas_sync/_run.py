@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional, Tuple
 import redis
 
 from . import _json
+from ._breakers import Breakers
 from ._calls import CallGate
 from ._dead_letters import DeadLetters
 from ._dedupe import Seen
@@ -118,7 +119,16 @@ class AgentRun:
             transport = self.transport_factory(*args)
         self.transport = transport
         instance = options.instance if reliable else None
-        self.outbox = Outbox(self.agent_id, transport, self.calls, self.requests, instance)
+        breakers = None
+        if options.breaker_failures is not None:
+            breakers = Breakers(
+                self.agent_id, options.breaker_failures, options.breaker_cooldown,
+                client if options.breaker_shared else None, self.counters,
+                options.command_timeout, lambda: self.stopping,
+            )
+        self.outbox = Outbox(
+            self.agent_id, transport, self.calls, self.requests, instance, breakers
+        )
         seen = Seen(client, self.agent_id, options.dedupe_window, shared_channel=reliable)
         self.handling = handling = Handling(self.agent, self.counters, self.outbox, seen)
         self.pool = pool = OrderedPool(

@@ -58,6 +58,11 @@ class AgentStats:
         duplicates: Messages not handled because they were already: within
             ``dedupe_window``, or taken by another instance of a reliable
             agent (what peers publish reaches every instance).
+        breaker_opened: Times a request of this agent opened a circuit
+            breaker (see ``breaker_failures``): its last failure, or a failed
+            trial.
+        breaker_rejected: Requests that failed at once with
+            ``CircuitOpenError`` (nothing sent).
     """
 
     received: int = 0
@@ -77,6 +82,8 @@ class AgentStats:
     dead_lettered: int = 0
     reclaimed: int = 0
     duplicates: int = 0
+    breaker_opened: int = 0
+    breaker_rejected: int = 0
 
 
 class Counters:
