@@ -458,3 +458,26 @@ def test_a_lost_redis_is_no_failure_of_the_target(server, agents, caplog) -> Non
     fail(asker, "t", 1)  # sent: the lost Redis opened nothing
     open_fast(asker, "t")  # one real failure does (breaker_failures=1)
     assert target.count() == 1
+
+
+def test_shared_breakers_on_a_cluster(cluster, agents, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="mas_sync")
+    options = dict(FAST, breaker_failures=2, breaker_cooldown=30, breaker_shared=True)
+    targets = [start(agents, Target(f"t{n}", redis_url=cluster.url, **FAST)) for n in range(3)]
+    x = start(agents, Agent("x", redis_url=cluster.url, **options))
+    y = start(agents, Agent("y", redis_url=cluster.url, **options))
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port,
+                                decode_responses=True)
+    try:
+        keys = [_wire.breaker_key(t.id) for t in targets]
+        assert len({client.get_node_from_key(key).port for key in keys}) >= 2
+        for target in targets:
+            fail(x, target.id, 2)
+            open_fast(y, target.id)
+            settled(y, target)
+            assert target.count() == 2
+            assert client.exists(_wire.breaker_key(target.id)) == 1
+    finally:
+        client.close()
+    assert x.stats.breaker_opened == 3 and y.stats.breaker_rejected == 3
+    assert "shared circuit breaker" not in caplog.text  # decided in Redis, every time
