@@ -274,6 +274,7 @@ def test_one_trial_after_the_cooldown_and_its_success_closes(make_agent, r) -> N
         assert asker.request("t", {"n": n}, timeout=5).payload == {"ok": n}
     assert target.count() == 8
     assert asker.stats.breaker_opened == 1
+    assert target.stats.missed == 0  # refused requests took no sequence numbers
     assert r.keys("mas_sync:breaker:*") == []
 
 
@@ -324,6 +325,30 @@ def test_validation_errors_do_not_count(make_agent) -> None:
     with pytest.raises(RequestError, match="adder is failing"):
         asker.request("adder", {"action": "add", "a": 1, "b": 2}, timeout=5)
     open_fast(asker, "adder")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["local", "shared"])
+def test_a_trial_refused_as_the_callers_fault_lets_the_next_call_try(make_agent, shared) -> None:
+    target = make_agent("adder", cls=Adder)
+    asker = make_agent("asker", breaker_failures=1, breaker_cooldown=0.3, breaker_shared=shared)
+    with pytest.raises(RequestError, match="adder is failing"):
+        asker.request("adder", {"action": "add", "a": 1, "b": 2}, timeout=5)
+    open_fast(asker, "adder")
+    wait_until(lambda: not isinstance(attempt(asker), CircuitOpenError), 10,
+               message="the cool-down ends")  # a validation error: the trial's turn is free
+    for _ in range(2):
+        assert isinstance(attempt(asker), RequestError)  # each is a new trial, sent
+    settled(asker, target)
+    assert target.stats.rejected == 3  # sent: the trial after the cool-down, then two more
+
+
+def attempt(agent: Agent) -> BaseException:
+    """A request the adder refuses (validation error), or the breaker refuses."""
+    try:
+        agent.request("adder", {"action": "add"}, timeout=5)
+    except (RequestError, CircuitOpenError) as exc:
+        return exc
+    raise AssertionError("the adder answered")
 
 
 def test_a_refusal_of_this_sender_does_not_count(make_agent) -> None:
