@@ -123,7 +123,6 @@ class Breakers:
         self._agent_id = agent_id
         self._failures = failures
         self._cooldown = cooldown
-        self._client = client
         self._counters = counters
         self._command_timeout = command_timeout
         self._script: Any = None if client is None else client.register_script(
@@ -237,8 +236,9 @@ class Breakers:
     def _record_local(self, target_id: str, token: str, outcome: str) -> List[Any]:
         """As ``breaker.lua``'s record, in seconds of ``time.monotonic()``."""
         now = time.monotonic()
-        entry = self._entry(target_id, now)
-        assert entry is not None
+        entry = self._entry(target_id, now, create=outcome == _FAIL)
+        if entry is None:
+            return ["closed", 0.0, 0]
         is_trial = bool(token) and entry.trial == token
         if outcome == _OK:
             if is_trial or entry.opened_until is None:
@@ -297,7 +297,10 @@ class Breakers:
             connect_by = min(deadline, time.monotonic() + self._command_timeout)
             with deadlines(connect_by, deadline):
                 raw = self._script(keys=[_wire.breaker_key(target_id)], args=args)
-        except ANY_REDIS_ERROR as exc:
+            state, left_ms, failures = raw
+            state = state.decode() if isinstance(state, bytes) else str(state)
+            reply = [state, int(left_ms) / 1000.0, int(failures)]
+        except (*ANY_REDIS_ERROR, TypeError, ValueError) as exc:  # unreachable, refused, garbled
             if not self._degraded and not self._stopping():
                 log.warning(
                     "Agent %s: shared circuit breaker of %s not readable in Redis (%s);"
@@ -309,9 +312,7 @@ class Breakers:
         if self._degraded:
             self._degraded = False
             log.info("Agent %s: shared circuit breakers readable in Redis again", self._agent_id)
-        state, left_ms, failures = raw
-        state = state.decode() if isinstance(state, bytes) else str(state)
-        return [state, int(left_ms) / 1000.0, int(failures)]
+        return reply
 
     # -- outcomes --------------------------------------------------------------------
 
