@@ -126,6 +126,19 @@ class Agent:
         accept_capabilities: Senders registered with any of these
             capabilities are accepted too (registrations are read once per
             sender every 5 seconds).
+        breaker_failures: Failed requests in a row to one target (timeouts,
+            and error replies but for the caller's own faults such as
+            ``validation_error``) after which its circuit breaker opens:
+            :meth:`request` to it raises :class:`~mas_sync.CircuitOpenError`
+            at once, sending nothing, for ``breaker_cooldown`` seconds; then
+            one trial request is let through, whose success closes the
+            breaker and whose failure opens it again (see README, Circuit
+            breakers). None (the default): no breaker.
+        breaker_cooldown: Seconds a breaker stays open before its trial.
+        breaker_shared: Keep the breakers in Redis (``mas_sync:breaker:{target}``),
+            shared by every agent that sets it: what one learns protects the
+            others. False (the default): this run's own breakers. Where Redis
+            cannot be asked, the run decides alone, with a warning.
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message.
@@ -159,6 +172,9 @@ class Agent:
         signature_window: float = 300.0,
         accept_from: Optional[Iterable[str]] = None,
         accept_capabilities: Optional[Iterable[str]] = None,
+        breaker_failures: Optional[int] = None,
+        breaker_cooldown: float = 30.0,
+        breaker_shared: bool = False,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
@@ -171,7 +187,7 @@ class Agent:
             max_message_bytes, retry_timeout, command_timeout, probe_interval, take_over,
             delivery, instance, max_attempts, visibility_timeout, retry_delay, dedupe_window,
             stream_maxlen, keyring, require_signed, signature_window, accept_from,
-            accept_capabilities,
+            accept_capabilities, breaker_failures, breaker_cooldown, breaker_shared,
         )
         signing_key = keyring.signing_key if keyring is not None else None
         if signing_key is not None and not signing_key.may_sign_for(self.id):
@@ -344,6 +360,8 @@ class Agent:
                 ``TimeoutError``); a reply that comes later is dropped.
             RequestError: the other agent replied with an error: its handler
                 raised, or refused the payload (``kind == "validation_error"``).
+            CircuitOpenError: the circuit breaker of ``target_id`` is open
+                (see ``breaker_failures``): nothing was sent.
             AgentNotRunningError: this agent is not started, or was stopped
                 while waiting.
             TypeError, ValueError, MASConnectionError: as :meth:`send` (the

@@ -73,3 +73,21 @@ class RequestError(MASError, RuntimeError):
         self.reply = reply
         self.kind = kind
         self.details = details
+
+
+class CircuitOpenError(MASError, RuntimeError):
+    """The circuit breaker of a request's target is open: the request was not sent.
+
+    Attributes:
+        target: The agent asked.
+        failures: The consecutive failed requests that opened the breaker.
+        retry_after: Seconds until a trial request may be let through: the
+            cool-down left or, while another call's trial is under way, the
+            most that trial may still take.
+    """
+
+    def __init__(self, message: str, *, target: str, failures: int, retry_after: float) -> None:
+        super().__init__(message)
+        self.target = target
+        self.failures = failures
+        self.retry_after = retry_after

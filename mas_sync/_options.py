@@ -19,6 +19,8 @@ MAX_COUNT = 100_000_000
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # Redis's own limit for one string
 #: Most deliveries of one message that ``max_attempts`` may ask for.
 MAX_ATTEMPTS = 1000
+#: Most consecutive failures that ``breaker_failures`` may ask for.
+MAX_BREAKER_FAILURES = 1_000_000
 #: The delivery modes: pub/sub (at most once) and Redis Streams (at least once).
 DELIVERY_MODES = ("pubsub", "reliable")
 
@@ -49,6 +51,9 @@ class AgentOptions:
     signature_window: float = 300.0
     accept_from: Union[Iterable[str], FrozenSet[str], None] = None
     accept_capabilities: Union[Iterable[str], FrozenSet[str], None] = None
+    breaker_failures: Optional[int] = None
+    breaker_cooldown: float = 30.0
+    breaker_shared: bool = False
 
     def __post_init__(self) -> None:
         """Refuse a bad setting, named in the message (TypeError, ValueError)."""
@@ -111,10 +116,29 @@ class AgentOptions:
             object.__setattr__(self, "accept_capabilities", frozenset(
                 validate_capabilities(self.accept_capabilities, "accept_capabilities")
             ))
+        self._check_breaker()
         for name in ("heartbeat_interval", "heartbeat_ttl", "retry_timeout",
                      "command_timeout", "probe_interval", "visibility_timeout", "retry_delay",
                      "signature_window"):
             object.__setattr__(self, name, float(getattr(self, name)))
+
+    def _check_breaker(self) -> None:
+        """Refuse bad circuit breaker settings (TypeError, ValueError)."""
+        failures = self.breaker_failures
+        if failures is not None and (
+            not isinstance(failures, int) or isinstance(failures, bool)
+            or not 1 <= failures <= MAX_BREAKER_FAILURES
+        ):
+            raise ValueError(
+                f"breaker_failures must be None or an int from 1 to {MAX_BREAKER_FAILURES},"
+                f" not {failures!r}"
+            )
+        check_seconds("breaker_cooldown", self.breaker_cooldown)
+        object.__setattr__(self, "breaker_cooldown", float(self.breaker_cooldown))
+        if not isinstance(self.breaker_shared, bool):
+            raise TypeError(f"breaker_shared must be a bool, not {self.breaker_shared!r}")
+        if self.breaker_shared and failures is None:
+            raise ValueError("breaker_shared needs breaker_failures (the breaker is off without)")
 
 
 def _iterate(items: object) -> Iterable[object]:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from pydantic import BaseModel
 
 from . import _json, _wire
+from ._breakers import Breakers
 from ._calls import CallGate
 from ._errors import RequestError, RequestTimeout
 from ._message import AgentMessage
@@ -35,6 +36,7 @@ class Outbox:
             that the reply reaches it (not another instance); None otherwise.
         sign: Signs each framed message (see :func:`~mas_sync._signing.sign`);
             None sends them unsigned.
+        breakers: The circuit breakers of the run's requests; None for none.
     """
 
     def __init__(
@@ -45,9 +47,11 @@ class Outbox:
         requests: PendingRequests,
         instance: Optional[str] = None,
         sign: Optional[Callable[[str], str]] = None,
+        breakers: Optional[Breakers] = None,
     ) -> None:
         self.agent_id = agent_id
         self.sign = sign
+        self.breakers = breakers
         self.instance = instance
         self.transport = transport
         self.calls = calls
@@ -102,6 +106,24 @@ class Outbox:
         deadline = time.monotonic() + timeout
         correlation_id = str(uuid.uuid4())
         body = _json.dumps_object(_wire.request_payload(payload, correlation_id))
+        breakers = self.breakers
+        if breakers is None:
+            return self._request(target_id, body, correlation_id, timeout, deadline)
+        # After the payload's checks (bad input takes no trial's turn), before
+        # the message is numbered (a refused request leaves no gap).
+        ticket = breakers.admit(target_id, timeout, deadline)
+        error: Optional[BaseException] = None
+        try:
+            return self._request(target_id, body, correlation_id, timeout, deadline)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            breakers.record(ticket, error)
+
+    def _request(
+        self, target_id: str, body: str, correlation_id: str, timeout: float, deadline: float
+    ) -> AgentMessage:
         _, data = self.frame(target_id, body, sender_instance=self.instance)
         pending = self.requests.add(correlation_id, target_id)
         try:

@@ -11,6 +11,7 @@ import redis
 
 from . import _json, _signing
 from ._admission import Admission
+from ._breakers import Breakers
 from ._calls import CallGate
 from ._dead_letters import DeadLetters
 from ._dedupe import Seen
@@ -120,8 +121,16 @@ class AgentRun:
         self.transport = transport
         instance = options.instance if reliable else None
         self.clock = clock = _signing.RedisClock(client)
+        breakers = None
+        if options.breaker_failures is not None:
+            breakers = Breakers(
+                self.agent_id, options.breaker_failures, options.breaker_cooldown,
+                client if options.breaker_shared else None, self.counters,
+                options.command_timeout, lambda: self.stopping,
+            )
         self.outbox = Outbox(
-            self.agent_id, transport, self.calls, self.requests, instance, self.signer()
+            self.agent_id, transport, self.calls, self.requests, instance, self.signer(),
+            breakers,
         )
         self.admission = admission = self.make_admission()
         seen = Seen(

@@ -71,6 +71,11 @@ class AgentStats:
             key may not sign for it.
         refused_rate_limited: Messages refused because their sender went
             beyond ``rate_limit``.
+        breaker_opened: Times a request of this agent opened a circuit
+            breaker (see ``breaker_failures``): its last failure, or a failed
+            trial.
+        breaker_rejected: Requests that failed at once with
+            ``CircuitOpenError`` (nothing sent).
     """
 
     received: int = 0
@@ -96,6 +101,8 @@ class AgentStats:
     refused_replayed: int = 0
     refused_not_allowed: int = 0
     refused_rate_limited: int = 0
+    breaker_opened: int = 0
+    breaker_rejected: int = 0
 
     @property
     def refused(self) -> int:

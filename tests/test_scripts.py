@@ -17,9 +17,9 @@ NAMES = sorted(
 
 def test_the_package_holds_the_scripts() -> None:
     assert NAMES == [
-        "condemn", "delete_hash", "deregister", "instance_deregister",
-        "instance_refresh", "instance_register", "refresh", "register", "select_page",
-        "trim_stream", "write_hash",
+        "breaker", "condemn", "delete_hash", "deregister", "instance_deregister",
+        "instance_refresh", "instance_register", "nonces", "refresh", "register",
+        "select_page", "trim_stream", "write_hash",
     ]
 
 

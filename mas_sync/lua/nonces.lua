@@ -6,6 +6,7 @@
 --   '' for a delivery that can only be new.
 -- Returns, per message, 1 when its nonce is new or was recorded by the same
 -- token (the same stream entry, delivered again), 0 when it is a replay.
+
 local ttl = ARGV[1]
 local fresh = {}
 for i, key in ipairs(KEYS) do
