@@ -23,7 +23,7 @@ from ._message import AgentMessage
 from ._redis import ANY_REDIS_ERROR
 from ._registry import AgentRegistry
 from ._scripts import load_script
-from ._signing import Keyring, RedisClock, Refused, Signature, read_signature
+from ._signing import Keyring, RedisClock, Refused, Signature, read_signature, read_vouch
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,11 @@ MAX_LOGGED = 1000
 class Checked:
     """What the checks found about one received message (kept on it as ``_checked``)."""
 
-    __slots__ = ("signature", "refusal", "fresh")
+    __slots__ = ("signature", "vouch", "refusal", "fresh")
 
     def __init__(self) -> None:
         self.signature: Optional[Signature] = None  # a signature whose HMAC verified
+        self.vouch: Optional[Signature] = None  # of a requeued entry: the agent's, verified
         self.refusal: Optional[Refused] = None  # why its signature failed
         self.fresh: Optional[bool] = None  # its nonce was new; None: not yet recorded
 
@@ -100,8 +101,11 @@ class Admission:
 
     # -- on the transport's thread ---------------------------------------------
 
-    def read(self, data: bytes, message: AgentMessage) -> None:
+    def read(self, data: bytes, message: AgentMessage, receipt: Any = None) -> None:
         """Check the signature of ``message`` (received as ``data``) and keep what it says.
+
+        A stream entry that the agent requeued carries its vouch (see
+        :func:`~._signing.vouch`), checked here too.
 
         Never raises: a bad signature is kept on the message, to be refused
         by :meth:`verify` (or :meth:`check_reply`).
@@ -112,6 +116,9 @@ class Admission:
         checked = Checked()
         try:
             checked.signature = read_signature(data, keyring)
+            vouch = getattr(receipt, "vouch", None)
+            if vouch is not None and checked.signature is not None:
+                checked.vouch = read_vouch(vouch, data, self.agent_id, keyring)
         except Refused as refusal:
             checked.refusal = refusal
         message._checked = checked
@@ -174,8 +181,8 @@ class Admission:
                 self._record_nonces([(message, checked)])
             if not checked.fresh:
                 raise Refused(
-                    "replayed", f"nonce {checked.signature.nonce} was seen before (message"
-                    f" {message.message_id})"
+                    "replayed", f"nonce {(checked.vouch or checked.signature).nonce} was"
+                    f" seen before (message {message.message_id})"
                 )
         allow_rate = self.allow_rate
         if allow_rate is not None and not allow_rate(message.sender_id):
@@ -185,7 +192,9 @@ class Admission:
         """Record the nonce of each message, in one call; set ``fresh`` (False: a replay)."""
         keys, tokens = [], []
         for message, checked in batch:
-            keys.append(_wire.nonce_key(self.agent_id, checked.signature.nonce))
+            # A requeued entry: the nonce of the requeue.
+            nonce = (checked.vouch or checked.signature).nonce
+            keys.append(_wire.nonce_key(self.agent_id, nonce))
             receipt = message.__pydantic_private__["_receipt"]
             if receipt is not None:
                 # A stream entry delivered again (a retry, another instance)
@@ -244,6 +253,8 @@ class Admission:
             raise Refused(
                 "not_allowed", f"key {key.key_id!r} may not sign for {message.sender_id!r}"
             )
+        if checked.vouch is not None:
+            signature = checked.vouch  # requeued: judged by the time of the requeue
         now = self.clock.now()
         if receipt is not None:
             # Judged by when it entered the stream (Redis' clock, in its id):

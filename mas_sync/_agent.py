@@ -413,6 +413,10 @@ class Agent:
         Args:
             ids: :attr:`DeadLetter.id` of those to requeue; None for all.
 
+        An agent that signs (``keyring``) vouches for each message it puts
+        back, so that a signed one is not refused as stale or replayed (its
+        own signature must still hold: see README, Security).
+
         Returns:
             How many were requeued (each is removed from the dead letters
             once it is back in the stream).
@@ -423,7 +427,7 @@ class Agent:
             MASConnectionError: Redis could not be reached.
         """
         run = self._mas_require_run()
-        return run.calls.run(run.dead_letters().requeue, ids)
+        return run.calls.run(run.dead_letters().requeue, ids, run.voucher())
 
     def purge_dead_letters(self, ids: Optional[Iterable[str]] = None) -> int:
         """Delete dead letters (``ids``, or all of them when None); returns how many.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
 import redis
 from pydantic import ValidationError
@@ -76,17 +76,29 @@ class DeadLetters:
         return [_dead_letter(entry_id, fields)
                 for entry_id, fields in self._client.xrange(self.dlq, count=count)]
 
-    def requeue(self, ids: Optional[Iterable[str]] = None) -> int:
+    def requeue(
+        self, ids: Optional[Iterable[str]] = None,
+        vouch: Optional[Callable[[bytes], str]] = None,
+    ) -> int:
         """Put dead letters back in the agent's stream (all of them when ``ids`` is None).
 
         Each is added as a new entry (its attempts count again from 1), then
         removed from the dead letters: one that fails between the two is in
         both places (never in neither). Returns how many were requeued.
+
+        ``vouch(envelope)``, given by an agent that signs, adds its signed
+        word for each (the entry's field ``vouch``): its signed messages are
+        then judged by the time and nonce of the requeue, not by those they
+        were first sent with (long past, and seen).
         """
         moved = 0
         for entry_id, fields in self._select(ids):
             envelope = _field(fields, _wire.ENVELOPE)
-            self._client.xadd(self.stream, {_wire.ENVELOPE: envelope})
+            entry = {_wire.ENVELOPE: envelope}
+            if vouch is not None:
+                raw = envelope if isinstance(envelope, bytes) else str(envelope).encode()
+                entry[_wire.VOUCH] = vouch(raw)
+            self._client.xadd(self.stream, entry)
             moved += self._client.xdel(self.dlq, entry_id)
         return moved
 

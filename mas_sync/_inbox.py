@@ -111,7 +111,7 @@ class Inbox:
         message._reply = self._reply
         admission = self.admission
         if admission is not None:
-            admission.read(data, message)
+            admission.read(data, message, receipt)
         if message.seq is not None and message.sender_run is not None:
             self.gaps.observe(message.sender_id, message.sender_run, message.seq)
         if message.is_reply:

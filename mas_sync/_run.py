@@ -194,6 +194,15 @@ class AgentRun:
 
         return sign
 
+    def voucher(self) -> Optional[Callable[[bytes], str]]:
+        """What vouches for the messages the agent requeues, with its signing key of the moment."""
+        keyring = self.options.keyring
+        key = keyring.signing_key if keyring is not None else None
+        if key is None:
+            return None
+        agent_id, clock = self.agent_id, self.clock
+        return lambda envelope: _signing.vouch(envelope, agent_id, key, clock.now())
+
     def make_admission(self) -> Optional[Admission]:
         """The run's checks of what it receives; None when the agent asks for none."""
         options = self.options

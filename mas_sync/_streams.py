@@ -58,6 +58,9 @@ MAX_BACKOFF = 2.0
 Entry = Tuple[bytes, Optional[Dict[bytes, bytes]]]
 
 
+#: The field of a requeued entry that holds its agent's word (see :data:`_wire.VOUCH`).
+_VOUCH = _wire.VOUCH.encode()
+
 class Receipt:
     """One delivery of a stream entry to this instance: how its handler settles it
     (a :class:`~mas_sync._transport.Receipt`).
@@ -65,18 +68,21 @@ class Receipt:
     Attributes:
         entry_id: The entry's id in the stream.
         data: The message JSON (the entry's ``envelope``).
+        vouch: The agent's word for an entry it requeued (the entry's
+            ``vouch``), or None.
         attempts: Deliveries of the entry so far, this one included, as
             Redis counts them (crashes and other instances count).
     """
 
-    __slots__ = ("transport", "entry_id", "data", "attempts")
+    __slots__ = ("transport", "entry_id", "data", "attempts", "vouch")
 
     def __init__(self, transport: "StreamTransport", entry_id: str, data: bytes,
-                 attempts: int) -> None:
+                 attempts: int, vouch: Optional[bytes] = None) -> None:
         self.transport = transport
         self.entry_id = entry_id
         self.data = data
         self.attempts = attempts
+        self.vouch = vouch
 
     @property
     def max_attempts(self) -> int:
@@ -628,7 +634,9 @@ class StreamTransport:
             with self._lock:
                 if entry_id in self._inflight:
                     continue  # being handled here already
-                receipt = self._inflight[entry_id] = Receipt(self, entry_id, data, attempts)
+                receipt = self._inflight[entry_id] = Receipt(
+                    self, entry_id, data, attempts, fields.get(_VOUCH)
+                )
             events.received(data, receipt)
         if events.batches:
             events.flush()

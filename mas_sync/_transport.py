@@ -24,10 +24,13 @@ class Receipt(Protocol):
         data: The message JSON.
         attempts: Deliveries so far, this one included.
         max_attempts: Deliveries after which a failing message is given up.
+        vouch: Of an entry that its agent requeued: the agent's signed word
+            for it (see :func:`mas_sync._signing.vouch`); None otherwise.
     """
 
     entry_id: str
     data: bytes
+    vouch: Optional[bytes]
     attempts: int
     max_attempts: int
 

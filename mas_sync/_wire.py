@@ -205,6 +205,11 @@ def seen_key(agent_id: str, message_id: str) -> str:
     return f"mas_sync:seen:{agent_id}:{message_id}"
 
 
+#: Field of a stream entry that its agent requeued from its dead letters: the
+#: agent's signed word for the envelope (see :func:`mas_sync._signing.vouch`).
+VOUCH = "vouch"
+
+
 def nonce_key(agent_id: str, nonce: str) -> str:
     """A signed message's nonce, as one receiver saw it: ``mas_sync:nonce:{<id>}:<nonce>``.
 

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from mas_sync import Agent, AgentMessage, Keyring, RequestError, SigningKey
-from mas_sync import _wire
+from mas_sync import _signing, _wire
 from mas_sync._signing import RedisClock, Refused, read_signature, sign
 from mas_sync.testing import wait_until
 
@@ -375,3 +375,41 @@ def test_a_message_that_waited_in_a_stream_is_judged_by_when_it_entered(
     bob.start()
     wait_until(lambda: bob.payloads() == [{"token": "waited"}])
     assert bob.stats.refused == 0
+
+
+def test_a_requeued_dead_letter_is_vouched_for_and_handled_long_after(
+    make_agent: Callable[..., Any], r: redis.Redis
+) -> None:
+    """Past the window and with its nonce seen, a requeued message is handled all the same."""
+    keys = {n: SigningKey(f"key-{n}", n * 16, senders=[n]) for n in ("alice", "bob")}
+    failing = threading.Event()
+    failing.set()
+
+    class Fussy(Inbox):
+        def on_message(self, message: AgentMessage) -> None:
+            if failing.is_set():
+                raise RuntimeError("not now")
+            super().on_message(message)
+
+    bob = make_agent("bob", Fussy, keyring=Keyring(keys.values(), sign_with="key-bob"),
+                     require_signed=True, delivery="reliable", max_attempts=1,
+                     signature_window=1)
+    alice = make_agent("alice", keyring=Keyring(keys.values(), sign_with="key-alice"))
+    alice.send("bob", {"token": "late"})
+    wait_until(lambda: len(bob.dead_letters()) == 1)
+    sent_at = redis_now(r)
+    wait_until(lambda: redis_now(r) > sent_at + 1.5, interval=0.1)  # past the window
+    failing.clear()
+    assert bob.requeue_dead_letters() == 1
+    wait_until(lambda: bob.payloads() == [{"token": "late"}])
+    assert bob.stats.refused == 0
+    # The requeued entry, vouch and all, added once more: a replay.
+    stream = _wire.stream_key("bob")
+    fields = [f for _, f in r.xrange(stream) if _wire.VOUCH in f][0]
+    r.xadd(stream, fields)
+    # A vouch by another agent's key is no vouch of bob's.
+    forged = _signing.vouch(fields[_wire.ENVELOPE].encode(), "bob", keys["alice"], redis_now(r))
+    r.xadd(stream, {_wire.ENVELOPE: fields[_wire.ENVELOPE], _wire.VOUCH: forged})
+    wait_until(lambda: bob.stats.refused == 2)
+    assert (bob.stats.refused_replayed, bob.stats.refused_bad_signature) == (1, 1)
+    assert len(bob.got) == 1
