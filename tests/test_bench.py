@@ -12,11 +12,14 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from mas_sync.bench import format_table
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(150)  # every scenario once, in processes of its own; bounded below
 def test_quick_benchmark_prints_its_table() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mas_sync.bench", "--quick"],
