@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 from pydantic import BaseModel
 
@@ -15,6 +15,7 @@ from ._errors import AgentNotRunningError
 from ._handlers import HandlerSpec, collect_handlers
 from ._message import AgentMessage
 from ._options import AgentOptions
+from ._rates import RateLimit
 from ._redis import check_redis_url
 from ._run import AgentRun
 from ._state import StateManager
@@ -108,6 +109,24 @@ class Agent:
         stream_maxlen: Reliable delivery: about how many entries the
             agent's stream keeps (for :meth:`replay`), and its dead-letter
             stream; an entry not yet acknowledged is never removed.
+        send_rate: The most this agent sends to any one target: a rate such
+            as ``"100/s"`` (``/s``, ``/min``, ``/h``, ``/day``; a burst of one
+            second's worth) or a :class:`~mas_sync.RateLimit`. :meth:`send`,
+            :meth:`send_many` and :meth:`request` wait for their turn instead
+            of exceeding it (a batch goes out in pieces, in order, as turns
+            come); each target has its own pace, so a busy one holds up no
+            other. A request whose turn would come after its ``timeout``
+            raises :class:`~mas_sync.RequestTimeout` at once. :meth:`stop`
+            wakes a waiting sender, which raises
+            :class:`~mas_sync.AgentNotRunningError`. Replies are not paced.
+            None (the default) sends at once.
+        rate_limit: The most this agent takes from any one sender, the same
+            way (``"100/s"`` or a :class:`~mas_sync.RateLimit`): messages
+            from one sender beyond it are refused as ``rate_limited``. The
+            count is kept in Redis (``mas_sync:rate:{id}:{sender}``), so it
+            holds across the instances of an agent; if Redis cannot answer,
+            messages are let through (see README, Rate limits). None (the
+            default) takes everything.
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message.
@@ -136,6 +155,8 @@ class Agent:
         retry_delay: float = 1.0,
         dedupe_window: Optional[float] = None,
         stream_maxlen: int = 10_000,
+        send_rate: Union[str, RateLimit, None] = None,
+        rate_limit: Union[str, RateLimit, None] = None,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
@@ -147,7 +168,7 @@ class Agent:
             state_model, heartbeat_interval, heartbeat_ttl, max_workers, max_pending,
             max_message_bytes, retry_timeout, command_timeout, probe_interval, take_over,
             delivery, instance, max_attempts, visibility_timeout, retry_delay, dedupe_window,
-            stream_maxlen,
+            stream_maxlen, send_rate=send_rate, rate_limit=rate_limit,
         )
         self._mas_lock = threading.RLock()
         self._mas_run: Optional[AgentRun] = None

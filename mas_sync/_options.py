@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
-from typing import Optional, Type
+from typing import Optional, Type, Union
 
 from pydantic import BaseModel
 
 from ._checks import check_seconds
+from ._rates import RateLimit, as_rate_limit
 from ._wire import validate_agent_id
 
 #: Bounds of the constructor's counts: beyond them, a typo rather than a plan.
@@ -43,6 +44,8 @@ class AgentOptions:
     retry_delay: float = 1.0
     dedupe_window: Optional[float] = None
     stream_maxlen: int = 10_000
+    send_rate: Union[str, RateLimit, None] = None  # a RateLimit or None, once checked
+    rate_limit: Union[str, RateLimit, None] = None  # a RateLimit or None, once checked
 
     def __post_init__(self) -> None:
         """Refuse a bad setting, named in the message (TypeError, ValueError)."""
@@ -88,6 +91,8 @@ class AgentOptions:
         if self.dedupe_window is not None:
             check_seconds("dedupe_window", self.dedupe_window)
             object.__setattr__(self, "dedupe_window", float(self.dedupe_window))
+        for name in ("send_rate", "rate_limit"):
+            object.__setattr__(self, name, as_rate_limit(getattr(self, name), name))
         for name in ("heartbeat_interval", "heartbeat_ttl", "retry_timeout",
                      "command_timeout", "probe_interval", "visibility_timeout", "retry_delay"):
             object.__setattr__(self, name, float(getattr(self, name)))

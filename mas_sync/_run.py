@@ -118,7 +118,10 @@ class AgentRun:
             transport = self.transport_factory(*args)
         self.transport = transport
         instance = options.instance if reliable else None
-        self.outbox = Outbox(self.agent_id, transport, self.calls, self.requests, instance)
+        self.outbox = Outbox(
+            self.agent_id, transport, self.calls, self.requests, instance,
+            send_rate=options.send_rate,
+        )
         seen = Seen(client, self.agent_id, options.dedupe_window, shared_channel=reliable)
         self.handling = handling = Handling(self.agent, self.counters, self.outbox, seen)
         self.pool = pool = OrderedPool(
@@ -208,6 +211,7 @@ class AgentRun:
         # No reply can arrive any more: fail the waiting requests now, so that
         # handlers blocked in request() return before the drain below.
         self.requests.close(f"agent {agent_id!r} stopped")
+        self.outbox.close()  # and senders waiting for their turn (send_rate)
         if not pool.drain(max(0.0, deadline - time.monotonic())):
             log.warning(
                 "Agent %s: handlers still busy at the stop's deadline; dropping %d queued messages",
