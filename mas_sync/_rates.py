@@ -1,4 +1,4 @@
-"""Rate limits: :class:`RateLimit`, the receiver's :class:`RateLimiter` and the sender's :class:`Throttle`.
+"""Rate limits: :class:`RateLimit`, a receiver's :class:`RateLimiter`, a sender's :class:`Throttle`.
 
 Both sides use GCRA (the generic cell rate algorithm): one number per sender
 (or target), the time at which its next message is on time, moved one
@@ -77,12 +77,16 @@ class RateLimit:
 
     def __init__(self, rate: float, burst: Optional[int] = None) -> None:
         if isinstance(rate, str):
-            raise TypeError(f"rate must be a number; for text such as {rate!r} use RateLimit.parse()")
+            raise TypeError(
+                f"rate must be a number; for text such as {rate!r} use RateLimit.parse()"
+            )
         if not isinstance(rate, (int, float)) or isinstance(rate, bool):
             raise TypeError(f"rate must be a number of messages per second, not {rate!r}")
         rate = float(rate)
         if not rate > 0 or not math.isfinite(rate):
-            raise ValueError(f"rate must be more than 0 messages per second, and finite, not {rate!r}")
+            raise ValueError(
+                f"rate must be more than 0 messages per second, and finite, not {rate!r}"
+            )
         if not MIN_RATE <= rate <= MAX_RATE:
             raise ValueError(
                 f"rate must be from one message a day to {MAX_RATE:.0f} a second, not {rate!r}/s"
@@ -112,7 +116,9 @@ class RateLimit:
             ValueError: ``text`` is not a rate in that form, or out of range.
         """
         if not isinstance(text, str):
-            raise TypeError(f"a rate limit must be a str such as '100/s', not {type(text).__name__}")
+            raise TypeError(
+                f"a rate limit must be a str such as '100/s', not {type(text).__name__}"
+            )
         match = _RATE_TEXT.match(text)
         if not match:
             raise ValueError(f"rate limit {text!r} is not a rate: write {_FORMS}")
@@ -120,7 +126,9 @@ class RateLimit:
         seconds = _UNITS.get(unit)
         if seconds is None:
             hint = " ('m' is ambiguous: write 'min' for a minute)" if unit == "m" else ""
-            raise ValueError(f"rate limit {text!r} has an unknown unit {unit!r}{hint}: write {_FORMS}")
+            raise ValueError(
+                f"rate limit {text!r} has an unknown unit {unit!r}{hint}: write {_FORMS}"
+            )
         try:
             return cls(float(match.group("count")) / seconds, burst)
         except ValueError as exc:
@@ -297,7 +305,7 @@ class Throttle:
         self._waiting = 0
 
     def take(self, target_id: str) -> float:
-        """Take the next turn to send to ``target_id``; its ``time.monotonic()`` time (now or later)."""
+        """The next turn to send to ``target_id``, taken: its ``time.monotonic()`` time."""
         turn = self.reserve(target_id)
         assert turn is not None
         return turn

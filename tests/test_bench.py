@@ -43,6 +43,7 @@ def test_quick_benchmark_prints_its_table() -> None:
         "poison message to agent.dlq:{id}, mas_sync",
         "chaos: duplicates",
         "chaos: reclaim after a kill",
+        "rate limit 100/s (burst 100), 2 instances",
     ):
         assert load in table
     assert "threads left after stop: 0" in table
@@ -53,6 +54,20 @@ def test_quick_benchmark_prints_its_table() -> None:
     assert figures["chaos: 1,000 messages, SIGKILL every 500 received: not handled"] == "0"
     assert figures["Redis restarted mid-run (AOF): acknowledged sends not handled"].startswith("0 of ")
     assert " lost" not in table.replace("; 0 lost", "")
+
+
+def test_only_rates_measures_the_rate_limit_alone() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mas_sync.bench", "--only", "rates", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ),
+    )
+    assert result.returncode == 0, result.stderr
+    table = result.stdout
+    row = next(line for line in table.splitlines() if line.startswith("rate limit 100/s"))
+    assert "2 instances, a sender trying 1,000 msg/s" in row
+    assert re.search(r"\d+\.\d msg/s accepted", row) and "deviation" in row
+    assert "0 failed open" in table
+    assert "one-to-one burst" not in table and "reliable burst" not in table
 
 
 def test_only_names_a_half() -> None:

@@ -465,3 +465,44 @@ def outage_receiver(url: str, agent_id: str, handled: Any, ready: Any, stop: Any
     with lock:
         out.put({"handled": sorted(seen), "disconnects": agent.stats.disconnects})
     agent.stop()
+
+
+def rate_limited_instance(url: str, agent_id: str, rate: float, offered: float, index: int,
+                          count: int, start_at: float, seconds: float, out: Any) -> None:
+    """One of ``count`` instances of a receiver whose limit is ``rate`` msg/s per sender.
+
+    A sender offers ``offered`` msg/s in all, from ``start_at`` (``time.time()``)
+    for ``seconds``; its messages reach the instances in turn, this one taking
+    every ``count``-th from ``index``: one ``RateLimiter.allow()`` each, on
+    this process's own client. Reports the times of those allowed, of the
+    first refused, the attempts and the round trips.
+    """
+    from .._rates import RateLimit, RateLimiter
+    from .._redis import close_client, make_client
+
+    client = make_client(url, 2)
+    limiter = RateLimiter(client, agent_id, RateLimit(rate))
+    interval = 1.0 / offered
+    pause = threading.Event()
+    allowed: List[float] = []
+    first_refused: Optional[float] = None
+    round_trips: List[float] = []
+    n = index
+    total = int(offered * seconds)
+    while n < total:
+        due = start_at + n * interval
+        delay = due - time.time()
+        if delay > 0.0002:
+            pause.wait(delay)
+        began = time.perf_counter()
+        answer = limiter.allow("tx")
+        round_trips.append(time.perf_counter() - began)
+        at = time.time()
+        if answer:
+            allowed.append(at)
+        elif first_refused is None:
+            first_refused = at
+        n += count
+    close_client(client)
+    out.put({"allowed": allowed, "first_refused": first_refused, "attempts": len(round_trips),
+             "round_trips": round_trips, "failed_open": limiter.failed_open, "last": time.time()})

@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m mas_sync.bench [--quick] [--only pubsub|reliable] [--redis-url URL]``.
+"""Benchmarks: ``python -m mas_sync.bench [--quick] [--only pubsub|reliable|rates] [--redis-url URL]``.
 
 Prints a table of what mas_sync does on this machine and this Redis, beside
 the ceiling of raw redis-py pub/sub and, when ``mas-framework`` (the async MAS
@@ -16,11 +16,15 @@ framework) is installed, the async framework on the same loads:
   (acknowledged), paced latency, one and two instances of an agent whose
   handler sleeps 1 ms, a poison message, a receiving process SIGKILLed every
   1,000 messages (what was lost, duplicated, and how soon the entries it held
-  were taken), and Redis restarted (AOF on) in the middle of a run.
+  were taken), and Redis restarted (AOF on) in the middle of a run;
+- a receiver's rate limit alone (``RateLimiter``): two instances (processes,
+  each with its own client) of one receiver limited to 100 msg/s, a sender
+  trying 1,000 msg/s for 10 s; the rate accepted past the burst, and its
+  deviation from 100 msg/s.
 
-``--only pubsub`` runs the first half (everything but reliable delivery),
-``--only reliable`` the second. A row with a target says it, and ends with
-MISSED when the figure misses it.
+``--only pubsub`` runs the first part (everything but reliable delivery and
+rate limits), ``--only reliable`` the second, ``--only rates`` the third. A
+row with a target says it, and ends with MISSED when the figure misses it.
 
 Senders and receivers run in separate processes. Without ``--redis-url`` a
 private redis-server is started (and its database is used freely); with one,
@@ -45,6 +49,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import redis
 
+from .._rates import RateLimit
 from . import _bench_roles as roles
 
 Row = Tuple[str, str, str]  # what, figure, note
@@ -398,6 +403,44 @@ class Bench:
                          f"(target <= {visibility + 1:g} s; each: "
                          + ", ".join("-" if r is None else f"{r:.1f}" for r in reclaims) + ")"))
 
+    def rate_limit(self, rate: float, offered: float, seconds: float, instances: int = 2) -> None:
+        """A receiver's limit alone: ``instances`` RateLimiters (processes, clients) of one agent."""
+        self.flush()
+        out = self.ctx.Queue()
+        start_at = time.time() + 2.0  # every process started and connected by then
+        procs = [self.ctx.Process(target=roles.rate_limited_instance,
+                                  args=(self.url, "rx", rate, offered, i, instances, start_at,
+                                        seconds, out))
+                 for i in range(instances)]
+        for proc in procs:
+            proc.start()
+        results = [out.get(timeout=seconds + 60) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+        allowed = sorted(at for result in results for at in result["allowed"])
+        attempts = sum(result["attempts"] for result in results)
+        refused = [r["first_refused"] for r in results if r["first_refused"] is not None]
+        failed_open = sum(result["failed_open"] for result in results)
+        limit = RateLimit(rate)
+        # Past the burst (from the first refusal on), the limit alone decides.
+        since = min(refused) if refused else start_at
+        end = start_at + seconds
+        after = sum(1 for at in allowed if at > since)
+        sustained = after / (end - since) if end > since else 0.0
+        deviation = (sustained - rate) / rate
+        label = (f"rate limit {rate:,.0f}/s (burst {limit.burst}), {instances} instances,"
+                 f" a sender trying {offered:,.0f} msg/s for {seconds:g} s")
+        self.results["rate-limit-deviation"] = deviation
+        tried = attempts / (max(r["last"] for r in results) - start_at)
+        self.add(label, f"{sustained:.1f} msg/s accepted",
+                 _target(abs(deviation) <= 0.05 and not failed_open,
+                         f"(deviation {deviation:+.1%} past the burst; {len(allowed):,} of"
+                         f" {attempts:,} taken in all, the burst included; {tried:,.0f} msg/s"
+                         f" tried; target within +-5%)"))
+        p = roles.percentiles([t for result in results for t in result["round_trips"]])
+        self.add("RateLimiter.allow(), one EVALSHA", f"P50 {p['p50'] * 1e3:.2f} / P99"
+                 f" {p['p99'] * 1e3:.2f} ms", f"({attempts:,} calls; {failed_open} failed open)")
+
     def outage(self, n: int, rate: float) -> None:
         """Restart Redis (SHUTDOWN, start, AOF on) while a reliable agent receives."""
         from ..testing import RedisServer, find_redis_server
@@ -454,7 +497,7 @@ def _target(met: bool, note: str) -> str:
 
 
 def run(url: str, quick: bool, only: Optional[str] = None) -> List[Row]:
-    """Run the scenarios (``only`` "pubsub" or "reliable": that half) against ``url``.
+    """Run the scenarios (``only`` "pubsub", "reliable" or "rates": that part) against ``url``.
 
     Returns:
         The table's rows.
@@ -468,10 +511,12 @@ def run(url: str, quick: bool, only: Optional[str] = None) -> List[Row]:
           f" redis-py {redis.__version__} {'with' if HIREDIS_AVAILABLE else 'without'} hiredis,"
           f" Redis at {url}" + (" (quick: the figures mean little)" if quick else ""),
           file=sys.stderr)
-    if only != "reliable":
+    if only in (None, "pubsub"):
         run_pubsub(bench, n, seconds)
-    if only != "pubsub":
+    if only in (None, "reliable"):
         run_reliable(bench, n, seconds)
+    if only in (None, "rates"):
+        bench.rate_limit(100.0, 1_000.0, 1.0 if quick else 10.0)
     bench.flush()
     return bench.rows
 
@@ -544,8 +589,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mas_sync.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--redis-url", help="Redis to use; its database is flushed (default: a private redis-server)")
     parser.add_argument("--quick", action="store_true", help="short loads, to check the harness")
-    parser.add_argument("--only", choices=("pubsub", "reliable"),
-                        help="run one half: pub/sub delivery (and the rest) or reliable delivery")
+    parser.add_argument("--only", choices=("pubsub", "reliable", "rates"),
+                        help="run one part: pub/sub delivery (and the rest), reliable delivery,"
+                             " or rate limits")
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 agents need descriptors
