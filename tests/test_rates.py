@@ -6,6 +6,9 @@ import json
 import logging
 import os
 import pathlib
+import re
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, List
@@ -483,3 +486,17 @@ def test_stop_wakes_a_request_waiting_for_its_turn(make_agent: Any) -> None:
 def test_no_send_rate_no_throttle(make_agent: Any) -> None:
     tx = make_agent("tx")
     assert tx._mas_run.outbox.throttle is None
+
+
+def test_the_readme_example_runs_as_written(redis_url: str) -> None:
+    from .test_readme import ROOT, literal_block_after
+
+    code = literal_block_after("Rate limits\n~~~~~~~~~~~")
+    assert 'REDIS_URL = "redis://localhost:6379"' in code
+    code = code.replace('REDIS_URL = "redis://localhost:6379"', f"REDIS_URL = {redis_url!r}")
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"sent 100 in ([0-9.]+) s", result.stdout)
+    assert match and float(match.group(1)) >= 0.9, result.stdout
