@@ -18,7 +18,7 @@ NAMES = sorted(
 def test_the_package_holds_the_scripts() -> None:
     assert NAMES == [
         "condemn", "delete_hash", "deregister", "instance_count", "instance_deregister",
-        "instance_refresh", "instance_register", "refresh", "register", "select_page",
+        "instance_refresh", "instance_register", "rate_limit", "refresh", "register", "select_page",
         "trim_stream", "write_hash",
     ]
 
