@@ -267,13 +267,15 @@ class Agent:
         A reliable target (see ``delivery``) gets it in its stream, where it
         waits until handled, also while the target is stopped. Any other
         target gets it by pub/sub, at most once: an agent that is not
-        listening does not get the message.
+        listening does not get the message. With a ``send_rate``, it first
+        waits for its turn to ``target_id``.
 
         Returns:
             The message id.
 
         Raises:
-            AgentNotRunningError: the agent is not started.
+            AgentNotRunningError: the agent is not started, or was stopped
+                while waiting for its turn (``send_rate``).
             TypeError: ``payload`` is not a dict with string keys, or holds a
                 value JSON cannot carry.
             ValueError: a bad ``target_id``, or a payload holding NaN,
@@ -293,7 +295,9 @@ class Agent:
         """Publish a batch of ``(target_id, payload)`` messages in one round trip.
 
         Every message is checked before any is published: one bad target or
-        payload raises and nothing is sent.
+        payload raises and nothing is sent. With a ``send_rate``, the batch
+        goes out in order, in as many round trips as its turns take; a stop
+        meanwhile raises ``AgentNotRunningError`` with the rest unsent.
 
         Returns:
             The message ids, in order.
@@ -332,7 +336,9 @@ class Agent:
 
         Raises:
             RequestTimeout: no reply within ``timeout`` seconds (a
-                ``TimeoutError``); a reply that comes later is dropped.
+                ``TimeoutError``); a reply that comes later is dropped. With
+                a ``send_rate``, the wait for its turn counts against
+                ``timeout``: a turn that would come too late raises at once.
             RequestError: the other agent replied with an error: its handler
                 raised, or refused the payload (``kind == "validation_error"``).
             AgentNotRunningError: this agent is not started, or was stopped

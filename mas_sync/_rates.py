@@ -335,6 +335,8 @@ class Throttle:
 
     def wait_until(self, turn: float) -> bool:
         """Block until ``turn`` (a ``time.monotonic()`` time); False if closed meanwhile."""
+        if turn <= time.monotonic():
+            return True
         with self._lock:
             self._waiting += 1
         try:
