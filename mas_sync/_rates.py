@@ -183,11 +183,11 @@ class RateLimiter:
     Redis Cluster too.
 
     When Redis fails (unreachable, a refused command, a key it cannot read),
-    the message is **allowed**: the limit protects an agent from a flood, it
-    is no guarantee that correctness hangs on, and a Redis that cannot
-    answer here could not deliver the message either. The first failure is
-    logged as a warning, the recovery as info; :attr:`failed_open` counts
-    the messages let through so.
+    the message is **allowed**: the limit protects an agent from a flood,
+    nothing may depend on it for correctness, and refusing every message
+    while Redis stumbles would turn a protection into an outage. The first
+    failure is logged as a warning, the recovery as info; :attr:`failed_open`
+    counts the messages let through so.
 
     Thread-safe: any thread may call :meth:`allow` at once (each call takes a
     connection of the client's pool).
