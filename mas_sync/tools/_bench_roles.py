@@ -468,11 +468,13 @@ def outage_receiver(url: str, agent_id: str, handled: Any, ready: Any, stop: Any
 
 
 def rate_limited_instance(url: str, agent_id: str, rate: float, offered: float, index: int,
-                          count: int, start_at: float, seconds: float, out: Any) -> None:
+                          count: int, seconds: float, ready: Any, go: Any, start_at: Any,
+                          out: Any) -> None:
     """One of ``count`` instances of a receiver whose limit is ``rate`` msg/s per sender.
 
-    A sender offers ``offered`` msg/s in all, from ``start_at`` (``time.time()``)
-    for ``seconds``; its messages reach the instances in turn, this one taking
+    Once connected it sets ``ready``, and waits for ``go``. A sender offers
+    ``offered`` msg/s in all, from ``start_at.value`` (``time.time()``) for
+    ``seconds``; its messages reach the instances in turn, this one taking
     every ``count``-th from ``index``: one ``RateLimiter.allow()`` each, on
     this process's own client. Reports the times of those allowed, of the
     first refused, the attempts and the round trips.
@@ -482,6 +484,10 @@ def rate_limited_instance(url: str, agent_id: str, rate: float, offered: float, 
 
     client = make_client(url, 2)
     limiter = RateLimiter(client, agent_id, RateLimit(rate))
+    client.ping()
+    ready.set()
+    go.wait(60)
+    start_at = start_at.value
     interval = 1.0 / offered
     pause = threading.Event()
     allowed: List[float] = []

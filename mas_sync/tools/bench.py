@@ -406,14 +406,20 @@ class Bench:
     def rate_limit(self, rate: float, offered: float, seconds: float, instances: int = 2) -> None:
         """A receiver's limit alone: ``instances`` RateLimiters (processes, clients) of one agent."""
         self.flush()
-        out = self.ctx.Queue()
-        start_at = time.time() + 2.0  # every process started and connected by then
+        out, go, shared_start = self.ctx.Queue(), self.ctx.Event(), self.ctx.Value("d", 0.0)
+        readies = [self.ctx.Event() for _ in range(instances)]
         procs = [self.ctx.Process(target=roles.rate_limited_instance,
-                                  args=(self.url, "rx", rate, offered, i, instances, start_at,
-                                        seconds, out))
+                                  args=(self.url, "rx", rate, offered, i, instances, seconds,
+                                        readies[i], go, shared_start, out))
                  for i in range(instances)]
         for proc in procs:
             proc.start()
+        if not all(ready.wait(60) for ready in readies):
+            for proc in procs:
+                proc.terminate()
+            raise RuntimeError("the rate-limited instances did not start")
+        start_at = shared_start.value = time.time() + 0.05
+        go.set()
         results = [out.get(timeout=seconds + 60) for _ in procs]
         for proc in procs:
             proc.join(30)
@@ -516,7 +522,7 @@ def run(url: str, quick: bool, only: Optional[str] = None) -> List[Row]:
     if only in (None, "reliable"):
         run_reliable(bench, n, seconds)
     if only in (None, "rates"):
-        bench.rate_limit(100.0, 1_000.0, 1.0 if quick else 10.0)
+        bench.rate_limit(100.0, 1_000.0, 0.5 if quick else 10.0)
     bench.flush()
     return bench.rows
 
