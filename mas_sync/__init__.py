@@ -25,6 +25,7 @@ from ._errors import (
 )
 from ._handlers import handler
 from ._message import AgentMessage
+from ._rates import RateLimit
 from ._registry import AgentRegistry
 from ._service import MASService
 from ._signing import Keyring, SigningKey
@@ -48,6 +49,7 @@ __all__ = [
     "MASConnectionError",
     "MASError",
     "MASService",
+    "RateLimit",
     "RedisCommandError",
     "RequestError",
     "RequestTimeout",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 from pydantic import BaseModel
 
@@ -15,6 +15,7 @@ from ._errors import AgentNotRunningError
 from ._handlers import HandlerSpec, collect_handlers
 from ._message import AgentMessage
 from ._options import AgentOptions
+from ._rates import RateLimit
 from ._redis import check_redis_url
 from ._run import AgentRun
 from ._signing import Keyring
@@ -139,6 +140,24 @@ class Agent:
             shared by every agent that sets it: what one learns protects the
             others. False (the default): this run's own breakers. Where Redis
             cannot be asked, the run decides alone, with a warning.
+        send_rate: The most this agent sends to any one target: a rate such
+            as ``"100/s"`` (``/s``, ``/min``, ``/h``, ``/day``; a burst of one
+            second's worth) or a :class:`~mas_sync.RateLimit`. :meth:`send`,
+            :meth:`send_many` and :meth:`request` wait for their turn instead
+            of exceeding it (a batch goes out in pieces, in order, as turns
+            come); each target has its own pace, so a busy one holds up no
+            other. A request whose turn would come after its ``timeout``
+            raises :class:`~mas_sync.RequestTimeout` at once. :meth:`stop`
+            wakes a waiting sender, which raises
+            :class:`~mas_sync.AgentNotRunningError`. Replies are not paced.
+            None (the default) sends at once.
+        rate_limit: The most this agent takes from any one sender, the same
+            way (``"100/s"`` or a :class:`~mas_sync.RateLimit`): messages
+            from one sender beyond it are refused as ``rate_limited``. The
+            count is kept in Redis (``mas_sync:rate:{id}:{sender}``), so it
+            holds across the instances of an agent; if Redis cannot answer,
+            messages are let through (see README, Rate limits). None (the
+            default) takes everything.
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message.
@@ -175,6 +194,8 @@ class Agent:
         breaker_failures: Optional[int] = None,
         breaker_cooldown: float = 30.0,
         breaker_shared: bool = False,
+        send_rate: Union[str, RateLimit, None] = None,
+        rate_limit: Union[str, RateLimit, None] = None,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
@@ -188,6 +209,7 @@ class Agent:
             delivery, instance, max_attempts, visibility_timeout, retry_delay, dedupe_window,
             stream_maxlen, keyring, require_signed, signature_window, accept_from,
             accept_capabilities, breaker_failures, breaker_cooldown, breaker_shared,
+            send_rate, rate_limit,
         )
         signing_key = keyring.signing_key if keyring is not None else None
         if signing_key is not None and not signing_key.may_sign_for(self.id):
@@ -292,13 +314,15 @@ class Agent:
         A reliable target (see ``delivery``) gets it in its stream, where it
         waits until handled, also while the target is stopped. Any other
         target gets it by pub/sub, at most once: an agent that is not
-        listening does not get the message.
+        listening does not get the message. With a ``send_rate``, it first
+        waits for its turn to ``target_id``.
 
         Returns:
             The message id.
 
         Raises:
-            AgentNotRunningError: the agent is not started.
+            AgentNotRunningError: the agent is not started, or was stopped
+                while waiting for its turn (``send_rate``).
             TypeError: ``payload`` is not a dict with string keys, or holds a
                 value JSON cannot carry.
             ValueError: a bad ``target_id``, or a payload holding NaN,
@@ -318,7 +342,9 @@ class Agent:
         """Publish a batch of ``(target_id, payload)`` messages in one round trip.
 
         Every message is checked before any is published: one bad target or
-        payload raises and nothing is sent.
+        payload raises and nothing is sent. With a ``send_rate``, the batch
+        goes out in order, in as many round trips as its turns take; a stop
+        meanwhile raises ``AgentNotRunningError`` with the rest unsent.
 
         Returns:
             The message ids, in order.
@@ -357,7 +383,9 @@ class Agent:
 
         Raises:
             RequestTimeout: no reply within ``timeout`` seconds (a
-                ``TimeoutError``); a reply that comes later is dropped.
+                ``TimeoutError``); a reply that comes later is dropped. With
+                a ``send_rate``, the wait for its turn counts against
+                ``timeout``: a turn that would come too late raises at once.
             RequestError: the other agent replied with an error: its handler
                 raised, or refused the payload (``kind == "validation_error"``).
             CircuitOpenError: the circuit breaker of ``target_id`` is open

@@ -10,6 +10,7 @@ from typing import FrozenSet, Iterable, Optional, Type, Union
 from pydantic import BaseModel
 
 from ._checks import check_seconds
+from ._rates import RateLimit, as_rate_limit
 from ._signing import Keyring
 from ._wire import validate_agent_id, validate_capabilities
 
@@ -54,6 +55,8 @@ class AgentOptions:
     breaker_failures: Optional[int] = None
     breaker_cooldown: float = 30.0
     breaker_shared: bool = False
+    send_rate: Union[str, RateLimit, None] = None  # a RateLimit or None, once checked
+    rate_limit: Union[str, RateLimit, None] = None  # a RateLimit or None, once checked
 
     def __post_init__(self) -> None:
         """Refuse a bad setting, named in the message (TypeError, ValueError)."""
@@ -117,6 +120,8 @@ class AgentOptions:
                 validate_capabilities(self.accept_capabilities, "accept_capabilities")
             ))
         self._check_breaker()
+        for name in ("send_rate", "rate_limit"):
+            object.__setattr__(self, name, as_rate_limit(getattr(self, name), name))
         for name in ("heartbeat_interval", "heartbeat_ttl", "retry_timeout",
                      "command_timeout", "probe_interval", "visibility_timeout", "retry_delay",
                      "signature_window"):

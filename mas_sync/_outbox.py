@@ -14,6 +14,7 @@ from ._breakers import Breakers
 from ._calls import CallGate
 from ._errors import RequestError, RequestTimeout
 from ._message import AgentMessage
+from ._rates import RateLimit, Throttle
 from ._requests import PendingRequests
 from ._stats import Numbering
 from ._transport import Transport
@@ -37,6 +38,8 @@ class Outbox:
         sign: Signs each framed message (see :func:`~mas_sync._signing.sign`);
             None sends them unsigned.
         breakers: The circuit breakers of the run's requests; None for none.
+        send_rate: The pace of ``send()``, ``send_many()`` and ``request()``
+            toward each target (replies are not paced); None for none.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class Outbox:
         instance: Optional[str] = None,
         sign: Optional[Callable[[str], str]] = None,
         breakers: Optional[Breakers] = None,
+        send_rate: Optional[RateLimit] = None,
     ) -> None:
         self.agent_id = agent_id
         self.sign = sign
@@ -59,6 +63,18 @@ class Outbox:
         self.run_id = uuid.uuid4().hex[:16]
         self._message_numbers = itertools.count(1)  # next() is atomic in CPython
         self.numbering = Numbering()
+        self.throttle = Throttle(send_rate) if send_rate is not None else None
+
+    def close(self) -> None:
+        """The run stops: senders waiting for their turn raise AgentNotRunningError."""
+        if self.throttle is not None:
+            self.throttle.close()
+
+    def _wait_turn(self, turn: float) -> None:
+        """Wait for a turn of the throttle; raise if the run stops meanwhile."""
+        assert self.throttle is not None
+        if not self.throttle.wait_until(turn):
+            raise self.calls.not_running()
 
     def frame(
         self,
@@ -84,13 +100,21 @@ class Outbox:
         return message_id, data
 
     def send(self, target_id: str, body: str) -> str:
-        """Send one encoded payload; returns its message id."""
+        """Send one encoded payload (in its turn, with a ``send_rate``); returns its message id."""
+        if self.throttle is not None:
+            self._wait_turn(self.throttle.take(target_id))
         message_id, data = self.frame(target_id, body)
         self.calls.run(self.transport.send, [(target_id, data)])
         return message_id
 
     def send_many(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
-        """Send ``(target_id, body)`` pairs in one round trip; returns their ids, in order."""
+        """Send ``(target_id, body)`` pairs in one round trip; returns their ids, in order.
+
+        With a ``send_rate``, in order, in as many round trips as it takes:
+        each time, the messages whose turn has come.
+        """
+        if self.throttle is not None:
+            return self._send_paced(checked)
         ids = []
         batch = []
         for target_id, body in checked:
@@ -101,11 +125,43 @@ class Outbox:
             self.calls.run(self.transport.send, batch)
         return ids
 
+    def _send_paced(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
+        throttle = self.throttle
+        assert throttle is not None
+        turns = [throttle.take(target_id) for target_id, _ in checked]
+        ids: List[str] = []
+        done = 0
+        while done < len(checked):
+            self._wait_turn(turns[done])
+            now = time.monotonic()
+            upto = done + 1
+            while upto < len(checked) and turns[upto] <= now:
+                upto += 1
+            batch = []
+            for target_id, body in checked[done:upto]:
+                message_id, data = self.frame(target_id, body)
+                ids.append(message_id)
+                batch.append((target_id, data))
+            self.calls.run(self.transport.send, batch)
+            done = upto
+        return ids
+
     def request(self, target_id: str, payload: Dict[str, Any], timeout: float) -> AgentMessage:
         """Send a request and wait for its reply, as :meth:`mas_sync.Agent.request` says."""
         deadline = time.monotonic() + timeout
         correlation_id = str(uuid.uuid4())
         body = _json.dumps_object(_wire.request_payload(payload, correlation_id))
+        if self.throttle is not None:
+            # Its turn counts against the timeout: one that comes too late is
+            # not taken, and the request fails now rather than at its deadline.
+            # (Before the breaker: our own pace says nothing of the target.)
+            turn = self.throttle.reserve(target_id, deadline)
+            if turn is None:
+                raise RequestTimeout(
+                    f"agent {self.agent_id!r}: the turn to send to {target_id!r} comes after"
+                    f" the request's timeout of {timeout} s (send_rate {self.throttle.limit})"
+                )
+            self._wait_turn(turn)
         breakers = self.breakers
         if breakers is None:
             return self._request(target_id, body, correlation_id, timeout, deadline)

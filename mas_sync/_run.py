@@ -12,6 +12,7 @@ import redis
 from . import _json, _signing
 from ._admission import Admission
 from ._breakers import Breakers
+from ._rates import RateLimiter
 from ._calls import CallGate
 from ._dead_letters import DeadLetters
 from ._dedupe import Seen
@@ -130,7 +131,7 @@ class AgentRun:
             )
         self.outbox = Outbox(
             self.agent_id, transport, self.calls, self.requests, instance, self.signer(),
-            breakers,
+            breakers, options.send_rate,
         )
         self.admission = admission = self.make_admission()
         seen = Seen(
@@ -207,13 +208,17 @@ class AgentRun:
         """The run's checks of what it receives; None when the agent asks for none."""
         options = self.options
         if (options.keyring is None and options.accept_from is None
-                and options.accept_capabilities is None):
+                and options.accept_capabilities is None and options.rate_limit is None):
             return None
         assert self.client is not None
+        limiter = None
+        if options.rate_limit is not None:
+            limiter = RateLimiter(self.client, self.agent_id, options.rate_limit)
         return Admission(
             self.agent_id, self.client, self.registry, options.keyring, options.require_signed,
             options.signature_window, options.accept_from, options.accept_capabilities,
-            None, self.clock, shared_channel=options.delivery == "reliable",
+            limiter.allow if limiter is not None else None, self.clock,
+            shared_channel=options.delivery == "reliable",
         )
 
     def dead_letters(self) -> DeadLetters:
@@ -266,6 +271,7 @@ class AgentRun:
         # No reply can arrive any more: fail the waiting requests now, so that
         # handlers blocked in request() return before the drain below.
         self.requests.close(f"agent {agent_id!r} stopped")
+        self.outbox.close()  # and senders waiting for their turn (send_rate)
         if not pool.drain(max(0.0, deadline - time.monotonic())):
             log.warning(
                 "Agent %s: handlers still busy at the stop's deadline; dropping %d queued messages",

@@ -485,3 +485,72 @@ def outage_receiver(url: str, agent_id: str, handled: Any, ready: Any, stop: Any
     with lock:
         out.put({"handled": sorted(seen), "disconnects": agent.stats.disconnects})
     agent.stop()
+
+
+def rate_limited_instance(url: str, agent_id: str, rate: float, offered: float, index: int,
+                          count: int, seconds: float, ready: Any, go: Any, start_at: Any,
+                          out: Any) -> None:
+    """One of ``count`` instances of a receiver whose limit is ``rate`` msg/s per sender.
+
+    Once connected it sets ``ready``, and waits for ``go``. A sender offers
+    ``offered`` msg/s in all, from ``start_at.value`` (``time.time()``) for
+    ``seconds``; its messages reach the instances in turn, this one taking
+    every ``count``-th from ``index``: one ``RateLimiter.allow()`` each, on
+    this process's own client. Reports the times of those allowed, of the
+    first refused, the attempts and the round trips.
+    """
+    from .._rates import RateLimit, RateLimiter
+    from .._redis import close_client, make_client
+
+    client = make_client(url, 2)
+    limiter = RateLimiter(client, agent_id, RateLimit(rate))
+    client.ping()
+    ready.set()
+    go.wait(60)
+    start_at = start_at.value
+    interval = 1.0 / offered
+    pause = threading.Event()
+    allowed: List[float] = []
+    first_refused: Optional[float] = None
+    round_trips: List[float] = []
+    n = index
+    total = int(offered * seconds)
+    while n < total:
+        due = start_at + n * interval
+        delay = due - time.time()
+        if delay > 0.0002:
+            pause.wait(delay)
+        began = time.perf_counter()
+        answer = limiter.allow("tx")
+        round_trips.append(time.perf_counter() - began)
+        at = time.time()
+        if answer:
+            allowed.append(at)
+        elif first_refused is None:
+            first_refused = at
+        n += count
+    close_client(client)
+    out.put({"allowed": allowed, "first_refused": first_refused, "attempts": len(round_trips),
+             "round_trips": round_trips, "failed_open": limiter.failed_open, "last": time.time()})
+
+
+def limited_receiver(url: str, agent_id: str, instance: str, rate: float, ready: Any,
+                     stop: Any, out: Any) -> None:
+    """One instance of a reliable agent with ``rate_limit``: counts what it handles and refuses."""
+    from .. import Agent
+
+    lock = threading.Lock()
+    handled = [0]
+
+    class Rx(Agent):
+        def on_message(self, message: Any) -> None:
+            with lock:
+                handled[0] += 1
+
+    agent = Rx(agent_id, redis_url=url, delivery="reliable", instance=instance,
+               rate_limit=f"{rate:g}/s", max_pending=10_000, stream_maxlen=100_000)
+    agent.start()
+    ready.set()
+    stop.wait(600)
+    agent.stop()
+    out.put({"handled": handled[0], "refused": agent.stats.refused_rate_limited})

@@ -16,14 +16,18 @@ framework) is installed, the async framework on the same loads:
   (acknowledged), paced latency, one and two instances of an agent whose
   handler sleeps 1 ms, a poison message, a receiving process SIGKILLed every
   1,000 messages (what was lost, duplicated, and how soon the entries it held
-  were taken), and Redis restarted (AOF on) in the middle of a run.
-
+  were taken), and Redis restarted (AOF on) in the middle of a run;
 - signed messages: bursts with and without signing (the receiver with
-  ``require_signed``, so every message is verified and its nonce recorded).
+  ``require_signed``, so every message is verified and its nonce recorded);
+- a receiver's rate limit alone (``RateLimiter``): two instances (processes,
+  each with its own client) of one receiver limited to 100 msg/s, a sender
+  trying 1,000 msg/s for 10 s; the rate accepted past the burst, and its
+  deviation from 100 msg/s; then the same through agents: two instances of
+  a reliable agent with ``rate_limit="100/s"``.
 
 ``--only pubsub`` runs the first part (everything but reliable delivery and
 the protections), ``--only reliable`` the second, ``--only security`` the
-third. A row with a target says it, and ends with
+third (signing and rate limits). A row with a target says it, and ends with
 MISSED when the figure misses it.
 
 Senders and receivers run in separate processes. Without ``--redis-url`` a
@@ -49,6 +53,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import redis
 
+from .._rates import RateLimit
 from . import _bench_roles as roles
 
 Row = Tuple[str, str, str]  # what, figure, note
@@ -407,6 +412,94 @@ class Bench:
                          f"(target <= {visibility + 1:g} s; each: "
                          + ", ".join("-" if r is None else f"{r:.1f}" for r in reclaims) + ")"))
 
+    def rate_limit(self, rate: float, offered: float, seconds: float, instances: int = 2) -> None:
+        """A receiver's limit alone: ``instances`` RateLimiters (processes, clients) of one agent."""
+        self.flush()
+        out, go, shared_start = self.ctx.Queue(), self.ctx.Event(), self.ctx.Value("d", 0.0)
+        readies = [self.ctx.Event() for _ in range(instances)]
+        procs = [self.ctx.Process(target=roles.rate_limited_instance,
+                                  args=(self.url, "rx", rate, offered, i, instances, seconds,
+                                        readies[i], go, shared_start, out))
+                 for i in range(instances)]
+        for proc in procs:
+            proc.start()
+        if not all(ready.wait(60) for ready in readies):
+            for proc in procs:
+                proc.terminate()
+            raise RuntimeError("the rate-limited instances did not start")
+        start_at = shared_start.value = time.time() + 0.05
+        go.set()
+        results = [out.get(timeout=seconds + 60) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+        allowed = sorted(at for result in results for at in result["allowed"])
+        attempts = sum(result["attempts"] for result in results)
+        refused = [r["first_refused"] for r in results if r["first_refused"] is not None]
+        failed_open = sum(result["failed_open"] for result in results)
+        limit = RateLimit(rate)
+        # Past the burst (from the first refusal on), the limit alone decides.
+        since = min(refused) if refused else start_at
+        end = start_at + seconds
+        after = sum(1 for at in allowed if at > since)
+        sustained = after / (end - since) if end > since else 0.0
+        deviation = (sustained - rate) / rate
+        label = (f"rate limit {rate:,.0f}/s (burst {limit.burst}), {instances} instances,"
+                 f" a sender trying {offered:,.0f} msg/s for {seconds:g} s")
+        self.results["rate-limit-deviation"] = deviation
+        tried = attempts / (max(r["last"] for r in results) - start_at)
+        self.add(label, f"{sustained:.1f} msg/s accepted",
+                 _target(abs(deviation) <= 0.05 and not failed_open,
+                         f"(deviation {deviation:+.1%} past the burst; {len(allowed):,} of"
+                         f" {attempts:,} taken in all, the burst included; {tried:,.0f} msg/s"
+                         f" tried; target within +-5%)"))
+        p = roles.percentiles([t for result in results for t in result["round_trips"]])
+        self.add("RateLimiter.allow(), one EVALSHA", f"P50 {p['p50'] * 1e3:.2f} / P99"
+                 f" {p['p99'] * 1e3:.2f} ms", f"({attempts:,} calls; {failed_open} failed open)")
+
+    def rate_limited_agents(self, rate: float, offered: float, seconds: float) -> None:
+        """The limit through agents: two instances of a reliable agent with ``rate_limit``."""
+        self.flush()
+        out, stop = self.ctx.Queue(), self.ctx.Event()
+        readies = [self.ctx.Event() for _ in range(2)]
+        receivers = [self.ctx.Process(target=roles.limited_receiver,
+                                      args=(self.url, "rx", f"i{i}", rate, readies[i], stop, out))
+                     for i in range(2)]
+        for proc in receivers:
+            proc.start()
+        if not all(ready.wait(60) for ready in readies):
+            stop.set()
+            raise RuntimeError("the rate-limited agents did not start")
+        n = int(offered * seconds)
+        sender = self.ctx.Process(target=roles.sync_sender,
+                                  args=(self.url, "rx", n, offered, "send", out))
+        sender.start()
+        sent = out.get(timeout=seconds + 120)
+        sender.join(30)
+        # Every message is handled or refused: wait for the last to be decided.
+        with redis.Redis.from_url(self.url) as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                groups = client.xinfo_groups("agent.stream:rx")
+                if groups and groups[0].get("lag", 0) == 0 and groups[0]["pending"] == 0:
+                    break
+                time.sleep(0.1)
+        stop.set()
+        results = [out.get(timeout=60) for _ in receivers]
+        for proc in receivers:
+            proc.join(30)
+        handled = sum(r["handled"] for r in results)
+        refused = sum(r["refused"] for r in results)
+        burst = RateLimit(rate).burst
+        elapsed = sent["end"] - sent["start"]
+        sustained = (handled - burst) / elapsed if elapsed > 0 else 0.0
+        deviation = (sustained - rate) / rate
+        self.add(f"rate_limit=\"{rate:,.0f}/s\", 2 instances of a reliable agent, a sender"
+                 f" trying {offered:,.0f} msg/s", f"{sustained:.1f} msg/s handled",
+                 _target(abs(deviation) <= 0.05,
+                         f"(deviation {deviation:+.1%} past the burst of {burst}; {handled:,}"
+                         f" handled, {refused:,} refused as rate_limited, of {n:,} sent in"
+                         f" {elapsed:.1f} s; target within +-5%)"))
+
     def outage(self, n: int, rate: float) -> None:
         """Restart Redis (SHUTDOWN, start, AOF on) while a reliable agent receives."""
         from ..testing import RedisServer, find_redis_server
@@ -545,6 +638,9 @@ def run_security(bench: Bench, n: int) -> None:
                          n, 1 if bench.quick else 5)
     ratio = rates["signed"] / rates["send"] if rates["send"] else 0.0
     bench.add("ratio signed / unsigned", f"{ratio:.2f}", _target(ratio >= 0.9, "(target >= 0.90)"))
+    seconds = 0.5 if bench.quick else 10.0
+    bench.rate_limit(100.0, 1_000.0, seconds)
+    bench.rate_limited_agents(100.0, 1_000.0, seconds)
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -566,7 +662,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short loads, to check the harness")
     parser.add_argument("--only", choices=("pubsub", "reliable", "security"),
                         help="run one part: pub/sub delivery (and the rest), reliable delivery,"
-                             " or the opt-in protections (signing)")
+                             " or the opt-in protections (signing, rate limits)")
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 agents need descriptors
