@@ -127,17 +127,18 @@ def test_pubsub_agents_do_everything_under_their_own_users(
 
 
 @pytest.mark.parametrize("reliable", [False, True], ids=["pubsub", "reliable"])
-def test_signed_agents_that_accept_some_senders_work_under_their_own_users(
+def test_signed_rate_limited_agents_with_shared_breakers_work_under_their_own_users(
     server: RedisServer, admin: redis.Redis, running: List[Agent],
     caplog: pytest.LogCaptureFixture, reliable: bool,
 ) -> None:
     keys = {n: SigningKey(f"key-{n}", n * 32, senders=[n]) for n in ("a", "b")}
     both = list(keys.values())
     a = Recorder("a", ["x"], url(server, "a"), keyring=Keyring(both, sign_with="key-a"),
-                 require_signed=True, accept_capabilities=["y"], **FAST)
+                 require_signed=True, accept_capabilities=["y"], breaker_failures=3,
+                 breaker_shared=True, send_rate="1000/s", **FAST)
     b = Recorder("b", ["y"], url(server, "b"), keyring=Keyring(both, sign_with="key-b"),
-                 require_signed=True, accept_from=["a"], **(RELIABLE if reliable else {}),
-                 **FAST)
+                 require_signed=True, accept_from=["a"], rate_limit="1000/s",
+                 **(RELIABLE if reliable else {}), **FAST)
     for agent in (b, a):
         agent.start()
         running.append(agent)
