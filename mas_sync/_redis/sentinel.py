@@ -1,5 +1,8 @@
 """Redis Sentinel: ``redis+sentinel://`` URLs, and following the master on failover.
 
+A ``rediss+sentinel://`` URL connects over TLS, with the same ``ssl_*``
+settings, to the sentinels and to the master they name.
+
 redis-py connects new connections to the master that Sentinel names, but it
 leaves existing connections where they are: a subscriber stays on a demoted
 master, and a demoted master keeps accepting PUBLISH for a while with no one
@@ -19,9 +22,13 @@ from urllib.parse import unquote
 import redis
 from redis.sentinel import Sentinel
 
+from .tls import check_only_tls_query, split_query, tls_settings
+
 log = logging.getLogger(__name__)
 
 SCHEME = "redis+sentinel://"
+#: The same over TLS.
+TLS_SCHEME = "rediss+sentinel://"
 #: Seconds between two questions to Sentinel about the master's address.
 POLL_INTERVAL = 0.5
 
@@ -32,16 +39,22 @@ class SentinelURL:
     """A parsed ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``.
 
     The password (and user) are those of the Redis servers, not of the
-    sentinels.
+    sentinels. ``rediss+sentinel://`` is the same over TLS, its ``ssl_*``
+    query parameters (see :func:`.tls.tls_settings`) in :attr:`tls`; a
+    Sentinel URL takes no other query parameter.
 
     Raises:
         ValueError: the URL does not have that shape.
     """
 
     def __init__(self, url: str) -> None:
-        if not url.startswith(SCHEME):
+        if not is_sentinel_url(url):
             raise ValueError(f"not a {SCHEME} URL")
-        rest = url[len(SCHEME):]
+        check_only_tls_query(url, "Sentinel")
+        #: The redis-py ``ssl_*`` arguments, for the sentinels and the master
+        #: alike; None without TLS.
+        self.tls: Optional[Dict[str, Any]] = tls_settings(url)
+        rest = split_query(url)[0].partition("://")[2]
         netloc, _, path = rest.partition("/")
         self.username: Optional[str] = None
         self.password: Optional[str] = None
@@ -65,13 +78,20 @@ class SentinelURL:
             raise ValueError(f"database {pieces[1]!r} is not a number")
 
     @property
-    def key(self) -> Tuple[Tuple[Address, ...], str]:
-        return tuple(self.sentinels), self.service
+    def key(self) -> Tuple[Any, ...]:
+        tls = None if self.tls is None else tuple(sorted(self.tls.items(), key=str))
+        return tuple(self.sentinels), self.service, tls
+
+    def sentinel_kwargs(self, **kwargs: Any) -> Dict[str, Any]:
+        """``kwargs`` for the connections to the sentinels, with TLS if the URL has it."""
+        if self.tls is not None:
+            kwargs.update(ssl=True, **self.tls)
+        return kwargs
 
 
 def is_sentinel_url(url: str) -> bool:
-    """True for ``redis+sentinel://`` URLs."""
-    return url.startswith(SCHEME)
+    """True for ``redis+sentinel://`` and ``rediss+sentinel://`` URLs."""
+    return url.startswith((SCHEME, TLS_SCHEME))
 
 
 class SentinelMasterClient(redis.Redis):
@@ -114,10 +134,14 @@ def make_sentinel_client(
     timeout = connection_kwargs.get("socket_timeout") or 1.0
     sentinel = Sentinel(
         parsed.sentinels,
-        sentinel_kwargs={"socket_timeout": min(timeout, 1.0), "socket_connect_timeout": 1.0},
+        sentinel_kwargs=parsed.sentinel_kwargs(
+            socket_timeout=min(timeout, 1.0), socket_connect_timeout=1.0
+        ),
     )
     if pool_class is not None:
         connection_kwargs["connection_pool_class"] = pool_class
+    if parsed.tls is not None:
+        connection_kwargs.update(ssl=True, **parsed.tls)
     return sentinel.master_for(
         parsed.service,
         redis_class=SentinelMasterClient,
@@ -138,8 +162,7 @@ class _Watcher:
         self.stop = threading.Event()
         self.sentinel = Sentinel(
             parsed.sentinels,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
+            sentinel_kwargs=parsed.sentinel_kwargs(socket_timeout=1.0, socket_connect_timeout=1.0),
         )
         self.master: Optional[Address] = self._ask()
         self.thread = threading.Thread(
@@ -179,7 +202,7 @@ class _Watcher:
 
 
 _lock = threading.Lock()
-_watchers: Dict[Tuple[Tuple[Address, ...], str], _Watcher] = {}
+_watchers: Dict[Tuple[Any, ...], _Watcher] = {}
 
 
 def follow_master(url: str, on_change: Callable[[Address], None]) -> Callable[[], None]:
