@@ -7,6 +7,8 @@ redis-server is built without TLS or there is no ``openssl``.
 
 from __future__ import annotations
 
+import inspect
+import ssl
 import time
 from typing import Iterator, List
 
@@ -15,6 +17,7 @@ import redis
 
 from mas_sync import Agent, MASConnectionError, MASService
 from mas_sync._redis import check_redis_url, close_client, make_client, redact_url
+from mas_sync._redis.tls import tls_settings
 from mas_sync.testing import (
     LocalCluster,
     RedisServer,
@@ -26,6 +29,9 @@ from mas_sync.testing import (
 )
 
 from .support import FAST, Inbox, flows, start
+
+#: Whether the installed redis-py takes ssl_min_version (5.0 does not).
+MIN_VERSION = "ssl_min_version" in inspect.signature(redis.connection.SSLConnection).parameters
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +79,17 @@ def test_tls_schemes_and_parameters_are_checked_before_connecting(certs) -> None
     for url, named in bad.items():
         with pytest.raises(ValueError, match=named.replace("+", r"\+")):
             check_redis_url(url)
+    settings = tls_settings(f"rediss://h:1/0?{query}&ssl_cert_reqs=none")
+    assert (settings["ssl_cert_reqs"], settings["ssl_check_hostname"]) == ("none", False)
+    assert tls_settings("rediss://h:1/0")["ssl_check_hostname"] is True
+    if MIN_VERSION:
+        assert tls_settings("rediss://h:1/0?ssl_min_version=TLSv1_3")["ssl_min_version"] == (
+            ssl.TLSVersion.TLSv1_3)
+        with pytest.raises(ValueError, match="not supported with rediss"):
+            check_redis_url("rediss+cluster://h:1?ssl_min_version=1.3")
+    else:
+        with pytest.raises(ValueError, match="needs a newer redis-py"):
+            check_redis_url("rediss://h:1/0?ssl_min_version=1.3")
     # A file that is not there is named before any connection is tried.
     with pytest.raises(ValueError, match="ssl_ca_certs.*/nowhere/ca.crt"):
         make_client("rediss://127.0.0.1:1/0?ssl_ca_certs=/nowhere/ca.crt", 1)
@@ -86,7 +103,9 @@ def test_tls_urls_are_redacted() -> None:
         url = f"{scheme}u:pw1@h:1,h:2/m?ssl_certfile=/c.crt&ssl_password=pw2&ssl_ca_certs=/ca"
         shown = redact_url(url)
         assert "pw1" not in shown and "pw2" not in shown
-        assert shown == f"{scheme}u:***@h:1,h:2/m?ssl_certfile=/c.crt&ssl_password=***&ssl_ca_certs=/ca"
+        assert shown == (
+            f"{scheme}u:***@h:1,h:2/m?ssl_certfile=/c.crt&ssl_password=***&ssl_ca_certs=/ca"
+        )
 
 
 # -- agents and the service on a TLS server -------------------------------------
@@ -140,7 +159,9 @@ def test_an_optional_client_certificate(certs, agents) -> None:
     with RedisServer(tls=certs, tls_auth_clients="optional") as server:
         url = f"rediss://127.0.0.1:{server.port}/0?{certs.query(client_cert=False)}"
         a = start(agents, Inbox("opt-a", [], url, **FAST))
-        b = start(agents, Inbox("opt-b", [], server.url, **FAST))
+        # With the client certificate, and (where redis-py can) TLS 1.3 at least.
+        b_url = f"{server.url}&ssl_min_version=TLSv1_3" if MIN_VERSION else server.url
+        b = start(agents, Inbox("opt-b", [], b_url, **FAST))
         assert a.request("opt-b", {"token": "o"}, timeout=5).payload == {"pong": "o"}
         for agent in agents:
             agent.stop(timeout=5)
@@ -181,6 +202,10 @@ def test_sentinel_over_tls(certs, agents) -> None:
             assert service.check_health() == []
         for agent in agents:
             agent.stop(timeout=5)
+        # redis-py says only that no sentinel answered; mas_sync says why.
+        hosts = group.url.partition("?")[0]
+        with pytest.raises(MASConnectionError, match="sentinels: TLS: .*client certificate"):
+            Agent("no-cert", [], f"{hosts}?{certs.query(client_cert=False)}").start()
 
 
 def test_cluster_over_tls(certs, cluster_supported, agents) -> None:
@@ -194,3 +219,7 @@ def test_cluster_over_tls(certs, cluster_supported, agents) -> None:
             close_client(client)
         for agent in agents:
             agent.stop(timeout=5)
+        with TLSCertificates("other") as other:
+            hosts = cluster.url.partition("?")[0]
+            with pytest.raises(MASConnectionError, match="ssl_ca_certs must name the CA"):
+                Agent("wrong-ca", [], f"{hosts}?{other.query()}").start()

@@ -30,7 +30,7 @@ CLUSTER_MIN_REDIS_PY = (8, 1, 0)
 
 
 def is_cluster_url(url: str) -> bool:
-    """True for ``redis+cluster://host:port[,host:port...]`` URLs, and ``rediss+cluster://`` ones."""
+    """True for ``redis+cluster://host:port[,host:port...]`` URLs (and ``rediss+cluster://``)."""
     return url.startswith((CLUSTER_SCHEME, CLUSTER_TLS_SCHEME))
 
 

@@ -113,8 +113,11 @@ class _GuardedConnection:
         except (NotConnected, redis.AuthenticationError):
             raise
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            message = str(exc)
             tls_failure = describe_tls_failure(exc, self)
-            raise NotConnected(f"{tls_failure} ({exc})" if tls_failure else str(exc)) from exc
+            if tls_failure and tls_failure not in message:
+                message = f"{tls_failure} ({message})"
+            raise NotConnected(message) from exc
         finally:
             if connect_by is not None:
                 self.socket_connect_timeout = saved

@@ -20,9 +20,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
 import redis
-from redis.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
 
-from .tls import check_only_tls_query, split_query, tls_settings
+from .tls import check_only_tls_query, describe_tls_failure, split_query, tls_settings
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,39 @@ class SentinelMasterClient(redis.Redis):
                 close_sentinel(manager)
 
 
+class _TLSSentinel(Sentinel):
+    """A Sentinel manager that says why no sentinel answered when TLS is the reason.
+
+    redis-py keeps only the class of each sentinel's error; on failure, one
+    sentinel is asked once more, for the words.
+    """
+
+    def discover_master(self, service_name: str) -> Any:
+        try:
+            return super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            hint = self._tls_failure()
+            if hint is None:
+                raise
+            raise MasterNotFoundError(
+                f"No master found for {service_name!r}: the sentinels: {hint}"
+            ) from exc
+
+    def _tls_failure(self) -> Optional[str]:
+        if not self.sentinels:
+            return None
+        kwargs = dict(self.sentinels[0].connection_pool.connection_kwargs)
+        kwargs["retry"] = Retry(NoBackoff(), 0)
+        connection = self.sentinels[0].connection_pool.connection_class(**kwargs)
+        try:
+            connection.connect()
+        except (redis.RedisError, OSError) as exc:
+            return describe_tls_failure(exc, connection)
+        finally:
+            connection.disconnect()
+        return None
+
+
 def close_sentinel(sentinel: Sentinel) -> None:
     """Close every connection ``sentinel`` holds to the sentinels (not those to the master)."""
     for client in sentinel.sentinels:
@@ -132,7 +167,7 @@ def make_sentinel_client(
     """
     parsed = SentinelURL(url)
     timeout = connection_kwargs.get("socket_timeout") or 1.0
-    sentinel = Sentinel(
+    sentinel = (Sentinel if parsed.tls is None else _TLSSentinel)(
         parsed.sentinels,
         sentinel_kwargs=parsed.sentinel_kwargs(
             socket_timeout=min(timeout, 1.0), socket_connect_timeout=1.0

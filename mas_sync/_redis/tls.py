@@ -148,7 +148,7 @@ def tls_settings(url: str, check_files: bool = False) -> Optional[Dict[str, Any]
         raise ValueError("ssl_keyfile needs ssl_certfile (the client certificate)")
     verify = settings.setdefault("ssl_cert_reqs", "required") != "none"
     if settings.setdefault("ssl_check_hostname", verify) and not verify:
-        raise ValueError("ssl_check_hostname needs a verified certificate (ssl_cert_reqs=none)")
+        raise ValueError("ssl_check_hostname needs a verified certificate, not ssl_cert_reqs=none")
     missing = [name for name in settings if name not in _ssl_connection_parameters()]
     if missing:
         raise ValueError(
@@ -196,13 +196,17 @@ def describe_tls_failure(exc: BaseException, connection: Any = None) -> Optional
         connection: The redis-py connection, to tell whether it showed a
             client certificate.
     """
-    text = " ".join(str(e) for e in _chain(exc))
     if connection is not None and not hasattr(connection, "cert_reqs"):
         return None  # not a TLS connection
+    texts = [str(e) for e in _chain(exc)]
+    for text in texts:
+        if "TLS: " in text:  # told already, deeper down
+            return text[text.index("TLS: "):]
+    text = " ".join(texts)
     has_cert = getattr(connection, "certfile", None) is not None
-    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        reason = text.split("certificate verify failed", 1)[1].split("(_ssl", 1)[0]
-        reason = reason.strip(" :.")
+    if "certificate verify failed" in text:
+        reason = text.split("certificate verify failed", 1)[1]
+        reason = reason.split("(_ssl", 1)[0].split(")", 1)[0].strip(" :.")
         if "Hostname mismatch" in text or "IP address mismatch" in text:
             return (
                 f"TLS: the server's certificate is not for this host ({reason}); connect"

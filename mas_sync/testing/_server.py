@@ -144,7 +144,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        """A redis-py client of this server (over TLS, with the client certificate, if it serves TLS).
+        """A redis-py client of this server (over TLS with the client certificate, if it serves TLS).
 
         Over TLS, it verifies the server's certificate against the CA but not
         the host name it is for.

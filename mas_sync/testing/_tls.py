@@ -78,7 +78,8 @@ class TLSCertificates:
                       "-days", str(DAYS), "-out", self.ca_cert,
                       "-extfile", self._write("ca.ext", _CA_EXTENSIONS))
             names = ", ".join(
-                f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}" for h in hosts
+                f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}"
+                for h in hosts
             )
             self._signed("server", f"{name} server",
                          f"{_SERVER_EXTENSIONS}subjectAltName = {names}\n")

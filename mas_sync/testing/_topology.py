@@ -228,7 +228,10 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        """``redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...`` (``rediss+cluster://...?ssl_...`` with TLS)."""
+        """``redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...``.
+
+        With TLS: ``rediss+cluster://...?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...``.
+        """
         hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
         if self.tls is not None:
             return f"rediss+cluster://{hosts}?{self.tls.query()}"
