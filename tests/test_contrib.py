@@ -261,7 +261,8 @@ def test_redis_urls_are_checked_against_every_scheme_mas_sync_takes() -> None:
     from mas_sync._redis import REDIS_URL_SCHEMES, check_redis_url, make_client
 
     assert REDIS_URL_SCHEMES == (
-        "redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://"
+        "redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://",
+        "redis+cluster://", "rediss+cluster://",
     )
     listed = ", ".join(REDIS_URL_SCHEMES)
     with pytest.raises(ValueError, match="http://bad") as refused:
@@ -280,7 +281,8 @@ def test_redis_urls_are_checked_against_every_scheme_mas_sync_takes() -> None:
         check_redis_url("http://u:hunter2@host")
     assert "hunter2" not in str(secret.value)
     for url in ("redis://h:1/0", "rediss://h", "unix:///tmp/r.sock",
-                "redis+sentinel://h:1/main", "redis+cluster://h:1,h:2"):
+                "redis+sentinel://h:1/main", "redis+cluster://h:1,h:2",
+                "rediss+sentinel://h:1/main", "rediss+cluster://h:1,h:2"):
         check_redis_url(url)
 
 

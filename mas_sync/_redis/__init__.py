@@ -7,6 +7,8 @@ each concept lives in a module of its own:
 - :mod:`.connection`: client construction, pools, deadlines and retiring;
 - :mod:`.sentinel`: ``redis+sentinel://`` URLs and following the master;
 - :mod:`.cluster`: ``redis+cluster://`` URLs and the cluster client;
+- :mod:`.tls`: the ``ssl_*`` settings of ``rediss://``, ``rediss+sentinel://``
+  and ``rediss+cluster://`` URLs, and naming a failed TLS handshake;
 - :mod:`.errors`: the Redis errors mas_sync tells apart.
 """
 

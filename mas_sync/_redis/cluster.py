@@ -1,4 +1,8 @@
-"""Redis Cluster: ``redis+cluster://`` URLs and the cluster client."""
+"""Redis Cluster: ``redis+cluster://`` URLs and the cluster client.
+
+A ``rediss+cluster://`` URL connects to every node over TLS, with the URL's
+``ssl_*`` settings.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +15,30 @@ import redis
 from redis.retry import Retry
 
 from .._errors import MASConnectionError
+from .tls import check_only_tls_query, describe_tls_failure, split_query, tls_settings
 from .urls import redact_text, redact_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from redis.cluster import RedisCluster
 
 CLUSTER_SCHEME = "redis+cluster://"
+#: The same over TLS.
+CLUSTER_TLS_SCHEME = "rediss+cluster://"
 #: Sharded pub/sub in cluster mode reconnects and follows slot migrations
 #: only from this redis-py release on.
 CLUSTER_MIN_REDIS_PY = (8, 1, 0)
 
 
 def is_cluster_url(url: str) -> bool:
-    """True for ``redis+cluster://host:port[,host:port...]`` URLs."""
-    return url.startswith(CLUSTER_SCHEME)
+    """True for ``redis+cluster://host:port[,host:port...]`` URLs (and ``rediss+cluster://``)."""
+    return url.startswith((CLUSTER_SCHEME, CLUSTER_TLS_SCHEME))
 
 
 def make_cluster_client(url: str, **kwargs: Any) -> "RedisCluster":
     """A Redis Cluster client from ``redis+cluster://[[user]:password@]host:port[,...]``.
+
+    ``rediss+cluster://`` connects to every node over TLS; the URL takes no
+    query parameter but the ``ssl_*`` ones.
 
     Raises:
         ValueError: a malformed URL.
@@ -44,7 +54,11 @@ def make_cluster_client(url: str, **kwargs: Any) -> "RedisCluster":
     from redis.cluster import ClusterNode
     from redis.exceptions import RedisClusterException
 
-    netloc = url[len(CLUSTER_SCHEME):].split("/", 1)[0]
+    check_only_tls_query(url, "Cluster")
+    tls = tls_settings(url)
+    if tls is not None:
+        kwargs.update(ssl=True, **tls)
+    netloc = split_query(url)[0].partition("://")[2].split("/", 1)[0]
     if "@" in netloc:
         auth, _, netloc = netloc.rpartition("@")
         user, sep, password = auth.partition(":")
@@ -64,8 +78,11 @@ def make_cluster_client(url: str, **kwargs: Any) -> "RedisCluster":
         # Asks the nodes for the slot map at once.
         return _cluster_class()(startup_nodes=nodes, require_full_coverage=False, **kwargs)
     except RedisClusterException as exc:
+        tls_failure = describe_tls_failure(exc) if tls is not None else None
         raise MASConnectionError(
-            f"cannot reach Redis Cluster at {redact_url(url)}: {redact_text(str(exc), url)}"
+            f"cannot reach Redis Cluster at {redact_url(url)}: "
+            + (f"{tls_failure} " if tls_failure else "")
+            + redact_text(str(exc), url)
         ) from exc
 
 

@@ -6,6 +6,7 @@ import contextlib
 import threading
 import time
 from typing import Any, Dict, Iterator, Optional, Tuple
+from urllib.parse import quote_plus
 
 import redis
 from redis.backoff import NoBackoff
@@ -19,6 +20,7 @@ from redis.sentinel import (
 from .._errors import MASConnectionError
 from .cluster import is_cluster, is_cluster_url, make_cluster_client
 from .sentinel import is_sentinel_url, make_sentinel_client
+from .tls import describe_tls_failure, split_query, tls_settings
 from .urls import check_redis_url, redact_text, redact_url
 
 #: Seconds to wait for a TCP connection to Redis.
@@ -111,7 +113,11 @@ class _GuardedConnection:
         except (NotConnected, redis.AuthenticationError):
             raise
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-            raise NotConnected(str(exc)) from exc
+            message = str(exc)
+            tls_failure = describe_tls_failure(exc, self)
+            if tls_failure and tls_failure not in message:
+                message = f"{tls_failure} ({message})"
+            raise NotConnected(message) from exc
         finally:
             if connect_by is not None:
                 self.socket_connect_timeout = saved
@@ -309,6 +315,7 @@ def make_client(
         kwargs["client_name"] = client_name
     check_redis_url(url)
     try:
+        tls = tls_settings(url, check_files=True)
         if is_sentinel_url(url):
             del kwargs["timeout"]  # redis-py's Sentinel pool does not block
             kwargs["max_connections"] = max(max_connections, 64)
@@ -317,7 +324,16 @@ def make_client(
             del kwargs["timeout"]
             kwargs["max_connections"] = max(max_connections, 64)
             return make_cluster_client(url, **kwargs)
-        pool = _BlockingPool.from_url(url, **kwargs)
+        if tls is not None:
+            # The ssl_* parameters as read by tls_settings, not as this
+            # redis-py release would read them from the URL.
+            base, pairs = split_query(url)
+            rest = "&".join(f"{quote_plus(n)}={quote_plus(v)}" for n, v in pairs
+                            if not n.startswith("ssl_"))
+            kwargs.update(tls)
+            pool = _BlockingPool.from_url(f"{base}?{rest}" if rest else base, **kwargs)
+        else:
+            pool = _BlockingPool.from_url(url, **kwargs)
     except ValueError as exc:
         raise ValueError(
             f"invalid Redis URL {redact_url(url)!r}: {redact_text(str(exc), url)}"

@@ -1,5 +1,8 @@
 """Redis Sentinel: ``redis+sentinel://`` URLs, and following the master on failover.
 
+A ``rediss+sentinel://`` URL connects over TLS, with the same ``ssl_*``
+settings, to the sentinels and to the master they name.
+
 redis-py connects new connections to the master that Sentinel names, but it
 leaves existing connections where they are: a subscriber stays on a demoted
 master, and a demoted master keeps accepting PUBLISH for a while with no one
@@ -17,11 +20,17 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
 import redis
-from redis.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel
+
+from .tls import check_only_tls_query, describe_tls_failure, split_query, tls_settings
 
 log = logging.getLogger(__name__)
 
 SCHEME = "redis+sentinel://"
+#: The same over TLS.
+TLS_SCHEME = "rediss+sentinel://"
 #: Seconds between two questions to Sentinel about the master's address.
 POLL_INTERVAL = 0.5
 
@@ -32,16 +41,22 @@ class SentinelURL:
     """A parsed ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service[/db]``.
 
     The password (and user) are those of the Redis servers, not of the
-    sentinels.
+    sentinels. ``rediss+sentinel://`` is the same over TLS, its ``ssl_*``
+    query parameters (see :func:`.tls.tls_settings`) in :attr:`tls`; a
+    Sentinel URL takes no other query parameter.
 
     Raises:
         ValueError: the URL does not have that shape.
     """
 
     def __init__(self, url: str) -> None:
-        if not url.startswith(SCHEME):
+        if not is_sentinel_url(url):
             raise ValueError(f"not a {SCHEME} URL")
-        rest = url[len(SCHEME):]
+        check_only_tls_query(url, "Sentinel")
+        #: The redis-py ``ssl_*`` arguments, for the sentinels and the master
+        #: alike; None without TLS.
+        self.tls: Optional[Dict[str, Any]] = tls_settings(url)
+        rest = split_query(url)[0].partition("://")[2]
         netloc, _, path = rest.partition("/")
         self.username: Optional[str] = None
         self.password: Optional[str] = None
@@ -65,13 +80,20 @@ class SentinelURL:
             raise ValueError(f"database {pieces[1]!r} is not a number")
 
     @property
-    def key(self) -> Tuple[Tuple[Address, ...], str]:
-        return tuple(self.sentinels), self.service
+    def key(self) -> Tuple[Any, ...]:
+        tls = None if self.tls is None else tuple(sorted(self.tls.items(), key=str))
+        return tuple(self.sentinels), self.service, tls
+
+    def sentinel_kwargs(self, **kwargs: Any) -> Dict[str, Any]:
+        """``kwargs`` for the connections to the sentinels, with TLS if the URL has it."""
+        if self.tls is not None:
+            kwargs.update(ssl=True, **self.tls)
+        return kwargs
 
 
 def is_sentinel_url(url: str) -> bool:
-    """True for ``redis+sentinel://`` URLs."""
-    return url.startswith(SCHEME)
+    """True for ``redis+sentinel://`` and ``rediss+sentinel://`` URLs."""
+    return url.startswith((SCHEME, TLS_SCHEME))
 
 
 class SentinelMasterClient(redis.Redis):
@@ -89,6 +111,39 @@ class SentinelMasterClient(redis.Redis):
             manager = getattr(getattr(self, "connection_pool", None), "sentinel_manager", None)
             if manager is not None:
                 close_sentinel(manager)
+
+
+class _TLSSentinel(Sentinel):
+    """A Sentinel manager that says why no sentinel answered when TLS is the reason.
+
+    redis-py keeps only the class of each sentinel's error; on failure, one
+    sentinel is asked once more, for the words.
+    """
+
+    def discover_master(self, service_name: str) -> Any:
+        try:
+            return super().discover_master(service_name)
+        except MasterNotFoundError as exc:
+            hint = self._tls_failure()
+            if hint is None:
+                raise
+            raise MasterNotFoundError(
+                f"No master found for {service_name!r}: the sentinels: {hint}"
+            ) from exc
+
+    def _tls_failure(self) -> Optional[str]:
+        if not self.sentinels:
+            return None
+        kwargs = dict(self.sentinels[0].connection_pool.connection_kwargs)
+        kwargs["retry"] = Retry(NoBackoff(), 0)
+        connection = self.sentinels[0].connection_pool.connection_class(**kwargs)
+        try:
+            connection.connect()
+        except (redis.RedisError, OSError) as exc:
+            return describe_tls_failure(exc, connection)
+        finally:
+            connection.disconnect()
+        return None
 
 
 def close_sentinel(sentinel: Sentinel) -> None:
@@ -112,12 +167,16 @@ def make_sentinel_client(
     """
     parsed = SentinelURL(url)
     timeout = connection_kwargs.get("socket_timeout") or 1.0
-    sentinel = Sentinel(
+    sentinel = (Sentinel if parsed.tls is None else _TLSSentinel)(
         parsed.sentinels,
-        sentinel_kwargs={"socket_timeout": min(timeout, 1.0), "socket_connect_timeout": 1.0},
+        sentinel_kwargs=parsed.sentinel_kwargs(
+            socket_timeout=min(timeout, 1.0), socket_connect_timeout=1.0
+        ),
     )
     if pool_class is not None:
         connection_kwargs["connection_pool_class"] = pool_class
+    if parsed.tls is not None:
+        connection_kwargs.update(ssl=True, **parsed.tls)
     return sentinel.master_for(
         parsed.service,
         redis_class=SentinelMasterClient,
@@ -138,8 +197,7 @@ class _Watcher:
         self.stop = threading.Event()
         self.sentinel = Sentinel(
             parsed.sentinels,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
+            sentinel_kwargs=parsed.sentinel_kwargs(socket_timeout=1.0, socket_connect_timeout=1.0),
         )
         self.master: Optional[Address] = self._ask()
         self.thread = threading.Thread(
@@ -179,7 +237,7 @@ class _Watcher:
 
 
 _lock = threading.Lock()
-_watchers: Dict[Tuple[Tuple[Address, ...], str], _Watcher] = {}
+_watchers: Dict[Tuple[Any, ...], _Watcher] = {}
 
 
 def follow_master(url: str, on_change: Callable[[Address], None]) -> Callable[[], None]:

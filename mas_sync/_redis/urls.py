@@ -7,24 +7,39 @@ from typing import List, Tuple
 from urllib.parse import unquote, unquote_plus
 
 #: The URL schemes mas_sync takes, as written (case matters): redis-py's
-#: three, whose URLs redis-py reads, then Sentinel and Cluster.
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
+#: three, whose URLs redis-py reads, then Sentinel and Cluster, each also
+#: over TLS.
+REDIS_URL_SCHEMES = (
+    "redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://",
+    "redis+cluster://", "rediss+cluster://",
+)
 
 
 def check_redis_url(url: str) -> None:
-    """Refuse a URL whose scheme mas_sync does not take; the rest is checked on connect.
+    """Refuse a URL whose scheme mas_sync does not take, or whose TLS settings are bad.
 
-    The error message lists every scheme of :data:`REDIS_URL_SCHEMES`, the
-    same wherever a URL is refused.
+    The error message for a scheme lists every scheme of
+    :data:`REDIS_URL_SCHEMES`, the same wherever a URL is refused. The
+    ``ssl_*`` query parameters are read as :func:`.tls.tls_settings` reads
+    them (the files they name are checked on connect); a Sentinel or Cluster
+    URL takes no other query parameter. The rest is checked on connect.
 
     Raises:
         TypeError: ``url`` is not a str.
-        ValueError: an unknown scheme (the URL is shown with its password
-            redacted).
+        ValueError: an unknown scheme, or bad TLS settings (the URL is shown
+            with its passwords redacted).
     """
     if not isinstance(url, str):
         raise TypeError(f"a Redis URL must be a str, not {type(url).__name__}")
     if url.startswith(REDIS_URL_SCHEMES):
+        from .tls import check_only_tls_query, tls_settings
+
+        try:
+            if "+sentinel://" in url or "+cluster://" in url:
+                check_only_tls_query(url, url.partition("://")[0])
+            tls_settings(url)
+        except ValueError as exc:
+            raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None
         return
     raise ValueError(
         f"invalid Redis URL {redact_url(url)!r}: it must start with one of"
@@ -43,7 +58,8 @@ def redact_url(url: str) -> str:
     query parameters that carry a secret (``password``, ``ssl_password``,
     any name holding ``pass``, ``pwd``, ``secret``, ``token`` or ``auth``,
     percent-encoded or not). The same goes for the ``unix://``,
-    ``redis+sentinel://`` and ``redis+cluster://`` forms. A password holding
+    ``redis+sentinel://`` and ``redis+cluster://`` forms, and their TLS
+    forms (``rediss://``, ``rediss+sentinel://``, ``rediss+cluster://``). A password holding
     an unencoded ``/`` or ``#`` (which redis-py does not read as one) is
     hidden too, and one holding ``?`` unless a ``=`` follows it in the
     password. User names are shown.

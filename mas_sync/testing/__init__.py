@@ -4,6 +4,9 @@
   port (from ``$MAS_SYNC_REDIS_SERVER``, ``PATH``, or the ``embedded`` extra).
 - :class:`SentinelGroup` starts a master, replicas and sentinels, for
   failover tests; :class:`LocalCluster` starts a Redis Cluster.
+- :class:`TLSCertificates` makes a CA, a server and a client certificate with
+  ``openssl``, for a :class:`RedisServer` (or a group, or a cluster) that
+  serves TLS; :func:`tls_unsupported` says why TLS cannot be tested here.
 - :func:`local_redis` gives a Redis URL: the one passed, or a private server's.
 - :func:`wait_until` waits for a condition with a deadline.
 """
@@ -16,6 +19,7 @@ import time
 from typing import Callable, Iterator, Optional, TypeVar
 
 from ._server import RedisServer, find_redis_server, free_port
+from ._tls import TLSCertificates, find_openssl, tls_unsupported
 from ._topology import LocalCluster, SentinelGroup, redis_version
 
 T = TypeVar("T")
@@ -24,10 +28,13 @@ __all__ = [
     "LocalCluster",
     "RedisServer",
     "SentinelGroup",
+    "TLSCertificates",
+    "find_openssl",
     "find_redis_server",
     "free_port",
     "local_redis",
     "redis_version",
+    "tls_unsupported",
     "wait_until",
 ]
 

@@ -12,11 +12,14 @@ import sysconfig
 import tempfile
 import threading
 import time
-from typing import Any, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._tls import TLSCertificates
 
 #: Environment variable that names the redis-server binary to use.
 SERVER_ENV = "MAS_SYNC_REDIS_SERVER"
@@ -95,6 +98,12 @@ class RedisServer:
         appendonly: Log every write to an append-only file (fsync every
             second), which the server loads when it starts again: a
             :meth:`shutdown` then :meth:`start` keeps every write.
+        tls: Serve TLS only, with these certificates (see
+            :class:`~mas_sync.testing.TLSCertificates`): the port is a
+            ``--tls-port``, the plain port is off (``--port 0``), and a
+            replica or sentinel of this server talks TLS too.
+        tls_auth_clients: ``--tls-auth-clients``: ``yes`` (mutual TLS: a
+            client must show a certificate of the CA), ``optional`` or ``no``.
     """
 
     def __init__(
@@ -106,6 +115,8 @@ class RedisServer:
         startup_timeout: float = 10.0,
         config: str = "",
         appendonly: bool = False,
+        tls: Optional["TLSCertificates"] = None,
+        tls_auth_clients: str = "yes",
     ) -> None:
         self.executable = executable or find_redis_server()
         self.port = port
@@ -113,16 +124,49 @@ class RedisServer:
         self.startup_timeout = startup_timeout
         self.config = config
         self.appendonly = appendonly
+        self.tls = tls
+        self.tls_auth_clients = tls_auth_clients
         self.process: Optional[subprocess.Popen] = None
         self._dir: Optional[tempfile.TemporaryDirectory] = None
         self._log_path = ""
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:{port}/0``."""
+        """``redis://127.0.0.1:{port}/0``; with TLS, ``rediss://`` and the certificates.
+
+        The ``rediss://`` URL trusts the CA and shows the client certificate:
+        ``rediss://127.0.0.1:{port}/0?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...``.
+        """
         if self.port is None:
             raise RuntimeError("the server is not started")
+        if self.tls is not None:
+            return f"rediss://127.0.0.1:{self.port}/0?{self.tls.query()}"
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A redis-py client of this server (over TLS with the client certificate, if it serves TLS).
+
+        Over TLS, it verifies the server's certificate against the CA but not
+        the host name it is for.
+
+        Args:
+            kwargs: More arguments of ``redis.Redis``.
+        """
+        if self.port is None:
+            raise RuntimeError("the server is not started")
+        if self.tls is not None:
+            kwargs = {**self.tls.client_kwargs(), **kwargs}
+        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
+
+    def _port_args(self) -> List[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        return [
+            "--port", "0",
+            "--tls-port", str(self.port),
+            *self.tls.server_args(self.tls_auth_clients),
+            "--tls-replication", "yes",
+        ]
 
     def start(self) -> "RedisServer":
         """Start the server and wait until it answers PING.
@@ -152,7 +196,7 @@ class RedisServer:
                         config_file.write(self.config)
                 args.append(config_path)
             args += [
-                "--port", str(self.port),
+                *self._port_args(),
                 "--bind", "127.0.0.1",
                 "--save", "",
                 "--appendonly", "yes" if self.appendonly else "no",
@@ -194,8 +238,7 @@ class RedisServer:
         exits. :meth:`start` starts it again on the same port.
         """
         assert self.process is not None and self.port is not None
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=timeout,
-                             retry=Retry(NoBackoff(), 0))
+        client = self.client(socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
         try:
             client.shutdown()
         except redis.ConnectionError:
@@ -216,7 +259,7 @@ class RedisServer:
         assert self.process is not None and self.port is not None
         dump = os.path.join(self._dir.name, "dump.rdb") if self._dir else ""
         if keep_data:
-            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+            client = self.client(socket_timeout=5)
             try:
                 client.save()
             finally:
@@ -260,9 +303,7 @@ class RedisServer:
     def _wait_ready(self) -> bool:
         assert self.process is not None
         deadline = time.monotonic() + self.startup_timeout
-        client = redis.Redis(
-            host="127.0.0.1",
-            port=self.port,
+        client = self.client(
             socket_connect_timeout=0.5,
             socket_timeout=0.5,
             retry=Retry(NoBackoff(), 0),

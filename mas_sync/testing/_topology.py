@@ -5,11 +5,14 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import Callable, List, Tuple, TypeVar
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, TypeVar
 
 import redis
 
 from ._server import RedisServer, free_port
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._tls import TLSCertificates
 
 Address = Tuple[str, int]
 T = TypeVar("T")
@@ -24,10 +27,10 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         pause.wait(0.05)
 
 
-def _ask(port: int, question: Callable[[redis.Redis], T]) -> T:
-    """Ask the server on ``port`` one question, on a connection of its own."""
-    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=1,
-                     decode_responses=True) as client:
+def _ask(server: RedisServer, question: Callable[[redis.Redis], T]) -> T:
+    """Ask ``server`` one question, on a connection of its own."""
+    with server.client(socket_timeout=2, socket_connect_timeout=1,
+                       decode_responses=True) as client:
         return question(client)
 
 
@@ -74,6 +77,10 @@ class SentinelGroup:
         down_after: Seconds without an answer before a sentinel calls the
             master down.
         failover_timeout: Sentinel's ``failover-timeout``, in seconds.
+        tls: Every server and sentinel serves TLS only, with these
+            certificates (clients must show the client certificate), and
+            they talk TLS to each other; :attr:`url` is then a
+            ``rediss+sentinel://`` one.
     """
 
     def __init__(
@@ -83,8 +90,10 @@ class SentinelGroup:
         sentinels: int = 3,
         down_after: float = 0.5,
         failover_timeout: float = 3.0,
+        tls: Optional["TLSCertificates"] = None,
     ) -> None:
         self.service = service
+        self.tls = tls
         self.n_replicas = replicas
         self.n_sentinels = sentinels
         self.down_after = down_after
@@ -94,21 +103,26 @@ class SentinelGroup:
 
     @property
     def url(self) -> str:
-        """``redis+sentinel://127.0.0.1:p1,127.0.0.1:p2,.../{service}``."""
+        """``redis+sentinel://127.0.0.1:p1,127.0.0.1:p2,.../{service}``.
+
+        With TLS: ``rediss+sentinel://...?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...``.
+        """
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        if self.tls is not None:
+            return f"rediss+sentinel://{hosts}/{self.service}?{self.tls.query()}"
         return f"redis+sentinel://{hosts}/{self.service}"
 
     def start(self) -> "SentinelGroup":
         """Start everything and wait until the sentinels know every replica and each other."""
         try:
-            master = RedisServer().start()
+            master = RedisServer(tls=self.tls).start()
             self.servers.append(master)
             for _ in range(self.n_replicas):
-                self.servers.append(
-                    RedisServer(extra_args=["--replicaof", "127.0.0.1", str(master.port)]).start()
-                )
+                self.servers.append(RedisServer(
+                    extra_args=["--replicaof", "127.0.0.1", str(master.port)], tls=self.tls,
+                ).start())
             for replica in self.servers[1:]:
-                _wait(lambda r=replica: _ask(r.port, lambda c: c.info("replication")).get(
+                _wait(lambda r=replica: _ask(r, lambda c: c.info("replication")).get(
                     "master_link_status") == "up", 10, "a replica did not sync")
             quorum = self.n_sentinels // 2 + 1
             config = (
@@ -117,10 +131,12 @@ class SentinelGroup:
                 f"sentinel failover-timeout {self.service} {int(self.failover_timeout * 1000)}\n"
             )
             for _ in range(self.n_sentinels):
-                self.sentinels.append(RedisServer(config=config, extra_args=["--sentinel"]).start())
+                self.sentinels.append(
+                    RedisServer(config=config, extra_args=["--sentinel"], tls=self.tls).start()
+                )
             for sentinel in self.sentinels:
                 _wait(
-                    lambda p=sentinel.port: _ask(p, self._knows_everyone),
+                    lambda s=sentinel: _ask(s, self._knows_everyone),
                     20,
                     "the sentinels did not find the replicas and each other",
                 )
@@ -140,7 +156,7 @@ class SentinelGroup:
         for sentinel in self.sentinels:
             try:
                 host, port = _ask(
-                    sentinel.port, lambda c: c.sentinel_get_master_addr_by_name(self.service)
+                    sentinel, lambda c: c.sentinel_get_master_addr_by_name(self.service)
                 )
                 return host, int(port)
             except (redis.RedisError, TypeError):
@@ -163,7 +179,7 @@ class SentinelGroup:
     def failover(self) -> Address:
         """Ask a sentinel for a failover with the master alive (it is demoted)."""
         address = self.master_address()
-        _ask(self.sentinels[0].port, lambda c: c.execute_command("SENTINEL", "FAILOVER", self.service))
+        _ask(self.sentinels[0], lambda c: c.execute_command("SENTINEL", "FAILOVER", self.service))
         return address
 
     def stop(self) -> None:
@@ -182,7 +198,7 @@ class SentinelGroup:
 
 def redis_version(server: RedisServer) -> Tuple[int, ...]:
     """The version of a running server, as a tuple of ints."""
-    version = _ask(server.port, lambda c: c.info("server")["redis_version"])
+    version = _ask(server, lambda c: c.info("server")["redis_version"])
     return tuple(int(x) for x in version.split("."))
 
 
@@ -193,19 +209,33 @@ class LocalCluster:
     The slots are split evenly; ``cluster-require-full-coverage`` is off, so
     the other nodes keep serving while one is down. Requires Redis 7 or newer
     for sharded pub/sub. Use it as a context manager.
+
+    With ``tls`` (see :class:`~mas_sync.testing.TLSCertificates`), every node
+    serves TLS only (clients must show the client certificate), the cluster
+    bus is TLS too, and :attr:`url` is a ``rediss+cluster://`` one.
     """
 
     SLOTS = 16384
 
-    def __init__(self, primaries: int = 3, node_timeout: float = 1.0) -> None:
+    def __init__(
+        self, primaries: int = 3, node_timeout: float = 1.0,
+        tls: Optional["TLSCertificates"] = None,
+    ) -> None:
         self.n = primaries
         self.node_timeout = node_timeout
+        self.tls = tls
         self.nodes: List[RedisServer] = []
 
     @property
     def url(self) -> str:
-        """``redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...``."""
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        """``redis+cluster://127.0.0.1:p1,127.0.0.1:p2,...``.
+
+        With TLS: ``rediss+cluster://...?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...``.
+        """
+        hosts = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        if self.tls is not None:
+            return f"rediss+cluster://{hosts}?{self.tls.query()}"
+        return "redis+cluster://" + hosts
 
     def start(self) -> "LocalCluster":
         """Start the nodes, assign the slots, join them, and wait for ``cluster_state:ok``."""
@@ -215,18 +245,20 @@ class LocalCluster:
             "--cluster-node-timeout", str(int(self.node_timeout * 1000)),
             "--cluster-require-full-coverage", "no",
         ]
+        if self.tls is not None:
+            args += ["--tls-cluster", "yes"]
         try:
             for _ in range(self.n):
-                self.nodes.append(_ClusterNode(extra_args=args).start())
+                self.nodes.append(_ClusterNode(extra_args=args, tls=self.tls).start())
             per_node = self.SLOTS // self.n
             for i, node in enumerate(self.nodes):
                 first = i * per_node
                 last = self.SLOTS - 1 if i == self.n - 1 else first + per_node - 1
-                _ask(node.port, lambda c, e=i + 1: c.execute_command("CLUSTER", "SET-CONFIG-EPOCH", e))
-                _ask(node.port, lambda c, a=first, b=last: c.execute_command(
+                _ask(node, lambda c, e=i + 1: c.execute_command("CLUSTER", "SET-CONFIG-EPOCH", e))
+                _ask(node, lambda c, a=first, b=last: c.execute_command(
                     "CLUSTER", "ADDSLOTSRANGE", a, b))
             for node in self.nodes[1:]:
-                _ask(self.nodes[0].port, lambda c, p=node.port: c.execute_command(
+                _ask(self.nodes[0], lambda c, p=node.port: c.execute_command(
                     "CLUSTER", "MEET", "127.0.0.1", p))
             self.wait_ok()
         except BaseException:
@@ -237,15 +269,15 @@ class LocalCluster:
     def wait_ok(self, timeout: float = 20.0) -> None:
         """Wait until every node reports ``cluster_state:ok`` and knows every other."""
 
-        def ok(port: int) -> bool:
-            info = _ask(port, lambda c: c.execute_command("CLUSTER", "INFO"))
+        def ok(node: RedisServer) -> bool:
+            info = _ask(node, lambda c: c.execute_command("CLUSTER", "INFO"))
             if isinstance(info, bytes):
                 info = info.decode()
             text = info if isinstance(info, str) else str(info)
             return "cluster_state:ok" in text and f"cluster_known_nodes:{self.n}" in text
 
         for node in self.nodes:
-            _wait(lambda p=node.port: ok(p), timeout, "the cluster did not form")
+            _wait(lambda n=node: ok(n), timeout, "the cluster did not form")
 
     def restart_node(self, index: int, down_for: float = 0.0) -> None:
         """Kill node ``index`` (SIGKILL) and start it again with its data and identity."""
