@@ -25,7 +25,6 @@ from mas_sync.testing import (
     TLSCertificates,
     find_redis_server,
     tls_unsupported,
-    wait_until,
 )
 
 from .support import FAST, Inbox, flows, start
@@ -161,7 +160,7 @@ def test_an_optional_client_certificate(certs, agents) -> None:
         a = start(agents, Inbox("opt-a", [], url, **FAST))
         # With the client certificate, and (where redis-py can) TLS 1.3 at least.
         b_url = f"{server.url}&ssl_min_version=TLSv1_3" if MIN_VERSION else server.url
-        b = start(agents, Inbox("opt-b", [], b_url, **FAST))
+        start(agents, Inbox("opt-b", [], b_url, **FAST))
         assert a.request("opt-b", {"token": "o"}, timeout=5).payload == {"pong": "o"}
         for agent in agents:
             agent.stop(timeout=5)
