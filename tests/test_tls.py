@@ -8,6 +8,8 @@ redis-server is built without TLS or there is no ``openssl``.
 from __future__ import annotations
 
 import inspect
+import json
+import shlex
 import ssl
 import time
 from typing import Iterator, List
@@ -15,7 +17,7 @@ from typing import Iterator, List
 import pytest
 import redis
 
-from mas_sync import Agent, MASConnectionError, MASService
+from mas_sync import Agent, Keyring, MASConnectionError, MASService, SigningKey, acl_rules
 from mas_sync._redis import check_redis_url, close_client, make_client, redact_url
 from mas_sync._redis.tls import tls_settings
 from mas_sync.testing import (
@@ -24,7 +26,9 @@ from mas_sync.testing import (
     SentinelGroup,
     TLSCertificates,
     find_redis_server,
+    redis_version,
     tls_unsupported,
+    wait_until,
 )
 
 from .support import FAST, Inbox, flows, start
@@ -222,3 +226,43 @@ def test_cluster_over_tls(certs, cluster_supported, agents) -> None:
             hosts = cluster.url.partition("?")[0]
             with pytest.raises(MASConnectionError, match="ssl_ca_certs must name the CA"):
                 Agent("wrong-ca", [], f"{hosts}?{other.query()}").start()
+
+
+def test_the_worked_setup_of_the_readme(certs, agents) -> None:
+    """Mutual TLS, a Redis user per agent, a key per agent, an allow-list, limits, a breaker."""
+    with RedisServer(tls=certs) as server:
+        with server.client(decode_responses=True) as admin:
+            if redis_version(server) < (7,):
+                pytest.skip("the ACL rules need Redis 7")
+            for rule in (*acl_rules("web", password="pw-web"),
+                         *acl_rules("orders", password="pw-orders")):
+                admin.execute_command(*shlex.split(rule))
+            admin.acl_log_reset()
+            query = certs.query()
+
+            def url(user: str) -> str:
+                return f"rediss://{user}:pw-{user}@127.0.0.1:{server.port}/0?{query}"
+
+            web_key = SigningKey("web-2026", b"w" * 32, senders=["web"])
+            orders_key = SigningKey("orders-2026", b"o" * 32, senders=["orders"])
+            orders = start(agents, Inbox(
+                "orders", ["orders"], url("orders"), delivery="reliable",
+                keyring=Keyring([orders_key, web_key]), require_signed=True,
+                accept_from=["web"], rate_limit="100/s", **FAST,
+            ))
+            web = start(agents, Agent(
+                "web", [], url("web"), keyring=Keyring([web_key, orders_key]),
+                require_signed=True, send_rate="90/s", breaker_failures=5,
+                breaker_cooldown=30, **FAST,
+            ))
+            assert web.request("orders", {"token": 1}, timeout=5).payload == {"pong": 1}
+            web.send_many([("orders", {"n": n}) for n in range(20)])
+            wait_until(lambda: len(orders.got) == 21)
+            # A forged sender, from a client that may publish (web's user) but holds no key.
+            with redis.Redis.from_url(url("web")) as raw:
+                raw.xadd("agent.stream:orders", {"envelope": json.dumps(
+                    {"sender_id": "web", "target_id": "orders", "payload": {"forged": 1}}
+                )})
+            wait_until(lambda: orders.stats.refused_unsigned == 1)
+            assert len(orders.got) == 21 and orders.stats.refused == 1
+            assert admin.acl_log() == []
