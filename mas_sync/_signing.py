@@ -69,6 +69,8 @@ class SigningKey:
     key_id: str
     secret: bytes = field(repr=False)
     senders: Optional[FrozenSet[str]] = None
+    #: HMAC-SHA256 keyed with the secret, to copy for each message.
+    _hmac: "hmac.HMAC" = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         key_id = self.key_id
@@ -91,6 +93,7 @@ class SigningKey:
                 f" {MIN_SECRET_BYTES} are needed"
             )
         object.__setattr__(self, "secret", secret)
+        object.__setattr__(self, "_hmac", hmac.new(secret, digestmod=hashlib.sha256))
         senders = self.senders
         if senders is not None:
             if isinstance(senders, (str, bytes)):
@@ -104,6 +107,12 @@ class SigningKey:
                     f"senders must be a collection of agent ids, not {type(senders).__name__}"
                 ) from None
             object.__setattr__(self, "senders", ids)
+
+    def mac(self, data: bytes) -> bytes:
+        """HMAC-SHA256 of ``data`` under this key."""
+        mac = self._hmac.copy()
+        mac.update(data)
+        return mac.digest()
 
     def may_sign_for(self, sender_id: str) -> bool:
         """Whether this key may sign messages from ``sender_id``."""
@@ -264,8 +273,7 @@ def sign(text: str, key: SigningKey, now: float) -> str:
     head = '%s,"signature":{"key":"%s","nonce":"%s","time":%.6f' % (
         text[:-1], key.key_id, os.urandom(16).hex(), now
     )
-    mac = hmac.digest(key.secret, head.encode("utf-8"), "sha256").hex()
-    return '%s,"hmac":"%s"}}' % (head, mac)
+    return '%s,"hmac":"%s"}}' % (head, key.mac(head.encode("utf-8")).hex())
 
 
 class Signature:
@@ -348,6 +356,6 @@ def read_signature(data: Union[bytes, str], keyring: Keyring) -> Optional[Signat
             "bad_signature", f"signed with key {key_id.decode()!r}, which this agent does not hold"
         )
     signed = data[: tail.start(4) - 9]  # up to ',"hmac":"'
-    if not hmac.compare_digest(hmac.digest(key.secret, signed, "sha256").hex().encode(), mac):
+    if not hmac.compare_digest(key.mac(signed).hex().encode(), mac):
         raise Refused("bad_signature", f"the HMAC does not match the message (key {key.key_id!r})")
     return Signature(key, nonce.decode("ascii"), float(when))
