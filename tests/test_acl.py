@@ -85,26 +85,18 @@ class Recorder(Agent):
             return [m.payload for m in self.seen]
 
 
-@pytest.fixture
-def running() -> Iterator[List[Agent]]:
-    started: List[Agent] = []
-    yield started
-    for agent in started:
-        agent.stop(timeout=5)
-
-
 # -- what each agent does succeeds -------------------------------------------------
 
 
 def test_pubsub_agents_do_everything_under_their_own_users(
-    server: RedisServer, admin: redis.Redis, running: List[Agent],
+    server: RedisServer, admin: redis.Redis, agents: List[Agent],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     a = Recorder("a", ["x"], url(server, "a"), **FAST)
     b = Recorder("b", ["y"], url(server, "b"), dedupe_window=60, **FAST)
     for agent in (a, b):
         agent.start()
-        running.append(agent)
+        agents.append(agent)
     a.send("b", {"n": 1})
     b.send("a", {"n": 2})
     wait_until(lambda: b.payloads() == [{"n": 1}] and a.payloads() == [{"n": 2}])
@@ -120,7 +112,7 @@ def test_pubsub_agents_do_everything_under_their_own_users(
     a.stop(timeout=5)
     again = Recorder("a", ["x"], url(server, "a"), **FAST)
     again.start()  # loads its state
-    running.append(again)
+    agents.append(again)
     assert dict(again.state) == {"k": "w"}
     assert refusals(admin) == []
     assert "NOPERM" not in caplog.text and "wake" not in caplog.text
@@ -128,7 +120,7 @@ def test_pubsub_agents_do_everything_under_their_own_users(
 
 @pytest.mark.parametrize("reliable", [False, True], ids=["pubsub", "reliable"])
 def test_signed_rate_limited_agents_with_shared_breakers_work_under_their_own_users(
-    server: RedisServer, admin: redis.Redis, running: List[Agent],
+    server: RedisServer, admin: redis.Redis, agents: List[Agent],
     caplog: pytest.LogCaptureFixture, reliable: bool,
 ) -> None:
     keys = {n: SigningKey(f"key-{n}", n * 32, senders=[n]) for n in ("a", "b")}
@@ -141,7 +133,7 @@ def test_signed_rate_limited_agents_with_shared_breakers_work_under_their_own_us
                  **(RELIABLE if reliable else {}), **FAST)
     for agent in (b, a):
         agent.start()
-        running.append(agent)
+        agents.append(agent)
     a.send_many([("b", {"i": i}) for i in range(20)])
     b.send("a", {"n": 2})
     wait_until(lambda: len(b.payloads()) == 20 and a.payloads() == [{"n": 2}])
@@ -155,7 +147,7 @@ def test_signed_rate_limited_agents_with_shared_breakers_work_under_their_own_us
 
 
 def test_reliable_agents_do_everything_under_their_own_users(
-    server: RedisServer, admin: redis.Redis, running: List[Agent],
+    server: RedisServer, admin: redis.Redis, agents: List[Agent],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     a = Recorder("a", ["x"], url(server, "a"), **FAST)
@@ -163,7 +155,7 @@ def test_reliable_agents_do_everything_under_their_own_users(
                  visibility_timeout=0.5, dedupe_window=60, **RELIABLE, **FAST)
     for agent in (b, a):
         agent.start()
-        running.append(agent)
+        agents.append(agent)
     a.send_many([("b", {"i": i}) for i in range(6)])
     a.send("b", {"fail": True})
     wait_until(lambda: len(b.payloads()) == 6 and admin.xlen("agent.dlq:b") == 1)
@@ -191,15 +183,15 @@ def test_reliable_agents_do_everything_under_their_own_users(
 
 
 def test_a_reliable_agent_claims_what_a_crashed_instance_left(
-    server: RedisServer, admin: redis.Redis, running: List[Agent]
+    server: RedisServer, admin: redis.Redis, agents: List[Agent]
 ) -> None:
     b = Recorder("b", [], url(server, "b"), instance="one", visibility_timeout=0.3,
                  **RELIABLE, **FAST)
     b.start()
-    running.append(b)
+    agents.append(b)
     a = Recorder("a", [], url(server, "a"), **FAST)
     a.start()
-    running.append(a)
+    agents.append(a)
     # A consumer of b that read an entry and died without acknowledging it.
     a.send("b", {"first": True})
     wait_until(lambda: b.payloads() == [{"first": True}])
@@ -216,7 +208,7 @@ def test_a_reliable_agent_claims_what_a_crashed_instance_left(
 
 
 def test_the_service_marks_a_dead_agent_inactive_under_its_user(
-    server: RedisServer, admin: redis.Redis, running: List[Agent],
+    server: RedisServer, admin: redis.Redis, agents: List[Agent],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="mas_sync")
