@@ -24,6 +24,7 @@ from ._redis import ANY_REDIS_ERROR
 from ._registry import AgentRegistry
 from ._scripts import load_script
 from ._signing import Keyring, RedisClock, Refused, Signature, read_signature, read_vouch
+from ._stats import Counters
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Admission:
         accept_capabilities: Senders registered with any of these are accepted.
         allow_rate: ``allow(sender_id) -> bool``: the sender's rate limit, or None.
         clock: Redis' clock, shared with the run's signer.
+        counters: The agent's counters, for the refusals.
         shared_channel: The agent is reliable: its instances share its channel.
     """
 
@@ -80,9 +82,11 @@ class Admission:
         accept_capabilities: Optional[FrozenSet[str]],
         allow_rate: Optional[Callable[[str], bool]],
         clock: RedisClock,
+        counters: Counters,
         shared_channel: bool = False,
     ) -> None:
         self.agent_id = agent_id
+        self._counters = counters
         self.shared_channel = shared_channel
         self._client = client
         self._registry = registry
@@ -221,7 +225,19 @@ class Admission:
         for (_, checked), new in zip(batch, fresh):
             checked.fresh = bool(new)
 
-    def should_log(self, sender_id: str, reason: str) -> bool:
+    def count(self, message: AgentMessage, refusal: Refused, what: str = "message") -> None:
+        """Count a refusal of ``message`` (a ``what``) by reason; log the first per sender and reason."""
+        reason = refusal.reason
+        self._counters.add(f"refused_{reason}")
+        if self._first(message.sender_id, reason):
+            log.warning(
+                "Agent %s: refused %s %s from %s (%s): %s; further refusals of %s"
+                " for this reason are counted, not logged",
+                self.agent_id, what, message.message_id, message.sender_id, reason,
+                refusal.detail, message.sender_id,
+            )
+
+    def _first(self, sender_id: str, reason: str) -> bool:
         """True the first time ``(sender_id, reason)`` is refused in this run."""
         pair = (sender_id, reason)
         with self._lock:

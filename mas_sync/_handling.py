@@ -186,16 +186,9 @@ class Handling:
 
     def refuse(self, message: AgentMessage, refusal: Refused) -> None:
         """A message its agent does not admit: count, log once per sender and reason, answer."""
+        assert self.admission is not None
+        self.admission.count(message, refusal)
         reason = refusal.reason
-        self.counters.add(f"refused_{reason}")
-        admission = self.admission
-        if admission is not None and admission.should_log(message.sender_id, reason):
-            log.warning(
-                "Agent %s: refused message %s from %s (%s): %s; further refusals of %s"
-                " for this reason are counted, not logged",
-                self.agent.id, message.message_id, message.sender_id, reason,
-                refusal.detail, message.sender_id,
-            )
         receipt = message._receipt
         if receipt is not None:
             self.counters.add("dead_lettered")

@@ -123,14 +123,7 @@ class Inbox:
             if admission is not None:
                 refusal = admission.check_reply(message)
                 if refusal is not None:
-                    self.counters.add(f"refused_{refusal.reason}")
-                    if admission.should_log(message.sender_id, refusal.reason):
-                        log.warning(
-                            "Agent %s: refused reply %s from %s (%s): %s; further refusals"
-                            " of %s for this reason are counted, not logged",
-                            agent_id, message.message_id, message.sender_id, refusal.reason,
-                            refusal.detail, message.sender_id,
-                        )
+                    admission.count(message, refusal, "reply")
                     return
             # Replies go to the thread waiting in request(), never to on_message.
             assert message.correlation_id is not None

@@ -217,7 +217,7 @@ class AgentRun:
         return Admission(
             self.agent_id, self.client, self.registry, options.keyring, options.require_signed,
             options.signature_window, options.accept_from, options.accept_capabilities,
-            limiter.allow if limiter is not None else None, self.clock,
+            limiter.allow if limiter is not None else None, self.clock, self.counters,
             shared_channel=options.delivery == "reliable",
         )
 
