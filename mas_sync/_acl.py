@@ -101,6 +101,7 @@ def acl_rules(
     own_keys = [
         _wire.agent_key(agent_id),
         _wire.heartbeat_key(agent_id),
+        _wire.stats_key(agent_id),
         _wire.state_key(agent_id),
         _wire.stream_key(agent_id),
         _wire.dlq_key(agent_id),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, Dict, List, Optional, Protocol
 
 from pydantic import ValidationError
@@ -137,6 +138,7 @@ class Handling:
         """
         agent = self.agent
         spec = agent._mas_handlers.get(action_of(message) or "")
+        started = time.perf_counter()
         try:
             if spec is None:
                 result = agent.on_message(message)
@@ -152,6 +154,7 @@ class Handling:
             if result is not None and message.expects_reply and not message._replied:
                 message.reply(result)
         except Exception as exc:
+            self.counters.time("handler", time.perf_counter() - started)
             self.counters.add("handler_errors")
             where = f"{spec.method}()" if spec is not None else "on_message"
             log.exception(
@@ -166,6 +169,7 @@ class Handling:
             except Exception:
                 log.exception("Agent %s: on_error raised", agent.id)
             return error
+        self.counters.time("handler", time.perf_counter() - started)
         self.counters.add("handled")
         return None
 

@@ -12,6 +12,7 @@ import redis
 from ._errors import AgentIdInUseError
 from ._redis import ANY_REDIS_ERROR
 from ._wire import DELIVERY_RELIABLE
+from ._shared_stats import StatsWriter
 from ._registry import REFRESH_GONE, REFRESH_REACTIVATED, REFRESH_TAKEN, AgentRegistry
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class Heartbeat:
         delivery: ``"pubsub"`` or ``"reliable"``.
         instance: The name of this instance of a reliable agent (ignored for
             pub/sub).
+        stats: Writes the run's counters into Redis after each beat; None
+            writes none.
     """
 
     def __init__(
@@ -63,8 +66,10 @@ class Heartbeat:
         thread_name: str,
         delivery: str = "pubsub",
         instance: Optional[str] = None,
+        stats: Optional[StatsWriter] = None,
     ) -> None:
         self.registry = registry
+        self.stats = stats
         self.agent_id = agent_id
         self.capabilities = capabilities
         self.metadata = metadata
@@ -120,6 +125,8 @@ class Heartbeat:
         """Remove this run's registration through ``client``; a failure is logged."""
         if self.token is None:
             return
+        if self.stats is not None:
+            self.stats.remove(client)
         try:
             if not AgentRegistry(client).deregister(
                 self.agent_id, token=self.token, instance=self.instance
@@ -161,6 +168,15 @@ class Heartbeat:
                 if failing:
                     log.info("Agent %s: heartbeat resumed", self.agent_id)
                 failing = False
+                self._write_stats()
+
+    def _write_stats(self) -> None:
+        if self.stats is None:
+            return
+        try:
+            self.stats.write()
+        except ANY_REDIS_ERROR as exc:
+            log.debug("Agent %s: could not write its counters: %s", self.agent_id, exc)
 
     def beat(self) -> bool:
         """One heartbeat, on this run's registration only; False: stop beating."""

@@ -16,7 +16,7 @@ from ._errors import RequestError, RequestTimeout
 from ._message import AgentMessage
 from ._rates import RateLimit, Throttle
 from ._requests import PendingRequests
-from ._stats import Numbering
+from ._stats import Counters, Numbering
 from ._transport import Transport
 
 
@@ -40,6 +40,7 @@ class Outbox:
         breakers: The circuit breakers of the run's requests; None for none.
         send_rate: The pace of ``send()``, ``send_many()`` and ``request()``
             toward each target (replies are not paced); None for none.
+        counters: Where the round trips of requests are timed; None for nowhere.
     """
 
     def __init__(
@@ -52,8 +53,10 @@ class Outbox:
         sign: Optional[Callable[[str], str]] = None,
         breakers: Optional[Breakers] = None,
         send_rate: Optional[RateLimit] = None,
+        counters: Optional[Counters] = None,
     ) -> None:
         self.agent_id = agent_id
+        self.counters = counters
         self.sign = sign
         self.breakers = breakers
         self.instance = instance
@@ -183,6 +186,7 @@ class Outbox:
         _, data = self.frame(target_id, body, sender_instance=self.instance)
         pending = self.requests.add(correlation_id, target_id)
         try:
+            started = time.perf_counter()
             self.calls.run(self.transport.send, [(target_id, data)], deadline=deadline)
             if not pending.event.wait(max(0.0, deadline - time.monotonic())):
                 raise RequestTimeout(
@@ -195,6 +199,8 @@ class Outbox:
             raise pending.error
         reply = pending.reply
         assert reply is not None
+        if self.counters is not None:
+            self.counters.time("request", time.perf_counter() - started)
         error = reply.payload.get(_wire.ERROR)
         if isinstance(error, dict):
             raise RequestError(

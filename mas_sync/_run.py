@@ -19,6 +19,7 @@ from ._dedupe import Seen
 from ._errors import AgentNotRunningError, MASConnectionError
 from ._handling import AgentHooks, Handling
 from ._heartbeat import Heartbeat
+from ._shared_stats import StatsWriter
 from ._inbox import Inbox
 from ._options import AgentOptions
 from ._outbox import Outbox
@@ -131,7 +132,7 @@ class AgentRun:
             )
         self.outbox = Outbox(
             self.agent_id, transport, self.calls, self.requests, instance, self.signer(),
-            breakers, options.send_rate,
+            breakers, options.send_rate, self.counters,
         )
         self.admission = admission = self.make_admission()
         seen = Seen(
@@ -160,6 +161,10 @@ class AgentRun:
                 options.heartbeat_interval, options.heartbeat_ttl, options.take_over,
                 lambda: transport.receiving, self.failed, f"{self.name}-heartbeat",
                 delivery=options.delivery, instance=options.instance,
+                stats=StatsWriter(
+                    client, self.agent_id, instance, self.counters,
+                    lambda: pool.pending, lambda: pool.active, options.heartbeat_interval,
+                ),
             )
             self.ready = True
             self.abort_if_stopping()

@@ -9,11 +9,12 @@ jump knows how many messages it missed.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, Set, Tuple, Union
+from typing import Any, Dict, List, Set, Tuple, Union
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class AgentStats:
             trial.
         breaker_rejected: Requests that failed at once with
             ``CircuitOpenError`` (nothing sent).
+        handler_seconds: Seconds spent in handlers (``on_message`` and typed
+            handlers), summed over every call, whether it returned or raised.
     """
 
     received: int = 0
@@ -103,6 +106,7 @@ class AgentStats:
     refused_rate_limited: int = 0
     breaker_opened: int = 0
     breaker_rejected: int = 0
+    handler_seconds: float = 0.0
 
     @property
     def refused(self) -> int:
@@ -111,21 +115,74 @@ class AgentStats:
                 + self.refused_replayed + self.refused_not_allowed + self.refused_rate_limited)
 
 
+#: The upper bounds (seconds) of the buckets of :class:`Timing`: from 100 µs,
+#: where a handler that does little lands, to 10 s.
+TIMING_BOUNDS: Tuple[float, ...] = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+#: What :class:`Counters` times: handler calls, and requests until their reply.
+TIMINGS = ("handler", "request")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A histogram of durations: how many fell at or below each bound of :data:`TIMING_BOUNDS`.
+
+    Attributes:
+        counts: Per bound, the durations at or below it and above the bound
+            before (not cumulative); one more at the end for those above the
+            last bound.
+        total: The sum of the durations, in seconds.
+    """
+
+    counts: Tuple[int, ...]
+    total: float
+
+    @property
+    def count(self) -> int:
+        """How many durations were recorded."""
+        return sum(self.counts)
+
+
 class Counters:
-    """The live counters behind :class:`AgentStats`. Thread-safe, and fork-safe."""
+    """The live counters behind :class:`AgentStats`, and its timings. Thread-safe, and fork-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: Dict[str, int] = dict.fromkeys(AgentStats.__dataclass_fields__, 0)
+        self._values: Dict[str, Any] = dict.fromkeys(AgentStats.__dataclass_fields__, 0)
+        self._values["handler_seconds"] = 0.0
+        self._timings: Dict[str, List[Any]] = {
+            name: [[0] * (len(TIMING_BOUNDS) + 1), 0.0] for name in TIMINGS
+        }
         _locked.add(self)
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._values[name] += n
 
+    def time(self, name: str, seconds: float) -> None:
+        """Record one duration of ``name`` (one of :data:`TIMINGS`)."""
+        bucket = bisect.bisect_left(TIMING_BOUNDS, seconds)
+        with self._lock:
+            counts, _ = timing = self._timings[name]
+            counts[bucket] += 1
+            timing[1] += seconds
+            if name == "handler":
+                self._values["handler_seconds"] += seconds
+
     def snapshot(self) -> AgentStats:
         with self._lock:
             return AgentStats(**self._values)
+
+    def timings(self) -> Dict[str, Timing]:
+        """Each of :data:`TIMINGS`, as recorded so far."""
+        with self._lock:
+            return {
+                name: Timing(tuple(counts), total)
+                for name, (counts, total) in self._timings.items()
+            }
 
 
 #: Senders (runs) remembered per receiver; the oldest are forgotten first.

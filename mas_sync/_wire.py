@@ -126,6 +126,16 @@ def heartbeat_key(agent_id: str) -> str:
     return agent_key(agent_id) + HEARTBEAT_KEY_SUFFIX
 
 
+#: Suffix of the key of an agent's counters, ``agent:{id}:stats`` (mas_sync's
+#: own: async agents write none, and their scans skip keys with a second ``:``).
+STATS_KEY_SUFFIX = ":stats"
+
+
+def stats_key(agent_id: str) -> str:
+    """An agent's counters, one field per run or instance: ``agent:{id}:stats``."""
+    return agent_key(agent_id) + STATS_KEY_SUFFIX
+
+
 def state_key(agent_id: str) -> str:
     """State hash of an agent: ``agent.state:{id}``."""
     return f"agent.state:{agent_id}"

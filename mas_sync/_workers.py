@@ -92,6 +92,11 @@ class OrderedPool:
         """Items waiting for a worker."""
         return self._pending
 
+    @property
+    def active(self) -> int:
+        """Items being handled now."""
+        return self._active
+
     def in_worker(self) -> bool:
         """True when called from one of this pool's worker threads."""
         return threading.get_ident() in self._worker_idents
