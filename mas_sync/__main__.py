@@ -1,96 +1,75 @@
-"""``python -m mas_sync``: ``demo`` runs a small multi-agent demo; ``acl`` prints Redis users."""
+"""The command-line tool: ``mas_sync COMMAND`` (a console script) or ``python -m mas_sync COMMAND``.
+
+The commands live in :mod:`mas_sync._cli`, one module each; this module
+builds the parser from them and turns every error into one line on stderr
+(``error: ...``) and an exit status: 0 done, 1 failed (Redis unreachable or
+failing, an unknown agent, no reply), 2 a usage error (argparse's, and a bad
+Redis URL or JSON argument).
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 from typing import List, Optional
 
+from ._cli import COMMANDS
+from ._cli._common import DEFAULT_REDIS_URL, URL_ENV, CommandError, UsageError, redis_url
+from ._cli._output import one_line
+from ._errors import MASError
+from ._redis import ANY_REDIS_ERROR, redact_text, redact_url
+
+#: The program name in usage lines.
+PROG = "mas_sync"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command."""
+    url_help = (f"the Redis to use, any URL form of mas_sync (default: ${URL_ENV},"
+                f" else {DEFAULT_REDIS_URL})")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Operate a mas_sync deployment: list and inspect agents, send and"
+        " watch messages, prune dead registrations, handle dead letters, run the service.",
+        epilog="Exit status: 0 done, 1 failed (Redis unreachable, unknown agent, no reply),"
+        " 2 bad usage.",
+    )
+    parser.add_argument("--redis-url", metavar="URL", default=None, help=url_help)
+    # Each command takes --redis-url too (after its name); not given, it leaves the
+    # value above alone.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", metavar="URL", default=argparse.SUPPRESS, help=url_help)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMANDS:
+        module.add_parsers(commands, common)
+    return parser
+
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Parse ``argv`` and run the command it names."""
-    parser = argparse.ArgumentParser(prog="python -m mas_sync")
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser(
-        "demo", help="run a small multi-agent system and print what happens"
-    )
-    demo.add_argument(
-        "--redis-url",
-        default=os.environ.get("MAS_REDIS_URL") or None,
-        help="Redis to use (default: $MAS_REDIS_URL, else a private redis-server)",
-    )
-    demo.add_argument("--verbose", action="store_true", help="show the library's log")
-    acl = commands.add_parser(
-        "acl",
-        help="print the least-privilege Redis users (ACL SETUSER lines) of agents and the service",
-        description="Print one 'ACL SETUSER NAME reset on ...' line per user, for redis-cli"
-        " (or, with --acl-file, the 'user NAME reset on ...' lines of an ACL file). Needs Redis 7.",
-    )
-    acl.add_argument("agent_ids", nargs="*", metavar="AGENT_ID", help="an agent's id")
-    acl.add_argument("--service", action="store_true",
-                     help="also print the user of the registry service (MASService)")
-    acl.add_argument("--user", help="the user name (one user only; default: the agent id,"
-                     " or mas-service)")
-    secret = acl.add_mutually_exclusive_group()
-    secret.add_argument("--password-env", metavar="VAR",
-                        help="read the password from environment variable VAR; the line"
-                        " holds its SHA-256, never the password")
-    secret.add_argument("--nopass", action="store_true",
-                        help="any password logs in (for tests only)")
-    acl.add_argument("--acl-file", action="store_true",
-                     help="print the lines of an ACL file (aclfile in redis.conf) instead")
-    args = parser.parse_args(argv)
-    if args.command == "acl":
-        return _acl(parser, args)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.ERROR,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    from .tools import demo as _demo
+    """Parse ``argv`` (default: ``sys.argv[1:]``), run the command, return the exit status.
 
+    Errors are printed as one line on stderr, never a traceback; argparse's
+    usage errors (and ``--help``) raise ``SystemExit`` as argparse does.
+    """
+    args = build_parser().parse_args(argv)
     try:
-        return _demo.run(args.redis_url)
-    except FileNotFoundError as exc:  # no redis-server to start
-        print(f"error: {exc}", file=sys.stderr)
+        return int(args.run(args))
+    except UsageError as exc:
+        _error(str(exc))
+        return 2
+    except (CommandError, MASError) as exc:
+        _error(str(exc))
         return 1
+    except ANY_REDIS_ERROR as exc:
+        url = redis_url(args)
+        _error(f"Redis at {redact_url(url)} failed: {redact_text(str(exc), url)}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
-def _acl(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """Print the ACL lines that ``args`` asks for; argument errors exit with status 2."""
-    from ._acl import acl_rules, service_acl_rules
-
-    count = len(args.agent_ids) + (1 if args.service else 0)
-    if count == 0:
-        parser.error("acl: give at least one AGENT_ID, or --service")
-    if args.user is not None and count > 1:
-        parser.error("acl: --user names one user; give one AGENT_ID or --service alone")
-    password = None
-    if args.password_env is not None:
-        password = os.environ.get(args.password_env)
-        if not password:
-            parser.error(f"acl: environment variable {args.password_env} is not set or empty")
-    lines: List[str] = []
-    try:
-        for agent_id in args.agent_ids:
-            lines += acl_rules(agent_id, user=args.user, password=password,
-                               nopass=args.nopass, acl_file=args.acl_file)
-        if args.service:
-            lines += service_acl_rules(user=args.user or "mas-service", password=password,
-                                       nopass=args.nopass, acl_file=args.acl_file)
-    except (TypeError, ValueError) as exc:
-        parser.error(f"acl: {exc}")
-    if args.nopass:
-        print("warning: nopass lets anyone who can reach Redis log in as these users",
-              file=sys.stderr)
-    elif password is None:
-        print("note: these users have no password, so nobody can log in as them yet;"
-              " add one (ACL SETUSER NAME >password) or use --password-env",
-              file=sys.stderr)
-    for line in lines:
-        print(line)
-    return 0
+def _error(message: str) -> None:
+    print(f"error: {one_line(message)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,106 @@ def agent_view(client: redis.Redis, agent_id: str) -> Optional[AgentView]:
     return _view(agent_id, fields, beat, stats, time.time(), now_ms)
 
 
+@dataclass(frozen=True)
+class ConsumerView:
+    """One consumer of a reliable agent's group (``XINFO CONSUMERS``).
+
+    Attributes:
+        name: ``{id}-{instance}``.
+        pending: Entries delivered to it and not yet acknowledged.
+        idle: Seconds since it last read or claimed.
+    """
+
+    name: str
+    pending: int
+    idle: float
+
+    def to_json(self) -> Dict[str, Any]:
+        """A JSON-ready dict of this view."""
+        return {"name": self.name, "pending": self.pending, "idle": self.idle}
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """A reliable agent's stream, group and dead letters, as Redis holds them.
+
+    Attributes:
+        length: Entries in ``agent.stream:{id}`` (handled ones included, up
+            to its ``stream_maxlen``).
+        pending: Entries the group ``agents`` delivered and did not
+            acknowledge yet (0 when there is no group).
+        lag: Entries not yet delivered to the group; None when Redis cannot
+            tell (before Redis 7, or after entries were deleted).
+        consumers: The group's consumers, by name.
+        dead_letters: Entries in ``agent.dlq:{id}``.
+    """
+
+    length: int
+    pending: int
+    lag: Optional[int]
+    consumers: List[ConsumerView]
+    dead_letters: int
+
+    def to_json(self) -> Dict[str, Any]:
+        """A JSON-ready dict of this view."""
+        return {
+            "length": self.length, "pending": self.pending, "lag": self.lag,
+            "consumers": [c.to_json() for c in self.consumers],
+            "dead_letters": self.dead_letters,
+        }
+
+
+def stream_view(client: redis.Redis, agent_id: str) -> Optional[StreamView]:
+    """The stream of ``agent_id``, None when it has neither a stream nor dead letters.
+
+    Raises:
+        TypeError, ValueError: ``agent_id`` is not a valid agent id.
+    """
+    _wire.validate_agent_id(agent_id)
+    stream, dlq = _wire.stream_key(agent_id), _wire.dlq_key(agent_id)
+    length = int(client.xlen(stream))
+    dead_letters = int(client.xlen(dlq))
+    if not length and not dead_letters and not client.exists(stream):
+        return None
+    pending, lag, consumers = 0, None, []
+    try:
+        groups = client.xinfo_groups(stream) if client.exists(stream) else []
+    except redis.ResponseError:  # no longer a stream
+        groups = []
+    for group in groups:
+        if _text(group.get("name")) != _wire.CONSUMER_GROUP:
+            continue
+        pending = int(group.get("pending") or 0)
+        lag = None if group.get("lag") is None else int(group["lag"])
+        for consumer in client.xinfo_consumers(stream, _wire.CONSUMER_GROUP):
+            consumers.append(ConsumerView(
+                name=_text(consumer.get("name")), pending=int(consumer.get("pending") or 0),
+                idle=int(consumer.get("idle") or 0) / 1000.0,
+            ))
+    consumers.sort(key=lambda c: c.name)
+    return StreamView(length, pending, lag, consumers, dead_letters)
+
+
+def read_state(client: redis.Redis, agent_id: str) -> Dict[str, str]:
+    """The state hash ``agent.state:{id}`` as the state manager stores it: str to str.
+
+    A typed agent's fields are stored encoded (JSON for lists, dicts and
+    models); bytes that are not UTF-8 are shown escaped.
+
+    Raises:
+        TypeError, ValueError: ``agent_id`` is not a valid agent id.
+    """
+    _wire.validate_agent_id(agent_id)
+    raw = client.execute_command("HGETALL", _wire.state_key(agent_id), **RAW)
+    return {_text(k): _text(v) for k, v in sorted(raw.items())}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return "" if value is None else str(value)
+
+
 _DELIVERY_FIELD = _wire.DELIVERY_FIELD.encode("ascii")
 _RELIABLE = _wire.DELIVERY_RELIABLE.encode("ascii")
 

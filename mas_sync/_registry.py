@@ -17,6 +17,7 @@ from ._liveness import LivenessReader, checked_ttl_ms
 from ._options import DELIVERY_MODES, default_instance
 from ._redis import is_cluster, publish
 from ._scripts import load_script
+from ._shared_stats import combine_stats
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class AgentRegistry(LivenessReader):
             self._deregister = redis.register_script(load_script("deregister"))
             self._refresh = redis.register_script(load_script("refresh"))
             self._condemn = redis.register_script(load_script("condemn"))
+            self._prune = redis.register_script(load_script("prune"))
             self._instance_register = redis.register_script(load_script("instance_register"))
             self._instance_refresh = redis.register_script(load_script("instance_refresh"))
             self._instance_deregister = redis.register_script(
@@ -349,6 +351,82 @@ class AgentRegistry(LivenessReader):
                     scheduled.append(item.agent_id)
         return sorted(scheduled)
 
+    def remove_dead(
+        self, older_than: Optional[float] = None, *, dry_run: bool = False
+    ) -> List[str]:
+        """Remove now the registrations whose heartbeat key is gone, as deregistrations do.
+
+        One pass over the registrations. Each one whose heartbeat key is gone
+        (ACTIVE or INACTIVE alike) loses its ``agent:{id}`` hash and its
+        counters ``agent:{id}:stats``, and DEREGISTER is published for it;
+        its state ``agent.state:{id}`` is kept. Each removal is checked again
+        as it is made: on one server a script deletes only while the heartbeat
+        key is still missing and the hash still holds the token read (an agent
+        that came back, or registered anew, is left alone); on a cluster,
+        whose keys lie in other slots, the heartbeat is read just before a
+        script that checks the token on the hash.
+
+        Unlike :meth:`prune_dead`, which has Redis remove them later, this
+        removes them at once: what ``mas_sync prune`` runs.
+
+        Args:
+            older_than: Only those whose last sign of life is older than this
+                many seconds: the newest of ``registered_at``, the time of
+                their last counters (``agent:{id}:stats``) and the expiry of
+                a reliable agent's instances, the first two on the agents'
+                clocks, compared with Redis's. None removes every one whose
+                heartbeat is gone.
+            dry_run: Only say which would go; nothing is written.
+
+        Returns:
+            The ids removed (with ``dry_run``: that would be), sorted.
+
+        Raises:
+            TypeError, ValueError: ``older_than`` is not a positive number
+                of seconds.
+            redis.RedisError: Redis failed during the pass.
+        """
+        limit_ms = None if older_than is None else checked_ttl_ms(older_than, "older_than")
+        now_ms = self._server_ms()
+        removed: List[str] = []
+        for batch in self._id_batches():
+            pipe = self._redis.pipeline(transaction=False)
+            for agent_id in batch:
+                pipe.execute_command("HGETALL", _wire.agent_key(agent_id), **RAW)
+                pipe.exists(_wire.heartbeat_key(agent_id))
+                pipe.execute_command("HGETALL", _wire.stats_key(agent_id), **RAW)
+            replies = pipe.execute(raise_on_error=False)
+            for n, agent_id in enumerate(batch):
+                fields, beating, stats = replies[3 * n:3 * n + 3]
+                if (isinstance(fields, Exception) or isinstance(beating, Exception)
+                        or not fields or beating):
+                    continue
+                if limit_ms is not None:
+                    seen_ms = _last_sign_of_life_ms(fields, stats)
+                    if now_ms - seen_ms <= limit_ms:
+                        continue
+                token = fields.get(b"token", b"").decode("utf-8", "replace")
+                if dry_run or self._remove_one(agent_id, token):
+                    removed.append(agent_id)
+        return sorted(removed)
+
+    def _remove_one(self, agent_id: str, token: str) -> bool:
+        """Remove one registration judged dead, checked again (see :meth:`remove_dead`)."""
+        agent_key, beat_key = _wire.agent_key(agent_id), _wire.heartbeat_key(agent_id)
+        event = _wire.deregister_event(agent_id)
+        if not self._cluster:
+            return bool(self._prune(
+                keys=[agent_key, beat_key, _wire.stats_key(agent_id)],
+                args=[token, _wire.SYSTEM_CHANNEL, event],
+            ))
+        if self._redis.exists(beat_key):
+            return False
+        if not self._redis.eval(load_script("prune"), 1, agent_key, token, "", event):
+            return False
+        self._redis.delete(_wire.stats_key(agent_id))
+        publish(self._redis, _wire.SYSTEM_CHANNEL, event)
+        return True
+
     def get_agent(self, agent_id: str) -> Optional[Dict[str, Any]]:
         """The registration of one agent, or None if it is not registered.
 
@@ -471,3 +549,27 @@ def _in_use(agent_id: str, pttl: object) -> AgentIdInUseError:
         agent_id=agent_id,
         expires_in=expires_in,
     )
+
+
+def _last_sign_of_life_ms(fields: Mapping[bytes, bytes], stats: Any) -> int:
+    """The newest sign of life of a registration, in ms (see :meth:`AgentRegistry.remove_dead`).
+
+    ``fields`` and ``stats`` are the registration and counters hashes as
+    HGETALL gives them (bytes); what does not parse is passed over.
+    """
+    newest = 0.0
+    try:
+        newest = float(fields.get(b"registered_at", b"0")) * 1000
+    except ValueError:
+        pass
+    prefix = _wire.INSTANCE_FIELD_PREFIX.encode("ascii")
+    for name, value in fields.items():
+        if name.startswith(prefix):
+            expiry = value.split(b" ", 1)[0]
+            if expiry.isdigit():
+                newest = max(newest, float(expiry))
+    if isinstance(stats, dict):
+        at = combine_stats(stats, 0.0)
+        if at is not None and at.at is not None:
+            newest = max(newest, at.at * 1000)
+    return int(newest)
