@@ -52,6 +52,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     usage errors (and ``--help``) raise ``SystemExit`` as argparse does.
     """
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        # A terminal that cannot show a character (an arrow, a payload's text)
+        # gets it escaped rather than a UnicodeEncodeError.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # pragma: no cover - a stream that cannot
+                pass
     try:
         return int(args.run(args))
     except UsageError as exc:

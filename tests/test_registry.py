@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from mas_sync import AgentIdInUseError, AgentRegistry
 from mas_sync.testing import wait_until
+
+from .conftest import read_message
 
 
 def test_discover_by_capability_and_all(make_agent) -> None:
@@ -155,6 +158,58 @@ def test_prune_dead_checks_its_argument(r) -> None:
     for bad in (0, -1, float("nan"), "10", True):
         with pytest.raises((TypeError, ValueError)):
             registry.prune_dead(bad)  # type: ignore[arg-type]
+
+
+def test_remove_dead_removes_at_once_as_a_deregistration_does(r) -> None:
+    registry = AgentRegistry(r)
+    registry.register("alive", ["s"], heartbeat_ttl=30)
+    _registration(r, "dead", time.time() + 3600)  # a skewed clock changes nothing
+    r.hset("agent:dead", "status", "INACTIVE")
+    _registration(r, "gone", time.time())
+    r.hset("agent.state:dead", "kept", "1")
+    r.hset("agent:dead:stats", "run", "{}")
+    pubsub = r.pubsub()
+    pubsub.subscribe("mas.system")
+    pubsub.get_message(timeout=1)
+    assert registry.remove_dead(dry_run=True) == ["dead", "gone"]
+    assert r.exists("agent:dead", "agent:gone") == 2  # a dry run writes nothing
+    assert registry.remove_dead() == ["dead", "gone"]
+    assert not r.exists("agent:dead") and not r.exists("agent:gone")
+    assert not r.exists("agent:dead:stats")
+    assert r.exists("agent:alive") and r.exists("agent.state:dead")  # state survives
+    events = sorted(json.loads(read_message(pubsub)["data"])["agent_id"] for _ in range(2))
+    assert events == ["dead", "gone"]
+    pubsub.close()
+    assert registry.remove_dead() == []
+
+
+def test_remove_dead_older_than_keeps_recent_signs_of_life(r) -> None:
+    registry = AgentRegistry(r)
+    _registration(r, "old", time.time() - 600)
+    _registration(r, "counted", time.time() - 600)
+    r.hset("agent:counted:stats", "run", json.dumps({
+        "at": time.time() - 5, "interval": 1, "pending": 0, "in_progress": 0,
+        "counters": {}, "rates": {}}))
+    _registration(r, "young", time.time() - 5)
+    assert registry.remove_dead(60) == ["old"]
+    assert r.exists("agent:counted") and r.exists("agent:young")
+    assert registry.remove_dead(1) == ["counted", "young"]
+    for bad in (0, -1, float("nan"), "10", True):
+        with pytest.raises((TypeError, ValueError)):
+            registry.remove_dead(bad)  # type: ignore[arg-type]
+
+
+def test_remove_dead_checks_again_as_it_removes(r) -> None:
+    registry = AgentRegistry(r)
+    _registration(r, "back", time.time())
+    token = r.hget("agent:back", "token") or ""
+    r.set("agent:back:heartbeat", "1", ex=30)  # it beat again since it was judged
+    assert not registry._remove_one("back", token)
+    r.delete("agent:back:heartbeat")
+    assert not registry._remove_one("back", "another run's token")
+    assert r.exists("agent:back")
+    assert registry._remove_one("back", token)
+    assert not r.exists("agent:back")
 
 
 # -- identity: one live registration per id (issue 9, item 10) ---------------------------

@@ -18,7 +18,8 @@ NAMES = sorted(
 def test_the_package_holds_the_scripts() -> None:
     assert NAMES == [
         "breaker", "condemn", "delete_hash", "deregister", "instance_deregister",
-        "instance_refresh", "instance_register", "nonces", "rate_limit", "refresh", "register",
+        "instance_refresh", "instance_register", "nonces", "prune", "rate_limit", "refresh",
+        "register",
         "select_page", "trim_stream", "write_hash",
     ]
 

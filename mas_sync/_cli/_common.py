@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator
 import redis
 
 from .. import _wire
-from .._json import loads_strict
+from .._json import dumps_object, loads_strict
 from .._redis import close_client, make_client, ping
 
 #: The Redis URL when neither ``--redis-url`` nor ``$MAS_REDIS_URL`` gives one.
@@ -66,7 +66,7 @@ def agent_id(text: str, what: str = "agent id") -> str:
 
 
 def json_object(text: str, what: str = "payload") -> Dict[str, Any]:
-    """``text`` parsed as a JSON object (strict: no NaN, no duplicate keys).
+    """``text`` parsed as a JSON object (strict: no NaN), one that an agent may send.
 
     Raises:
         UsageError: it is not a JSON object.
@@ -77,6 +77,10 @@ def json_object(text: str, what: str = "payload") -> Dict[str, Any]:
         raise UsageError(f"{what} is not valid JSON: {_reason(exc)}") from None
     if not isinstance(value, dict):
         raise UsageError(f"{what} must be a JSON object ({{...}}), not {type(value).__name__}")
+    try:  # what send() and request() would refuse: the reserved keys
+        dumps_object(value, what, _wire.RESERVED_KEYS)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
     return value
 
 

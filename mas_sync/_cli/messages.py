@@ -10,21 +10,24 @@ before the command returns.
 from __future__ import annotations
 
 import argparse
+import datetime
 import secrets
 from typing import Any, List, Optional
 
+from .. import _wire
 from .._agent import Agent
 from .._errors import RequestError, RequestTimeout
 from .._overview import agent_view
+from .._tail import Tail, TailEvent
 from ..signals import stop_on_signals
 from . import _output
-from ._common import CommandError, agent_id, connect, json_object, redis_url, seconds
+from ._common import CommandError, UsageError, agent_id, connect, json_object, redis_url, seconds
 from ._common import unknown_agent
 
 #: The prefix of the sender's id when ``--as`` gives none.
 SENDER_PREFIX = "mas-cli-"
-#: How often ``watch`` looks for new events.
-POLL_INTERVAL = 0.1
+#: The longest ``watch`` waits for an event before it looks for a signal.
+WAIT = 0.25
 
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -38,8 +41,8 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     send = commands.add_parser(
         "send", parents=[common, sender], help="send a message (a JSON object) to an agent",
         description="Send a JSON object to an agent, as an agent would (a reliable agent"
-        " gets it in its stream), and print its message id. Exits with status 1 when the"
-        " target is not registered.",
+        " gets it in its stream, also while it is stopped), and print its message id."
+        " Exits with status 1 when the target is neither registered nor has a stream.",
     )
     send.add_argument("agent", metavar="ID", help="the target agent's id")
     send.add_argument("payload", metavar="JSON", help='the payload, a JSON object: \'{"n": 1}\'')
@@ -60,28 +63,37 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     watch = commands.add_parser(
         "watch", parents=[common],
         help="print the messages and mas.system events as they pass, until Ctrl-C",
-        description="Print a line per message (sender -> target, size, request/reply"
-        " marks) and per mas.system event as they pass, the streams of reliable agents"
-        " included, until Ctrl-C or SIGTERM (exit status 0).",
+        description="Print a line per message (time, kind: message, request, reply or"
+        " error; sender \u2192 target, size, the request's id, the payload) and per"
+        " mas.system event as they pass, the streams of reliable agents included, until"
+        " Ctrl-C or SIGTERM (exit status 0). It sees what passes while it runs.",
     )
     watch.add_argument("agents", nargs="*", metavar="ID",
-                       help="only the messages to or from these agents (default: all)")
+                       help="only the messages to these agents, and the mas.system events"
+                       " about them (default: all)")
     watch.add_argument("--json", action="store_true", help="print one JSON object per line")
     watch.set_defaults(run=run_watch)
 
 
 def _sender(args: argparse.Namespace) -> Agent:
     """The short-lived agent that sends, checked and not yet started."""
-    name = args.sender or SENDER_PREFIX + secrets.token_hex(4)
-    return Agent(agent_id(name, "sender id (--as)"), redis_url=redis_url(args),
-                 heartbeat_interval=5.0, heartbeat_ttl=15.0, max_workers=1)
+    name = agent_id(args.sender or SENDER_PREFIX + secrets.token_hex(4), "sender id (--as)")
+    try:
+        return Agent(name, redis_url=redis_url(args), heartbeat_interval=5.0,
+                     heartbeat_ttl=15.0, max_workers=1)
+    except (TypeError, ValueError) as exc:  # the URL
+        raise UsageError(str(exc)) from None
 
 
 def _checked_target(args: argparse.Namespace) -> str:
-    """The target's id, once Redis says it is registered."""
+    """The target's id, once Redis says it is registered, or has a stream.
+
+    A reliable agent that stopped is no longer registered; its stream keeps
+    what is sent to it until it runs again.
+    """
     target = agent_id(args.agent, "target id")
     with connect(args) as client:
-        if agent_view(client, target) is None:
+        if agent_view(client, target) is None and not client.exists(_wire.stream_key(target)):
             raise unknown_agent(target)
     return target
 
@@ -123,7 +135,6 @@ def run_request(args: argparse.Namespace) -> int:
 
 def run_watch(args: argparse.Namespace) -> int:
     """Print the tail until a signal."""
-    from .._tail import Tail
 
     ids: Optional[List[str]] = [agent_id(a) for a in args.agents] or None
     with connect(args):  # a bad URL or an unreachable Redis fails here, in one line
@@ -131,21 +142,19 @@ def run_watch(args: argparse.Namespace) -> int:
     with stop_on_signals(exit_process=False) as stop:
         with Tail(redis_url(args), ids) as tail:
             after = 0
-            while True:
-                after, events = tail.events(after)
+            while not stop.is_set():
+                after, events = tail.wait(after, WAIT)
                 for event in events:
-                    print(_output.dumps(event.to_json()) if args.json else _line(event),
+                    print(_output.dumps(event.to_json()) if args.json else line(event),
                           flush=True)
-                if stop.wait(POLL_INTERVAL):
-                    break
     return 0
 
 
-def _line(event: Any) -> str:
-    """One event of the tail as a line of text."""
-    import datetime
-
+def line(event: TailEvent) -> str:
+    """One event of the tail as a line of text: time, kind, sender → target, size, payload."""
     at = datetime.datetime.fromtimestamp(event.at).strftime("%H:%M:%S.%f")[:-3]
-    return f"{at}  {event.kind:<7}  {_output.one_line(event.summary)}"
-
-
+    if event.kind == "system":
+        return f"{at}  {event.kind:<7}  {_output.one_line(event.summary)}"
+    mark = f"  [{event.correlation_id[:8]}]" if event.correlation_id else ""
+    return (f"{at}  {event.kind:<7}  {event.sender or '?'} \u2192 {event.target or '?'}"
+            f"  {event.size} B{mark}  {_output.one_line(event.summary)}")

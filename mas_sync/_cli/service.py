@@ -8,7 +8,7 @@ from typing import Any
 
 from .._service import MASService
 from ..signals import stop_on_signals
-from ._common import UsageError, redis_url, seconds
+from ._common import UsageError, connect, redis_url, seconds
 
 log = logging.getLogger("mas_sync.service")
 
@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(level, int):
         raise UsageError(f"not a logging level: {args.log_level!r}")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with connect(args):  # a bad URL or an unreachable Redis fails here, in one line
+        pass
     try:
         service = MASService(redis_url(args), args.heartbeat_timeout, args.check_interval,
                              prune_after=args.prune_after)
