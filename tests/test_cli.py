@@ -174,6 +174,27 @@ def test_agents_lists_status_heartbeat_instances_rates_and_capabilities(
         "no agents with capability 'none'\n")
 
 
+def test_tables_are_coloured_only_on_a_terminal(
+    make_agent: Callable[..., Any], r: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_agent("echo")
+    ghost(r, "stale")
+    r.set("agent:stale:heartbeat", "not a time")  # beating, its time unreadable
+    plain = cli(capsys, redis_url, "agents").out
+    assert "\033[" not in plain
+    assert plain.splitlines()[2].split()[1:5] == ["ACTIVE", "pubsub", "1", "?"]
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    coloured = cli(capsys, redis_url, "agents").out
+    assert "\033[32mACTIVE\033[0m" in coloured
+    ages = re.compile(r"[0-9.]+s ago")  # they change from one call to the next
+    assert ages.sub("1.0s ago", re.sub("\033\\[[0-9]+m", "", coloured)) == ages.sub(
+        "1.0s ago", plain)  # the same columns
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert "\033[" not in cli(capsys, redis_url, "agents").out
+
+
 # -- inspect and state --------------------------------------------------------------------
 
 

@@ -42,6 +42,14 @@ def status(view: AgentView) -> str:
     return view.status
 
 
+def heartbeat(view: AgentView, now: float) -> str:
+    """The age of the last beat: ``1.2s ago``; ``gone`` (no heartbeat key); ``?`` (unreadable)."""
+    if view.stale:
+        return "gone"
+    age = view.heartbeat_age(now)
+    return "?" if age is None else _output.age(age)
+
+
 def run(args: argparse.Namespace) -> int:
     """List the agents."""
     with connect(args) as client:
@@ -55,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         rates = view.stats.rates if view.stats is not None and view.stats.fresh else {}
         rows.append([
             view.id, status(view), view.delivery, view.instances,
-            _output.age(None if view.stale else view.heartbeat_age(now)),
+            heartbeat(view, now),
             _output.rate(rates.get("received")), _output.rate(rates.get("handled")),
             view.capabilities,
         ])

@@ -11,7 +11,7 @@ from .. import _wire
 from .._overview import AgentView, agent_view, read_state, stream_view
 from . import _output
 from ._common import agent_id, connect, unknown_agent
-from .agents import status
+from .agents import heartbeat, status
 
 #: STATUS of an id that has state or a stream but no registration.
 NOT_REGISTERED = "NOT REGISTERED"
@@ -128,7 +128,7 @@ def _registration(agent: str, view: Optional[AgentView], now: float) -> List[Tup
         ("delivery", delivery),
         ("capabilities", ", ".join(view.capabilities) or "-"),
         ("registered", _when(view.registered_at, now)),
-        ("heartbeat", _output.age(None if view.stale else view.heartbeat_age(now))),
+        ("heartbeat", heartbeat(view, now)),
         ("metadata", _output.dumps(view.metadata)),
     ]
 
