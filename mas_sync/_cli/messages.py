@@ -135,7 +135,6 @@ def run_request(args: argparse.Namespace) -> int:
 
 def run_watch(args: argparse.Namespace) -> int:
     """Print the tail until a signal."""
-
     ids: Optional[List[str]] = [agent_id(a) for a in args.agents] or None
     with connect(args):  # a bad URL or an unreachable Redis fails here, in one line
         pass
