@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 import redis
 
 from . import _wire
+from ._redis import ANY_REDIS_ERROR
 from ._stats import AgentStats, Counters
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class StatsWriter:
         """Remove this run's field (at a clean stop); a failure is logged."""
         try:
             client.hdel(self.key, self.field)
-        except redis.RedisError as exc:
+        except ANY_REDIS_ERROR as exc:  # a cluster's own errors included
             log.debug("could not remove %s %s: %s", self.key, self.field, exc)
 
 
