@@ -369,7 +369,7 @@ def test_the_setuser_line_gives_the_same_user_as_the_acl_file(
 def test_the_rules_name_commands_and_keep_the_password_out() -> None:
     [line] = acl_rules("a", password="secret")
     assert "secret" not in line and "+@all" not in line and " ~* " not in line
-    assert " ~agent:a ~agent:a:heartbeat ~agent.state:a " in line
+    assert " ~agent:a ~agent:a:heartbeat ~agent:a:stats ~agent.state:a " in line
     assert " %R~agent:* &agent.a &mas_sync:wake:{agent.a}:* " in line
     assert "(+publish +spublish &agent.* &mas.system) (+xadd +type %W~agent.stream:*)" in line
     assert acl_rules("a", nopass=True)[0].startswith("ACL SETUSER a reset on nopass -@all ")

@@ -136,3 +136,25 @@ def test_the_overview_lists_agents_with_liveness_and_counters(
     assert [v.id for v in list_agents(r, include_inactive=True)] == ["alpha", "beta", "gone"]
     assert agent_view(r, "nobody") is None
     assert list_agents(r)[0].to_json()["stats"]["counters"]["received"] == 0
+
+
+def test_the_overview_reads_a_cluster(cluster: Any, make_agent: Callable[..., Any]) -> None:
+    from mas_sync._overview import agent_view, list_agents
+    from mas_sync._redis import close_client, make_client
+
+    for n in range(6):
+        make_agent(f"node{n}", redis_url=cluster.url, capabilities=["c"],
+                   **(RELIABLE if n % 2 else {}))
+    client = make_client(cluster.url, 4)
+    try:
+        views = wait_until(
+            lambda: (v := list_agents(client)) and all(x.stats is not None for x in v)
+            and len(v) == 6 and v, 10,
+        )
+        assert [v.id for v in views] == [f"node{n}" for n in range(6)]
+        assert [v.delivery for v in views] == ["pubsub", "reliable"] * 3
+        assert all(v.instances == 1 and not v.stale for v in views)
+        view = agent_view(client, "node1")
+        assert view is not None and view.delivery == "reliable" and view.instances == 1
+    finally:
+        close_client(client)
