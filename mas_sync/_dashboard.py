@@ -48,6 +48,7 @@ from ._discovery import RAW
 from ._errors import AgentNotRunningError, ListenError, MASConnectionError
 from ._overview import AgentView, agent_view, list_agents, stream_view
 from ._redis import check_redis_url, close_client, make_client, ping, redact_text, redact_url
+from ._tail import Tail
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ PAGE_FILE = "_dashboard_page.html"
 DEAD_LETTERS_SHOWN = 50
 #: The most dead letters or tail events one answer holds.
 MAX_COUNT = 1000
-#: Characters of a dead letter's envelope shown.
+#: Messages the live tail keeps for the pages polling it.
+TAIL_LENGTH = 1000
+#: Characters of a dead letter's envelope (and payload) shown.
 ENVELOPE_SHOWN = 400
 #: Bytes of a request body read at most.
 MAX_BODY = 64 * 1024
@@ -127,7 +130,7 @@ class DashboardApp:
             redis_url, MAX_CONNECTIONS, decode=False, client_name="mas-dashboard"
         )
         self._page = _load_page()
-        self._tail: Any = None
+        self._tail: Optional[Tail] = None
         self._tail_lock = threading.Lock()
         self._closed = False
         # Changes with each app: a page polling the tail starts over after a restart.
@@ -286,22 +289,17 @@ class DashboardApp:
 
     def _tail_events(self, after: int) -> Dict[str, Any]:
         tail = self._live_tail()
-        if tail is None:
-            return {"epoch": self.epoch, "available": False, "last": 0, "events": []}
         last, events = tail.events(after)
-        events = events[-MAX_COUNT:]
-        return {"epoch": self.epoch, "available": True, "last": last,
-                "events": [event.to_json() for event in events]}
+        return {"epoch": self.epoch, "last": last,
+                "events": [event.to_json() for event in events[-MAX_COUNT:]]}
 
-    def _live_tail(self) -> Any:
-        """The app's tail, started at the first call; None where there is none."""
+    def _live_tail(self) -> Tail:
+        """The app's tail, started at the first call (MASConnectionError if Redis is down)."""
         with self._tail_lock:
-            if self._tail is None and not self._closed:
-                try:
-                    from ._tail import Tail
-                except ImportError:
-                    return None
-                tail = Tail(self.redis_url)
+            if self._closed:
+                raise _HTTPError(503, "the dashboard is stopping")
+            if self._tail is None:
+                tail = Tail(self.redis_url, maxlen=TAIL_LENGTH)
                 tail.start()
                 self._tail = tail
             return self._tail
@@ -626,11 +624,17 @@ def _agent_json(view: AgentView, now: float) -> Dict[str, Any]:
 
 def _dead_letter_json(letter: DeadLetter) -> Dict[str, Any]:
     message = letter.message
+    payload = None
+    if message is not None:
+        payload = json.dumps(message.payload, ensure_ascii=False, default=str)
+        if len(payload) > ENVELOPE_SHOWN:
+            payload = payload[:ENVELOPE_SHOWN - 1] + "…"
     return {
         "id": letter.id, "error": letter.error, "attempts": letter.attempts,
         "consumer": letter.consumer, "entry_id": letter.entry_id, "failed_at": letter.failed_at,
         "sender": None if message is None else message.sender_id,
         "message_id": None if message is None else message.message_id,
+        "payload": payload,
         "envelope": letter.envelope[:ENVELOPE_SHOWN],
         "truncated": len(letter.envelope) > ENVELOPE_SHOWN,
     }

@@ -211,7 +211,7 @@ def test_the_state_shown_changes_after_update_state(
     agent.update_state({"phase": "two"})
     wait_until(lambda: text_of(browser, phase) == "two", SHOWN_WITHIN, message="the new state")
     # Its counters, as it wrote them on its heartbeat.
-    wait_until(lambda: text_of(browser, '#agent-counters tr[data-counter="received"] td') == "0",
+    wait_until(lambda: text_of(browser, '#agent-counters [data-counter="received"] dd') == "0",
                SHOWN_WITHIN, message="the counters")
     # The selection is in the address: a reload shows the same agent.
     assert browser.current_url.endswith("#agent=keeper")
@@ -245,8 +245,6 @@ def test_messages_sent_appear_in_the_tail(
     browser: Any, dashboard: Callable[..., DashboardServer], make_agent: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
-    pytest.importorskip("mas_sync._tail", reason="the live tail (mas_sync._tail) is not on this branch")
-
     class Echo(Agent):
         def on_message(self, message: AgentMessage) -> Any:
             return {"echo": message.payload}
@@ -255,26 +253,32 @@ def test_messages_sent_appear_in_the_tail(
     sender = make_agent("sender")
     server = dashboard()
     open_page(browser, server)
-    # The tail starts with the first poll; wait until it listens.
-    wait_until(lambda: server.app is not None and server.app._tail is not None, SHOWN_WITHIN)
-    wait_until(lambda: _tail_listening(server), SHOWN_WITHIN)
+    # The page's first poll started the tail, which subscribes in its thread:
+    # probe until it sees a message.
+    probes = iter(range(1000))
+
+    def listening() -> bool:
+        sender.send("echo", {"probe": next(probes)})
+        app = server.app
+        return app is not None and app._tail is not None and app._tail.events()[0] > 0
+
+    wait_until(listening, SHOWN_WITHIN, 0.1, message="the tail listening")
     for n in range(3):
         sender.send("echo", {"note": f"hello {n}"})
-    sender.request("echo", {"ask": "ping"}, timeout=5)
-    items = '#tail li[data-sender="sender"][data-target="echo"]'
-    wait_until(lambda: len(shown(browser, items)) >= 4, SHOWN_WITHIN, message="the messages in the tail")
-    assert attribute_of(browser, "#tail li", "data-kind") == "reply"  # newest on top
-    kinds = [e.get_attribute("data-kind") for e in shown(browser, items)]
-    assert kinds[0] == "request" and kinds[1:] == ["message"] * 3
-    assert "hello 0" in shown(browser, items)[-1].text
+    assert sender.request("echo", {"ask": "ping"}, timeout=5).payload == {"echo": {"ask": "ping"}}
+    items = "#tail li"
+
+    def notes() -> List[Tuple[str, str]]:
+        return [(e.get_attribute("data-kind"), e.text) for e in shown(browser, items)
+                if "probe" not in e.text]
+
+    wait_until(lambda: len(notes()) == 5, SHOWN_WITHIN, message="the messages in the tail")
+    seen = notes()
+    # Newest on top: the reply, the request, then the three messages.
+    assert [kind for kind, _ in seen] == ["reply", "request", "message", "message", "message"]
+    assert "echo → sender" in seen[0][1] and "sender → echo" in seen[1][1]
+    assert [("hello %d" % n) in text for n, (_, text) in zip((2, 1, 0), seen[2:])] == [True] * 3
     shot(browser, tmp_path, "tail")
-
-
-def _tail_listening(server: DashboardServer) -> bool:
-    """Whether the server's tail sees a message: one sent to nobody shows in it."""
-    app = server.app
-    assert app is not None
-    return app._tail is not None
 
 
 def test_dead_letters_are_listed_and_requeued_from_the_page(
@@ -294,6 +298,7 @@ def test_dead_letters_are_listed_and_requeued_from_the_page(
     assert text_of(browser, "#dlq-count") == "(2)"
     assert text_of(browser, '#agent-stream tr[data-figure="dead letters"] td') == "2"
     assert browser.find_element("id", "mode").text == "actions allowed"
+    browser.execute_script("document.getElementById('dlq-part').scrollIntoView()")
     shot(browser, tmp_path, "dead-letters")
     worker.failing.clear()
     first_id = attribute_of(browser, rows, "data-dead-letter-id")
@@ -324,6 +329,7 @@ def test_without_actions_the_page_has_no_buttons_for_them(
     assert browser.find_element("id", "mode").text == "read-only"
     assert browser.find_elements("css selector", "#dead-letters button") == []
     assert shown(browser, "[data-action]") == []
+    browser.execute_script("document.getElementById('dlq-part').scrollIntoView()")
     shot(browser, tmp_path, "read-only")
 
 
