@@ -543,6 +543,64 @@ def test_the_demo_makes_the_readme_screenshot(
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == 1280
 
 
+def test_the_api_on_a_cluster(cluster: Any, make_agent: Callable[..., Any]) -> None:
+    url = cluster.url
+    worker = make_agent("worker", Failing, redis_url=url, **RELIABLE)
+    sender = make_agent("sender", redis_url=url)
+    worker.update_state({"phase": "one"})
+    server = DashboardServer(url, port=0).start()
+    try:
+        status, body, _ = call(server.url + "api/agents")
+        assert status == 200 and [a["id"] for a in body["agents"]] == ["sender", "worker"]
+        call(server.url + "api/tail")  # starts the tail
+        sender.send("worker", {"n": 1})
+        wait_until(lambda: r_xlen(url, "agent.dlq:worker") == 1, 5, message="a dead letter")
+        status, body, _ = call(server.url + "api/agents/worker")
+        assert body["state"] == {"phase": "one"} and body["stream"]["dead_letters"] == 1
+        assert len(body["dead_letters"]) == 1
+        # The tail follows the reliable agent's stream (it rescans the registry every 2 s).
+        wait_until(lambda: (sender.send("worker", {"n": 2}), any(
+            e["target"] == "worker" for e in call(server.url + "api/tail")[1]["events"]))[1],
+            8, 0.3, message="a message in the tail")
+    finally:
+        server.stop()
+
+
+def r_xlen(url: str, key: str) -> int:
+    from mas_sync._redis import close_client, make_client
+
+    client = make_client(url, 2)
+    try:
+        return int(client.xlen(key))
+    finally:
+        close_client(client)
+
+
+def test_serve_runs_until_sigterm(redis_url: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    code = ("import sys; from mas_sync.dashboard import serve;"
+            " serve(sys.argv[1], port=int(sys.argv[2]))")
+    process = subprocess.Popen([sys.executable, "-c", code, redis_url, str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        assert f"http://127.0.0.1:{port}/ (read-only)" in line
+        assert call(f"http://127.0.0.1:{port}/api/agents")[0] == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        process.kill()
+        process.wait()
+    # Redis that does not answer: a clear error, before anything listens.
+    result = subprocess.run([sys.executable, "-c", code, "redis://127.0.0.1:1/0", str(port)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "MASConnectionError: cannot reach Redis" in result.stderr
+
+
 def test_the_server_threads_are_named_and_stop(redis_url: str) -> None:
     server = DashboardServer(redis_url, port=0).start()
     try:
