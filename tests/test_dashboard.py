@@ -82,10 +82,13 @@ def chromium() -> Tuple[str, str]:
 
 
 @pytest.fixture
-def browser(chromium: Tuple[str, str], tmp_path: Path) -> Iterator[Any]:
+def browser(chromium: Tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A headless Chromium with a fresh profile, driven by Selenium; quit at teardown."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
+    # Should Selenium Manager ever run, it must not download anything.
+    monkeypatch.setenv("SE_OFFLINE", "true")
 
     binary, driver_path = chromium
     options = webdriver.ChromeOptions()
@@ -376,7 +379,10 @@ def dead_letters(make_agent: Callable[..., Any], r: redis.Redis, count: int) -> 
     sender = make_agent("sender")
     for n in range(count):
         sender.send("worker", {"n": n})
-    wait_until(lambda: r.xlen("agent.dlq:worker") == count, message="no dead letters")
+    # A dead letter is written, then its entry acknowledged.
+    wait_until(lambda: r.xlen("agent.dlq:worker") == count
+               and r.xpending("agent.stream:worker", "agents")["pending"] == 0,
+               message="no dead letters")
     return worker
 
 
