@@ -40,14 +40,14 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-import redis
-
 from . import _wire
 from ._dead_letters import DeadLetter, DeadLetters
 from ._discovery import RAW
 from ._errors import AgentNotRunningError, ListenError, MASConnectionError
 from ._overview import AgentView, agent_view, list_agents, stream_view
-from ._redis import check_redis_url, close_client, make_client, ping, redact_text, redact_url
+from ._redis import (
+    ANY_REDIS_ERROR, check_redis_url, close_client, make_client, ping, redact_text, redact_url,
+)
 from ._tail import Tail
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,9 @@ _PAGE_HEADERS = [
 class _HTTPError(Exception):
     """An answer other than 200, with its JSON error."""
 
-    def __init__(self, status: int, message: str, headers: Optional[List[Tuple[str, str]]] = None) -> None:
+    def __init__(
+        self, status: int, message: str, headers: Optional[List[Tuple[str, str]]] = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.headers = headers or []
@@ -144,7 +146,7 @@ class DashboardApp:
             status, body, headers = self._route(environ)
         except _HTTPError as exc:
             status, body, headers = exc.status, {"error": str(exc)}, exc.headers
-        except redis.RedisError as exc:
+        except ANY_REDIS_ERROR as exc:  # RedisClusterException is no RedisError
             log.warning("dashboard: Redis failed: %s", exc)
             status, body, headers = 503, {"error": f"Redis: {_redacted(exc, self.redis_url)}"}, []
         except MASConnectionError as exc:
@@ -267,7 +269,8 @@ class DashboardApp:
         dead = DeadLetters(self._client, agent_id)
         total = int(self._client.xlen(dead.dlq))
         if total == 0 and agent_view(self._client, agent_id) is None:
-            raise _HTTPError(404, f"no agent {agent_id!r} is registered, and it has no dead letters")
+            raise _HTTPError(
+                404, f"no agent {agent_id!r} is registered, and it has no dead letters")
         return {
             "agent_id": agent_id, "count": total, "actions": self.allow_actions,
             "dead_letters": [_dead_letter_json(d) for d in dead.list(count)],
@@ -275,8 +278,9 @@ class DashboardApp:
 
     def _act(self, action: str, agent_id: str, body: Dict[str, Any]) -> Dict[str, Any]:
         ids = body.get("ids")
-        if ids is not None and (not isinstance(ids, list)
-                                or not all(isinstance(i, str) and _wire.is_stream_id(i) for i in ids)):
+        if ids is not None and not (
+            isinstance(ids, list) and all(isinstance(i, str) and _wire.is_stream_id(i) for i in ids)
+        ):
             raise _HTTPError(400, "ids must be a list of dead-letter ids")
         dead = DeadLetters(self._client, agent_id)
         if action == "requeue":
@@ -447,7 +451,8 @@ class DashboardServer:
             server = _ThreadingServer((self.host, self.port), family)
         except OSError as exc:
             app.close()
-            raise ListenError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from exc
+            raise ListenError(
+                f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from exc
         server.set_app(app)
         self.app, self._server = app, server
         self._thread = threading.Thread(
@@ -460,7 +465,7 @@ class DashboardServer:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving, cut open connections, stop the tail; join every thread within ``timeout``."""
+        """Stop serving, cut open connections, stop the tail; join each thread in ``timeout``."""
         server, thread, app = self._server, self._thread, self.app
         if server is None:
             return

@@ -568,8 +568,18 @@ def test_the_api_on_a_cluster(cluster: Any, make_agent: Callable[..., Any]) -> N
         wait_until(lambda: (sender.send("worker", {"n": 2}), any(
             e["target"] == "worker" for e in call(server.url + "api/tail")[1]["events"]))[1],
             8, 0.3, message="a message in the tail")
+        # A cluster that cannot be reached is a 503, as a single node's is.
+        for node in cluster.nodes:
+            node.kill()
+        status, body, _ = call(server.url + "api/agents/worker")
+        assert status == 503 and "Redis" in body["error"], body
     finally:
         server.stop()
+        for agent in (worker, sender):
+            try:
+                agent.stop(timeout=2)
+            except Exception:  # noqa: BLE001 - with no node left, stop() may raise
+                pass
 
 
 def r_xlen(url: str, key: str) -> int:
