@@ -91,3 +91,7 @@ class CircuitOpenError(MASError, RuntimeError):
         self.target = target
         self.failures = failures
         self.retry_after = retry_after
+
+
+class ListenError(MASError, OSError):
+    """A server of mas_sync (the dashboard) cannot listen on its address: a port in use, a bad host."""

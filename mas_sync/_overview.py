@@ -267,3 +267,66 @@ def _view(
         instances=instances, registered_at=registered_at, heartbeat_at=heartbeat_at,
         stale=beat is None or isinstance(beat, Exception), stats=shared,
     )
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """A reliable agent's streams, as Redis holds them.
+
+    Attributes:
+        length: Entries in its stream ``agent.stream:{id}`` (handled ones too,
+            up to its ``stream_maxlen``).
+        pending: Entries delivered to an instance and not yet acknowledged.
+        lag: Entries not yet delivered to any instance; None when Redis
+            cannot tell (before 7.0, or after entries were deleted).
+        consumers: Each consumer of the group: ``name``, ``pending`` and
+            ``idle`` (seconds since it last read).
+        dead_letters: Entries in its dead-letter stream ``agent.dlq:{id}``.
+    """
+
+    length: int
+    pending: int
+    lag: Optional[int]
+    consumers: List[Dict[str, Any]]
+    dead_letters: int
+
+    def to_json(self) -> Dict[str, Any]:
+        """A JSON-ready dict of these figures."""
+        return {
+            "length": self.length, "pending": self.pending, "lag": self.lag,
+            "consumers": [dict(c) for c in self.consumers], "dead_letters": self.dead_letters,
+        }
+
+
+def stream_view(client: redis.Redis, agent_id: str) -> StreamView:
+    """The figures of ``agent_id``'s streams (all zero when it has none yet).
+
+    Raises:
+        TypeError, ValueError: ``agent_id`` is not a valid agent id.
+    """
+    _wire.validate_agent_id(agent_id)
+    stream = _wire.stream_key(agent_id)
+    length = int(client.xlen(stream))
+    dead_letters = int(client.xlen(_wire.dlq_key(agent_id)))
+    pending, lag, consumers = 0, None, []
+    if length or client.exists(stream):
+        group = _text(_wire.CONSUMER_GROUP)
+        for info in client.xinfo_groups(stream):
+            if _text(info.get("name")) != group:
+                continue
+            pending = int(info.get("pending") or 0)
+            lag = None if info.get("lag") is None else int(info["lag"])
+            for consumer in client.xinfo_consumers(stream, _wire.CONSUMER_GROUP):
+                consumers.append({
+                    "name": _text(consumer.get("name")),
+                    "pending": int(consumer.get("pending") or 0),
+                    "idle": round(int(consumer.get("idle") or 0) / 1000.0, 3),
+                })
+    return StreamView(length, pending, lag, consumers, dead_letters)
+
+
+def _text(value: Any) -> str:
+    """``value`` as text (bytes that are not UTF-8 shown escaped)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return "" if value is None else str(value)
