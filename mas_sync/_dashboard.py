@@ -42,9 +42,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from . import _wire
 from ._dead_letters import DeadLetter, DeadLetters
-from ._discovery import RAW
 from ._errors import AgentNotRunningError, ListenError, MASConnectionError
-from ._overview import AgentView, agent_view, list_agents, stream_view
+from ._overview import AgentView, agent_view, list_agents, read_state, stream_view
 from ._redis import (
     ANY_REDIS_ERROR, check_redis_url, close_client, make_client, ping, redact_text, redact_url,
 )
@@ -58,6 +57,10 @@ PAGE_FILE = "_dashboard_page.html"
 DEAD_LETTERS_SHOWN = 50
 #: The most dead letters or tail events one answer holds.
 MAX_COUNT = 1000
+#: The stream figures of a reliable agent that has no stream yet.
+EMPTY_STREAM: Dict[str, Any] = {
+    "length": 0, "pending": 0, "lag": None, "consumers": [], "dead_letters": 0,
+}
 #: Messages the live tail keeps for the pages polling it.
 TAIL_LENGTH = 1000
 #: Characters of a dead letter's envelope (and payload) shown.
@@ -253,14 +256,14 @@ class DashboardApp:
         if view is None:
             raise _HTTPError(404, f"no agent {agent_id!r} is registered")
         now = time.time()
-        raw = self._client.execute_command("HGETALL", _wire.state_key(agent_id), **RAW) or {}
-        state = {_text(k): _state_value(_text(v)) for k, v in sorted(raw.items())}
+        state = {k: _state_value(v) for k, v in read_state(self._client, agent_id).items()}
         answer: Dict[str, Any] = {
             "now": now, "actions": self.allow_actions, "agent": _agent_json(view, now),
             "state": state, "stream": None, "dead_letters": None,
         }
         if view.delivery == _wire.DELIVERY_RELIABLE:
-            answer["stream"] = stream_view(self._client, agent_id).to_json()
+            stream = stream_view(self._client, agent_id)
+            answer["stream"] = stream.to_json() if stream is not None else EMPTY_STREAM
             letters = DeadLetters(self._client, agent_id).list(DEAD_LETTERS_SHOWN)
             answer["dead_letters"] = [_dead_letter_json(d) for d in letters]
         return answer
@@ -594,12 +597,6 @@ def _allowed_hosts(bind: str) -> Optional[Set[str]]:
     if not loopback:
         return None
     return {"localhost", "127.0.0.1", "::1", bind.strip("[]").lower()}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    return str(value)
 
 
 def _state_value(text: str) -> Any:
