@@ -68,6 +68,7 @@ class AgentMessage(BaseModel):
     _receipt: Any = PrivateAttr(default=None)  # a stream delivery's (see _streams.Receipt)
     _attempt: int = PrivateAttr(default=1)
     _checked: Any = PrivateAttr(default=None)  # what its receiver found (see _admission.Checked)
+    _trace: Any = PrivateAttr(default=None)  # (trace fields, size) when traced (see _tracing.read)
 
     def __eq__(self, other: object) -> bool:
         # Equal fields and request markers; the means to reply is not compared,
