@@ -137,7 +137,7 @@ class Handling:
         attempt. With tracing on, the call is the CONSUMER span ``process
         agent.{id}`` (see :mod:`._tracing`).
         """
-        if _tracing.ENABLED:
+        if _tracing.ENABLED and _tracing.on():
             with _tracing.processing(self.agent.id, message) as span:
                 return self._attempt(message, last, span)
         return self._attempt(message, last)

@@ -193,7 +193,7 @@ def parse_message(data: Union[bytes, str]) -> AgentMessage:
     """
     message = AgentMessage.model_validate_json(data)
     message._take_markers()
-    if _tracing.ENABLED:
+    if _tracing.ENABLED and _tracing.on():
         _tracing.read(data, message)
     return message
 

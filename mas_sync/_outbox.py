@@ -116,7 +116,7 @@ class Outbox:
         """Send one encoded payload (in its turn, with a ``send_rate``); returns its message id."""
         if self.throttle is not None:
             self._wait_turn(self.throttle.take(target_id))
-        if _tracing.ENABLED:
+        if _tracing.ENABLED and _tracing.on():
             with _tracing.sending(target_id) as span:
                 return self._send(target_id, body, span)
         return self._send(target_id, body)
@@ -138,7 +138,7 @@ class Outbox:
 
     def _send_batch(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
         """Frame the messages, and send them in one round trip (a PRODUCER span each)."""
-        if _tracing.ENABLED and checked:
+        if _tracing.ENABLED and checked and _tracing.on():
             return self._send_batch_traced(checked)
         ids = []
         batch = []
@@ -219,7 +219,7 @@ class Outbox:
     def _request(
         self, target_id: str, body: str, correlation_id: str, timeout: float, deadline: float
     ) -> AgentMessage:
-        if _tracing.ENABLED:
+        if _tracing.ENABLED and _tracing.on():
             # The request's span lasts until its reply (or its failure).
             with _tracing.sending(target_id, correlation_id) as span:
                 return self._round_trip(target_id, body, correlation_id, timeout, deadline, span)
@@ -286,7 +286,7 @@ class Outbox:
         body = _json.dumps_object(
             _wire.reply_payload(payload, message.correlation_id, error=error), "reply"
         )
-        if _tracing.ENABLED:
+        if _tracing.ENABLED and _tracing.on():
             with _tracing.sending(message.sender_id, message.correlation_id) as span:
                 return self._reply(message, body, span)
         return self._reply(message, body)

@@ -2,8 +2,9 @@
 
 Used only when ``opentelemetry-api`` is installed (the ``tracing`` extra);
 otherwise :data:`ENABLED` is False and the callers never come here (one
-``if`` per message). With the API installed but no SDK configured, the spans
-are the API's non-recording ones and messages carry no trace fields.
+``if`` per message). With the API installed but no tracer provider set (no
+SDK configured), :func:`on` is False: no span is made, and messages carry no
+trace fields.
 
 The spans follow the OpenTelemetry messaging semantic conventions:
 
@@ -36,7 +37,13 @@ log = logging.getLogger(__name__)
 try:  # Tried once, here; every caller then tests ENABLED.
     from opentelemetry import propagate as _propagate
     from opentelemetry import trace as _trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import (
+        NoOpTracerProvider,
+        ProxyTracerProvider,
+        SpanKind,
+        Status,
+        StatusCode,
+    )
 except ImportError:
     _trace = None  # type: ignore[assignment]
 
@@ -47,6 +54,14 @@ ENABLED: bool = _trace is not None
 SYSTEM = "redis"
 
 _tracer: Any = None
+
+
+def on() -> bool:
+    """Whether a tracer provider is set (an SDK is configured): checked per message.
+
+    Call only when :data:`ENABLED`.
+    """
+    return not isinstance(_trace.get_tracer_provider(), (ProxyTracerProvider, NoOpTracerProvider))
 
 
 def tracer() -> Any:
