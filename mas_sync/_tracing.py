@@ -23,6 +23,7 @@ The spans follow the OpenTelemetry messaging semantic conventions:
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict
@@ -56,12 +57,30 @@ SYSTEM = "redis"
 _tracer: Any = None
 
 
+_provider_set = False
+_UNKNOWN = object()
+#: A provider named by OTEL_PYTHON_TRACER_PROVIDER is loaded by the API on first use.
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+
+
 def on() -> bool:
     """Whether a tracer provider is set (an SDK is configured): checked per message.
 
-    Call only when :data:`ENABLED`.
+    Call only when :data:`ENABLED`. The global provider is set once per
+    process, so a yes is kept.
     """
-    return not isinstance(_trace.get_tracer_provider(), (ProxyTracerProvider, NoOpTracerProvider))
+    global _provider_set
+    if not _provider_set:
+        # The API's own get_tracer_provider() looks up an environment variable
+        # on each call (most of a microsecond); its global is read instead,
+        # where this version of the API has it and the variable is not set.
+        provider = getattr(_trace, "_TRACER_PROVIDER", _UNKNOWN)
+        if provider is _UNKNOWN or _PROVIDER_FROM_ENV:
+            provider = _trace.get_tracer_provider()
+        _provider_set = provider is not None and not isinstance(
+            provider, (ProxyTracerProvider, NoOpTracerProvider)
+        )
+    return _provider_set
 
 
 def tracer() -> Any:
@@ -132,6 +151,11 @@ def framed(span: Any, message_id: str, data: str) -> None:
         span.set_attribute("messaging.message.body.size", len(data.encode("utf-8")))
 
 
+#: Where :func:`read` keeps a message's trace fields and size, in its private
+#: attributes (undeclared: see :class:`mas_sync._message.AgentMessage`).
+_KEY = "_mas_trace"
+
+
 class _TraceFields(BaseModel):
     """The trace fields of a message; any other field is skipped, any type accepted."""
 
@@ -158,7 +182,7 @@ def read(data: Union[bytes, str], message: "AgentMessage") -> None:
             carrier = {_wire.TRACEPARENT: found.traceparent}
             if isinstance(found.tracestate, str):
                 carrier[_wire.TRACESTATE] = found.tracestate
-    message._trace = (carrier, len(data))
+    message.__pydantic_private__[_KEY] = (carrier, len(data))  # type: ignore[index]
 
 
 def processing(agent_id: str, message: "AgentMessage") -> Any:
@@ -168,7 +192,8 @@ def processing(agent_id: str, message: "AgentMessage") -> Any:
     when there are none). Handler failures are caught before they leave it:
     report them with :func:`failed`.
     """
-    trace = message._trace
+    private = message.__pydantic_private__
+    trace = private.get(_KEY) if private else None
     carrier, size = trace if trace is not None else (None, None)
     context = _propagate.extract(carrier) if carrier else _trace.set_span_in_context(
         _trace.INVALID_SPAN  # a root span: not the worker thread's current context
