@@ -11,6 +11,7 @@ from typing import Any, Iterator, List
 
 import pytest
 import redis
+from pydantic import BaseModel
 
 pytest.importorskip("opentelemetry.sdk")
 
@@ -29,6 +30,7 @@ from mas_sync import (  # noqa: E402
     RequestError,
     SigningKey,
     _tracing,
+    handler,
 )
 from mas_sync.testing import wait_until  # noqa: E402
 
@@ -222,6 +224,52 @@ def test_a_handler_that_raises_records_the_exception(make_agent, spans) -> None:
     [request] = finished(spans, "send agent.echo")
     assert request.status.status_code == StatusCode.ERROR
     assert any(e.attributes["exception.type"].endswith("RequestError") for e in request.events)
+
+
+class Adder(Agent):
+    class Add(BaseModel):
+        a: int
+        b: int
+
+    @handler("add", model=Add)
+    def add(self, message: AgentMessage, body: "Adder.Add") -> Any:
+        return {"sum": body.a + body.b}
+
+
+def test_a_payload_the_handler_model_refuses_is_an_error_of_the_process_span(
+    make_agent, spans
+) -> None:
+    make_agent("adder", Adder)
+    asker = make_agent("asker")
+    assert asker.request("adder", {"action": "add", "a": 1, "b": 2}, timeout=5).payload == \
+        {"sum": 3}
+    with pytest.raises(RequestError):
+        asker.request("adder", {"action": "add", "a": "one"}, timeout=5)
+    good, bad = sorted(finished(spans, "process agent.adder", 2), key=lambda s: s.start_time)
+    assert good.status.status_code == StatusCode.UNSET
+    assert bad.status.status_code == StatusCode.ERROR
+    [event] = [e for e in bad.events if e.name == "exception"]
+    assert event.attributes["exception.type"].endswith("ValidationError")
+
+
+class FailsOnce(Agent):
+    def on_message(self, message: AgentMessage) -> None:
+        if message.attempt == 1:
+            raise RuntimeError("first attempt fails")
+
+
+def test_each_attempt_of_a_reliable_agent_is_a_process_span_of_the_send(
+    make_agent, spans
+) -> None:
+    worker = make_agent("worker", FailsOnce, delivery="reliable", retry_delay=0.01)
+    make_agent("sender").send("worker", {"n": 1})
+    wait_until(lambda: worker.stats.handled == 1, message="the second attempt succeeds")
+    [send] = finished(spans, "send agent.worker")
+    first, second = sorted(finished(spans, "process agent.worker", 2),
+                           key=lambda s: s.start_time)
+    assert first.parent.span_id == second.parent.span_id == send.context.span_id
+    assert first.status.status_code == StatusCode.ERROR
+    assert second.status.status_code == StatusCode.UNSET
 
 
 def test_a_request_without_reply_ends_its_span_with_the_timeout(make_agent, spans) -> None:
