@@ -87,6 +87,8 @@ def test_a_scrape_counts_the_messages_and_requests_of_each_agent(make_agent, ser
         client.request("echo", {"fail": True}, timeout=5)
     wait_until(lambda: echo.stats.handled == 5 and echo.stats.handler_errors == 1,
                message="echo handles every message")
+    # A worker counts its message a moment before it is idle again.
+    wait_until(lambda: echo._mas_run.pool.active == 0, message="echo's workers are idle")
 
     samples = scrape(server.url)
     assert value(samples, "mas_sync_messages_received_total", agent_id="echo") == 6
