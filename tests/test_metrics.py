@@ -337,3 +337,24 @@ def test_importing_without_prometheus_client_says_what_to_install() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)
     assert "pip install mas_sync[metrics]" in out.stdout, out.stderr
+
+
+def test_runagents_refuses_a_metrics_port_it_cannot_use(redis_url, r) -> None:
+    pytest.importorskip("django")
+    import socket
+
+    manage = os.path.join(PROJECT, "manage.py")
+    env = {"MAS_REDIS_URL": redis_url}
+    with run_server([manage, "runagents", "--metrics-port", "70000"], cwd=PROJECT,
+                    env_extra=env) as process:
+        assert process.wait(30) == 1
+    assert "--metrics-port must be between 0 and 65535, not 70000" in process.output()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with run_server([manage, "runagents", "--metrics-port", str(port)], cwd=PROJECT,
+                        env_extra=env) as process:
+            assert process.wait(30) == 1
+    assert f"cannot serve the metrics on 127.0.0.1:{port}" in process.output()
+    assert r.keys("agent:*") == []  # the agents it started were stopped
