@@ -177,7 +177,13 @@ def test_a_reliable_agent_reports_its_stream_lag_pending_and_dead_letters(
     make_agent, server, r
 ) -> None:
     worker = make_agent("worker", Gate, max_workers=1, max_pending=1, **RELIABLE)
-    sender = make_agent("sender")
+    try:
+        check_stream_series(worker, make_agent("sender"), server, r)
+    finally:
+        worker.gate.set()  # a failed check leaves no handler blocked
+
+
+def check_stream_series(worker: Gate, sender: Agent, server: Any, r: Any) -> None:
     sender.send("worker", {"fail": True})
     wait_until(lambda: r.xlen("agent.dlq:worker") == 1, message="the poison is dead-lettered")
     for n in range(5):
@@ -185,8 +191,8 @@ def test_a_reliable_agent_reports_its_stream_lag_pending_and_dead_letters(
     # One message in its handler, one queued; the others wait in the stream, unread.
     wait_until(lambda: worker._mas_run.pool.active == 1 and worker._mas_run.pool.pending == 1,
                message="the worker is busy and its queue full")
-    group = wait_until(lambda: next(g for g in r.xinfo_groups("agent.stream:worker")
-                                    if g["pending"] == 2 and g["lag"] == 3),
+    group = wait_until(lambda: next((g for g in r.xinfo_groups("agent.stream:worker")
+                                     if g["pending"] == 2 and g["lag"] == 3), None),
                        message="the group holds two entries and lags by three")
     samples = scrape(server.url)
     instance = worker._mas_options.instance
