@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Protocol
 
 from pydantic import ValidationError
 
-from . import _wire
+from . import _tracing, _wire
 from ._admission import Admission
 from ._dedupe import Seen
 from ._handlers import HandlerSpec, action_of, body_of
@@ -134,8 +134,15 @@ class Handling:
         """One call of the handler; returns what went wrong (None when it returned).
 
         A requester hears of a failure (an error reply) only at the ``last``
-        attempt.
+        attempt. With tracing on, the call is the CONSUMER span ``process
+        agent.{id}`` (see :mod:`._tracing`).
         """
+        if _tracing.ENABLED and _tracing.on():
+            with _tracing.processing(self.agent.id, message) as span:
+                return self._attempt(message, last, span)
+        return self._attempt(message, last)
+
+    def _attempt(self, message: AgentMessage, last: bool, span: Any = None) -> Optional[str]:
         agent = self.agent
         spec = agent._mas_handlers.get(action_of(message) or "")
         started = time.perf_counter()
@@ -148,6 +155,8 @@ class Handling:
                 try:
                     body = spec.model.model_validate(body_of(message))
                 except ValidationError as exc:
+                    if span is not None:
+                        _tracing.failed(span, exc)
                     self.reject(message, spec, exc)
                     return _REJECTED
                 result = getattr(agent, spec.method)(message, body)
@@ -156,6 +165,8 @@ class Handling:
         except Exception as exc:
             self.counters.time("handler", time.perf_counter() - started)
             self.counters.add("handler_errors")
+            if span is not None:
+                _tracing.failed(span, exc)
             where = f"{spec.method}()" if spec is not None else "on_message"
             log.exception(
                 "Agent %s: %s failed for message %s from %s (attempt %d)",

@@ -8,6 +8,7 @@ from typing import List, Optional, Union
 
 from pydantic import ValidationError
 
+from . import _tracing
 from ._admission import Admission
 from ._message import AgentMessage, ReplySender, weak_reply_sender
 from ._requests import PendingRequests
@@ -184,11 +185,16 @@ class Inbox:
 def parse_message(data: Union[bytes, str]) -> AgentMessage:
     """The message in ``data``, its request/reply markers taken out of the payload.
 
+    Its trace fields (``traceparent``, ``tracestate``) are kept for the
+    handler's span when tracing is on; malformed ones are ignored.
+
     Raises:
         ValidationError, ValueError: not a valid agent message.
     """
     message = AgentMessage.model_validate_json(data)
     message._take_markers()
+    if _tracing.ENABLED and _tracing.on():
+        _tracing.read(data, message)
     return message
 
 

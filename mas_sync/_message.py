@@ -68,6 +68,9 @@ class AgentMessage(BaseModel):
     _receipt: Any = PrivateAttr(default=None)  # a stream delivery's (see _streams.Receipt)
     _attempt: int = PrivateAttr(default=1)
     _checked: Any = PrivateAttr(default=None)  # what its receiver found (see _admission.Checked)
+    # With tracing on, the trace fields are kept under "_mas_trace" in
+    # __pydantic_private__ (see _tracing.read): undeclared, since each
+    # declared private attribute costs every message more than 0.5 µs.
 
     def __eq__(self, other: object) -> bool:
         # Equal fields and request markers; the means to reply is not compared,

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pydantic import BaseModel
 
-from . import _json, _wire
+from . import _json, _tracing, _wire
 from ._breakers import Breakers
 from ._calls import CallGate
 from ._errors import RequestError, RequestTimeout
@@ -85,9 +85,15 @@ class Outbox:
         body: str,
         sender_instance: Optional[str] = None,
         target_instance: Optional[str] = None,
+        span: Any = None,
     ) -> Tuple[str, str]:
-        """A new message id, and the message to send, numbered for ``target_id``."""
+        """A new message id, and the message to send, numbered for ``target_id``.
+
+        A message sent in the PRODUCER ``span`` carries its trace context
+        (signed with the rest).
+        """
         message_id = f"{self.run_id}-{next(self._message_numbers)}"
+        traceparent, tracestate = _tracing.fields(span) if span is not None else (None, None)
         data = _wire.frame_message(
             self.agent_id,
             target_id,
@@ -97,16 +103,26 @@ class Outbox:
             sender_run=self.run_id,
             sender_instance=sender_instance,
             target_instance=target_instance,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         if self.sign is not None:
             data = self.sign(data)
+        if span is not None:
+            _tracing.framed(span, message_id, data)
         return message_id, data
 
     def send(self, target_id: str, body: str) -> str:
         """Send one encoded payload (in its turn, with a ``send_rate``); returns its message id."""
         if self.throttle is not None:
             self._wait_turn(self.throttle.take(target_id))
-        message_id, data = self.frame(target_id, body)
+        if _tracing.ENABLED and _tracing.on():
+            with _tracing.sending(target_id) as span:
+                return self._send(target_id, body, span)
+        return self._send(target_id, body)
+
+    def _send(self, target_id: str, body: str, span: Any = None) -> str:
+        message_id, data = self.frame(target_id, body, span=span)
         self.calls.run(self.transport.send, [(target_id, data)])
         return message_id
 
@@ -118,6 +134,12 @@ class Outbox:
         """
         if self.throttle is not None:
             return self._send_paced(checked)
+        return self._send_batch(checked)
+
+    def _send_batch(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
+        """Frame the messages, and send them in one round trip (a PRODUCER span each)."""
+        if _tracing.ENABLED and checked and _tracing.on():
+            return self._send_batch_traced(checked)
         ids = []
         batch = []
         for target_id, body in checked:
@@ -127,6 +149,25 @@ class Outbox:
         if batch:
             self.calls.run(self.transport.send, batch)
         return ids
+
+    def _send_batch_traced(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
+        spans = [_tracing.start_send(target_id) for target_id, _ in checked]
+        error: Optional[BaseException] = None
+        try:
+            ids = []
+            batch = []
+            for (target_id, body), span in zip(checked, spans):
+                message_id, data = self.frame(target_id, body, span=span)
+                ids.append(message_id)
+                batch.append((target_id, data))
+            self.calls.run(self.transport.send, batch)
+            return ids
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            for span in spans:
+                _tracing.end(span, error)
 
     def _send_paced(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
         throttle = self.throttle
@@ -140,12 +181,7 @@ class Outbox:
             upto = done + 1
             while upto < len(checked) and turns[upto] <= now:
                 upto += 1
-            batch = []
-            for target_id, body in checked[done:upto]:
-                message_id, data = self.frame(target_id, body)
-                ids.append(message_id)
-                batch.append((target_id, data))
-            self.calls.run(self.transport.send, batch)
+            ids.extend(self._send_batch(checked[done:upto]))
             done = upto
         return ids
 
@@ -183,7 +219,22 @@ class Outbox:
     def _request(
         self, target_id: str, body: str, correlation_id: str, timeout: float, deadline: float
     ) -> AgentMessage:
-        _, data = self.frame(target_id, body, sender_instance=self.instance)
+        if _tracing.ENABLED and _tracing.on():
+            # The request's span lasts until its reply (or its failure).
+            with _tracing.sending(target_id, correlation_id) as span:
+                return self._round_trip(target_id, body, correlation_id, timeout, deadline, span)
+        return self._round_trip(target_id, body, correlation_id, timeout, deadline)
+
+    def _round_trip(
+        self,
+        target_id: str,
+        body: str,
+        correlation_id: str,
+        timeout: float,
+        deadline: float,
+        span: Any = None,
+    ) -> AgentMessage:
+        _, data = self.frame(target_id, body, sender_instance=self.instance, span=span)
         pending = self.requests.add(correlation_id, target_id)
         try:
             started = time.perf_counter()
@@ -235,10 +286,16 @@ class Outbox:
         body = _json.dumps_object(
             _wire.reply_payload(payload, message.correlation_id, error=error), "reply"
         )
+        if _tracing.ENABLED and _tracing.on():
+            with _tracing.sending(message.sender_id, message.correlation_id) as span:
+                return self._reply(message, body, span)
+        return self._reply(message, body)
+
+    def _reply(self, message: AgentMessage, body: str, span: Any = None) -> str:
         # Straight to the requester's channel, whatever its delivery: only the
         # run that waits can use a reply, and it listens there.
         message_id, data = self.frame(
-            message.sender_id, body, target_instance=message.sender_instance
+            message.sender_id, body, target_instance=message.sender_instance, span=span
         )
         self.calls.run(self._send_direct, [(message.sender_id, data)])
         message._replied = True

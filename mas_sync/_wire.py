@@ -49,6 +49,12 @@ RESERVED_KEYS = frozenset((CORRELATION_ID, EXPECTS_REPLY, IS_REPLY))
 RESERVED_REPLY_KEYS = RESERVED_KEYS | {ERROR}
 #: Payload key that names the action, for typed handlers.
 ACTION = "action"
+#: Extra top-level message fields (mas_sync's own; async peers ignore them):
+#: the W3C Trace Context of the sender's span (``send agent.{id}``), set when
+#: OpenTelemetry is installed and configured; a receiver's handler span
+#: (``process agent.{id}``) is its child. Malformed ones are ignored.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 #: Longest agent id accepted; Redis allows more, humans and logs do not.
 MAX_AGENT_ID_LENGTH = 256
@@ -436,20 +442,27 @@ def frame_message(
     sender_run: Optional[str] = None,
     sender_instance: Optional[str] = None,
     target_instance: Optional[str] = None,
+    traceparent: Optional[str] = None,
+    tracestate: Optional[str] = None,
 ) -> str:
     """Wrap ``body``, a payload already serialized by :func:`dumps_object`.
 
     ``seq`` and ``sender_run`` are mas_sync's own fields (the sender's
     sequence number for this target, and the id of the sender's run); so are
     ``sender_instance`` (in a request from a reliable agent: the instance
-    that waits for the reply) and ``target_instance`` (in the reply: that
-    instance). Async peers ignore them.
+    that waits for the reply), ``target_instance`` (in the reply: that
+    instance) and ``traceparent``/``tracestate`` (see :data:`TRACEPARENT`).
+    Async peers ignore them.
     """
     extra = "" if seq is None else ',"seq":%d,"sender_run":%s' % (seq, _quote(sender_run or ""))
     if sender_instance is not None:
         extra += ',"sender_instance":%s' % _quote(sender_instance)
     if target_instance is not None:
         extra += ',"target_instance":%s' % _quote(target_instance)
+    if traceparent is not None:
+        extra += ',"traceparent":%s' % _quote(traceparent)
+        if tracestate:
+            extra += ',"tracestate":%s' % _quote(tracestate)
     return '{"sender_id":%s,"target_id":%s,"payload":%s,"timestamp":%r,"message_id":%s%s}' % (
         _quote(sender_id),
         _quote(target_id),

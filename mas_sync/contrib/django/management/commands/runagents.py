@@ -3,11 +3,15 @@
 The first SIGTERM or SIGINT (Ctrl-C) stops the agents cleanly (each
 deregisters) and the command exits 0; a second one exits at once with status 1
 (see :func:`mas_sync.stop_on_signals`).
+
+``--metrics-port P`` also serves the agents' Prometheus metrics at
+``http://127.0.0.1:P/metrics`` (``--metrics-addr`` for another address; the
+``metrics`` extra), until the agents stop.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -36,6 +40,15 @@ class Command(BaseCommand):
             help="how agent ids are made of names, with {name}, {host}, {pid}"
             " (default: MAS_AGENT_ID_FORMAT)",
         )
+        parser.add_argument(
+            "--metrics-port", type=int, metavar="P",
+            help="serve the agents' Prometheus metrics at http://ADDR:P/metrics"
+            " (needs mas_sync[metrics])",
+        )
+        parser.add_argument(
+            "--metrics-addr", default="127.0.0.1", metavar="ADDR",
+            help="the address of --metrics-port (default: 127.0.0.1, this host only)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Runs in the main thread, which waits for a signal while the agents work."""
@@ -44,6 +57,14 @@ class Command(BaseCommand):
             self._run(stop, options)
 
     def _run(self, stop: SignalStop, options: Any) -> None:
+        metrics_port: Optional[int] = options.get("metrics_port")
+        if metrics_port is not None:
+            if not 0 <= metrics_port <= 65535:
+                raise CommandError(f"--metrics-port must be between 0 and 65535, not {metrics_port}")
+            try:
+                from mas_sync.metrics import start_metrics_server
+            except ImportError as exc:
+                raise CommandError(str(exc)) from None
         try:
             agents = _settings.build_process_agents(
                 mas.declared(), redis_url=options["redis_url"], id_format=options["id_format"]
@@ -57,7 +78,17 @@ class Command(BaseCommand):
             raise CommandError(exc.args[0]) from None
         except (ImproperlyConfigured, MASError) as exc:
             raise CommandError(str(exc)) from None
+        server = None
         try:
+            if metrics_port is not None:
+                try:
+                    server = start_metrics_server(metrics_port, options["metrics_addr"])
+                except OSError as exc:
+                    raise CommandError(
+                        f"cannot serve the metrics on {options['metrics_addr']}:{metrics_port}:"
+                        f" {exc}"
+                    ) from None
+                self.stdout.write(f"Metrics: {server.url}")
             ids = ", ".join(agent.id for agent in running.values())
             self.stdout.write(
                 f"Running {len(running)} agent(s) on {redact_url(agents.redis_url)}: {ids}."
@@ -69,5 +100,7 @@ class Command(BaseCommand):
             self.stdout.write("Stopping the agents ...")
             self.stdout.flush()
         finally:
+            if server is not None:
+                server.close()
             agents.stop()
         self.stdout.write("Stopped.")
