@@ -11,8 +11,8 @@ import redis
 
 from ._errors import AgentIdInUseError
 from ._redis import ANY_REDIS_ERROR
-from ._wire import DELIVERY_RELIABLE
 from ._shared_stats import StatsWriter
+from ._wire import DELIVERY_RELIABLE
 from ._registry import REFRESH_GONE, REFRESH_REACTIVATED, REFRESH_TAKEN, AgentRegistry
 
 log = logging.getLogger(__name__)

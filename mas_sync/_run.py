@@ -19,7 +19,6 @@ from ._dedupe import Seen
 from ._errors import AgentNotRunningError, MASConnectionError
 from ._handling import AgentHooks, Handling
 from ._heartbeat import Heartbeat
-from ._shared_stats import StatsWriter
 from ._inbox import Inbox
 from ._options import AgentOptions
 from ._outbox import Outbox
@@ -28,6 +27,7 @@ from ._redis import close_client, make_client, ping, retire_connections
 from ._redis import follow_master, is_sentinel_url
 from ._registry import AgentRegistry
 from ._requests import PendingRequests
+from ._shared_stats import StatsWriter
 from ._state import StateManager
 from ._stats import Counters, GapTracker
 from ._streams import StreamTransport
