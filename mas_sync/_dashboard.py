@@ -615,12 +615,7 @@ def _redacted(exc: BaseException, url: str) -> str:
 
 def _agent_json(view: AgentView, now: float) -> Dict[str, Any]:
     data = view.to_json(now)
-    if view.status != _wire.STATUS_ACTIVE:
-        data["shown_status"] = view.status
-    elif view.stale:
-        data["shown_status"] = "STALE"
-    else:
-        data["shown_status"] = _wire.STATUS_ACTIVE
+    data["shown_status"] = view.shown_status
     return data
 
 

@@ -21,6 +21,10 @@ from ._registry import AgentRegistry
 from ._shared_stats import SharedStats, combine_stats
 
 
+#: The status shown for an ACTIVE agent whose heartbeat key is gone.
+STALE = "STALE"
+
+
 @dataclass(frozen=True)
 class AgentView:
     """One registered agent, as Redis holds it.
@@ -51,6 +55,13 @@ class AgentView:
     heartbeat_at: Optional[float]
     stale: bool
     stats: Optional[SharedStats] = field(default=None)
+
+    @property
+    def shown_status(self) -> str:
+        """``ACTIVE``, :data:`STALE` (ACTIVE, heartbeat gone) or the status Redis holds."""
+        if self.status == _wire.STATUS_ACTIVE and self.stale:
+            return STALE
+        return self.status
 
     def heartbeat_age(self, now: Optional[float] = None) -> Optional[float]:
         """Seconds since the last beat, None when it is unknown."""

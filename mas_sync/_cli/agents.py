@@ -7,12 +7,10 @@ import time
 from typing import Any, List
 
 from .. import _wire
-from .._overview import AgentView, list_agents
+from .._overview import STALE, AgentView, list_agents
 from . import _output
 from ._common import connect
 
-#: STATUS of an ACTIVE agent whose heartbeat key is gone.
-STALE = "STALE"
 HEADERS = ("ID", "STATUS", "DELIVERY", "INSTANCES", "HEARTBEAT", "RECV/S", "DONE/S",
            "CAPABILITIES")
 _STATUS_COLOURS = {1: {"ACTIVE": "green", STALE: "yellow", _wire.STATUS_INACTIVE: "dim"}}
@@ -35,13 +33,6 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
-def status(view: AgentView) -> str:
-    """``ACTIVE``, ``STALE`` (ACTIVE, heartbeat gone) or the status Redis holds."""
-    if view.status == _wire.STATUS_ACTIVE and view.stale:
-        return STALE
-    return view.status
-
-
 def heartbeat(view: AgentView, now: float) -> str:
     """The age of the last beat: ``1.2s ago``; ``gone`` (no heartbeat key); ``?`` (unreadable)."""
     if view.stale:
@@ -62,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     for view in views:
         rates = view.stats.rates if view.stats is not None and view.stats.fresh else {}
         rows.append([
-            view.id, status(view), view.delivery, view.instances,
+            view.id, view.shown_status, view.delivery, view.instances,
             heartbeat(view, now),
             _output.rate(rates.get("received")), _output.rate(rates.get("handled")),
             view.capabilities,

@@ -11,7 +11,7 @@ from .. import _wire
 from .._overview import AgentView, agent_view, read_state, stream_view
 from . import _output
 from ._common import agent_id, connect, unknown_agent
-from .agents import heartbeat, status
+from .agents import heartbeat
 
 #: STATUS of an id that has state or a stream but no registration.
 NOT_REGISTERED = "NOT REGISTERED"
@@ -124,7 +124,7 @@ def _registration(agent: str, view: Optional[AgentView], now: float) -> List[Tup
         delivery += f" ({view.instances} live instance{'s' if view.instances != 1 else ''})"
     return [
         ("id", view.id),
-        ("status", status(view)),
+        ("status", view.shown_status),
         ("delivery", delivery),
         ("capabilities", ", ".join(view.capabilities) or "-"),
         ("registered", _when(view.registered_at, now)),
