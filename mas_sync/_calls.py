@@ -111,14 +111,20 @@ class CallGate:
                     f" again): {redact_text(str(exc), self.url)}"
                 ) from exc
             except ANY_REDIS_ERROR as exc:
-                raise RedisCommandError(
-                    f"agent {self.agent_id!r}: Redis at {redact_url(self.url)} refused"
-                    f" the command: {redact_text(str(exc), self.url)}"
-                ) from exc
+                raise self.refused(exc) from exc
             except Exception as exc:
                 if self.closed:  # a connection closed under the call by stop()
                     raise self.not_running() from exc
                 raise
+
+    def refused(self, error: BaseException) -> RedisCommandError:
+        """The error of a call whose command Redis refused with ``error``."""
+        refusal = RedisCommandError(
+            f"agent {self.agent_id!r}: Redis at {redact_url(self.url)} refused"
+            f" the command: {redact_text(str(error), self.url)}"
+        )
+        refusal.__cause__ = error
+        return refusal
 
     def not_running(self) -> AgentNotRunningError:
         """The error of a call made after (or cut off by) the stop."""

@@ -12,12 +12,17 @@ from pydantic import BaseModel
 from . import _json, _tracing, _wire
 from ._breakers import Breakers
 from ._calls import CallGate
-from ._errors import RequestError, RequestTimeout
+from ._coalesce import Coalescer
+from ._errors import MASConnectionError, RequestError, RequestTimeout
 from ._message import AgentMessage
 from ._rates import RateLimit, Throttle
 from ._requests import PendingRequests
 from ._stats import Counters, Numbering
 from ._transport import Transport
+
+#: What one call hands to Redis: its message ids, its framed messages, and
+#: whether they are published whatever their targets read (replies).
+Entry = Tuple[List[str], List[Tuple[str, str]], bool]
 
 
 class Outbox:
@@ -25,7 +30,10 @@ class Outbox:
 
     Every message gets an id (``{run}-{n}``) and, per target, the next
     sequence number, so that receivers can count what they missed. Callable
-    from any thread at once. Payloads arrive here already checked and encoded
+    from any thread at once: the messages of calls made at once go to Redis
+    together, in one pipeline (:mod:`._coalesce`), and each call returns once
+    Redis accepted its own. Requests go on their own, within their
+    deadline. Payloads arrive here already checked and encoded
     (:func:`~mas_sync._json.dumps_object`), except a reply's.
 
     Args:
@@ -67,6 +75,7 @@ class Outbox:
         self._message_numbers = itertools.count(1)  # next() is atomic in CPython
         self.numbering = Numbering()
         self.throttle = Throttle(send_rate) if send_rate is not None else None
+        self._pipeline: Coalescer[Entry] = Coalescer(self._flush, self._interrupted)
 
     def close(self) -> None:
         """The run stops: senders waiting for their turn raise AgentNotRunningError."""
@@ -122,9 +131,42 @@ class Outbox:
         return self._send(target_id, body)
 
     def _send(self, target_id: str, body: str, span: Any = None) -> str:
-        message_id, data = self.frame(target_id, body, span=span)
-        self.calls.run(self.transport.send, [(target_id, data)])
-        return message_id
+        def entry() -> Entry:
+            message_id, data = self.frame(target_id, body, span=span)
+            return [message_id], [(target_id, data)], False
+
+        return self._pipeline.submit(entry)[0][0]
+
+    def _flush(self, entries: Sequence[Entry]) -> List[Optional[BaseException]]:
+        """Send the entries of the calls made at once in one go; per entry, its error or None."""
+        if len(entries) == 1:
+            _, batch, direct = entries[0]
+            return [self._refusal(self.calls.run(self.transport.send, batch, direct))]
+        batch = []
+        flags: List[bool] = []
+        for _, messages, direct in entries:
+            batch.extend(messages)
+            flags.extend([direct] * len(messages))
+        refusals = self.calls.run(self.transport.send, batch, flags)
+        errors = []
+        first = 0
+        for _, messages, _ in entries:
+            errors.append(self._refusal(refusals[first:first + len(messages)]))
+            first += len(messages)
+        return errors
+
+    def _refusal(self, refusals: Sequence[Optional[Exception]]) -> Optional[BaseException]:
+        """The error of a call, from what Redis refused of its messages (None: nothing)."""
+        for refusal in refusals:
+            if refusal is not None:
+                return self.calls.refused(refusal)
+        return None
+
+    def _interrupted(self, error: BaseException) -> BaseException:
+        return MASConnectionError(
+            f"agent {self.agent_id!r}: the send of this message, in one pipeline with"
+            f" others, was interrupted ({type(error).__name__}): it may have been sent"
+        )
 
     def send_many(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
         """Send ``(target_id, body)`` pairs in one round trip; returns their ids, in order.
@@ -138,30 +180,36 @@ class Outbox:
 
     def _send_batch(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
         """Frame the messages, and send them in one round trip (a PRODUCER span each)."""
-        if _tracing.ENABLED and checked and _tracing.on():
+        if not checked:
+            return []
+        if _tracing.ENABLED and _tracing.on():
             return self._send_batch_traced(checked)
-        ids = []
-        batch = []
-        for target_id, body in checked:
-            message_id, data = self.frame(target_id, body)
-            ids.append(message_id)
-            batch.append((target_id, data))
-        if batch:
-            self.calls.run(self.transport.send, batch)
-        return ids
+
+        def entry() -> Entry:
+            ids = []
+            batch = []
+            for target_id, body in checked:
+                message_id, data = self.frame(target_id, body)
+                ids.append(message_id)
+                batch.append((target_id, data))
+            return ids, batch, False
+
+        return self._pipeline.submit(entry)[0]
 
     def _send_batch_traced(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
         spans = [_tracing.start_send(target_id) for target_id, _ in checked]
         error: Optional[BaseException] = None
         try:
-            ids = []
-            batch = []
-            for (target_id, body), span in zip(checked, spans):
-                message_id, data = self.frame(target_id, body, span=span)
-                ids.append(message_id)
-                batch.append((target_id, data))
-            self.calls.run(self.transport.send, batch)
-            return ids
+            def entry() -> Entry:
+                ids = []
+                batch = []
+                for (target_id, body), span in zip(checked, spans):
+                    message_id, data = self.frame(target_id, body, span=span)
+                    ids.append(message_id)
+                    batch.append((target_id, data))
+                return ids, batch, False
+
+            return self._pipeline.submit(entry)[0]
         except BaseException as exc:
             error = exc
             raise
@@ -238,7 +286,11 @@ class Outbox:
         pending = self.requests.add(correlation_id, target_id)
         try:
             started = time.perf_counter()
-            self.calls.run(self.transport.send, [(target_id, data)], deadline=deadline)
+            refusal = self._refusal(
+                self.calls.run(self.transport.send, [(target_id, data)], deadline=deadline)
+            )
+            if refusal is not None:
+                raise refusal
             if not pending.event.wait(max(0.0, deadline - time.monotonic())):
                 raise RequestTimeout(
                     f"agent {self.agent_id!r}: no reply from {target_id!r} within {timeout} s"
@@ -262,9 +314,6 @@ class Outbox:
                 details=error.get("details") or [],
             )
         return reply
-
-    def _send_direct(self, batch: List[Tuple[str, str]]) -> None:
-        self.transport.send(batch, direct=True)
 
     def reply(self, message: AgentMessage, payload: Dict[str, Any], error: bool = False) -> str:
         """Answer the request ``message`` with ``payload``; returns the reply's id.
@@ -294,9 +343,12 @@ class Outbox:
     def _reply(self, message: AgentMessage, body: str, span: Any = None) -> str:
         # Straight to the requester's channel, whatever its delivery: only the
         # run that waits can use a reply, and it listens there.
-        message_id, data = self.frame(
-            message.sender_id, body, target_instance=message.sender_instance, span=span
-        )
-        self.calls.run(self._send_direct, [(message.sender_id, data)])
+        def entry() -> Entry:
+            message_id, data = self.frame(
+                message.sender_id, body, target_instance=message.sender_instance, span=span
+            )
+            return [message_id], [(message.sender_id, data)], True
+
+        message_id = self._pipeline.submit(entry)[0][0]
         message._replied = True
         return message_id

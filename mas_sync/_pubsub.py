@@ -10,7 +10,7 @@ import redis
 from . import _wire
 from ._listener import ChannelListener
 from ._routes import Routes
-from ._transport import Batch, TransportEvents
+from ._transport import Batch, Direct, TransportEvents
 
 
 class PubSubTransport:
@@ -52,9 +52,9 @@ class PubSubTransport:
         self._routes = Routes(client)
         self._listener: Optional[ChannelListener] = None
 
-    def send(self, batch: Batch, direct: bool = False) -> None:
+    def send(self, batch: Batch, direct: Direct = False) -> List[Optional[Exception]]:
         """Send each ``(target_id, data)`` to its target's stream or channel (:mod:`._routes`)."""
-        self._routes.send(batch, direct)
+        return self._routes.send(batch, direct)
 
     def start(self) -> None:
         """Subscribe to ``agent.{id}``; returns once the subscription is confirmed."""

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Dict, Iterable, List, Set, Tuple
+from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 import redis
 
 from . import _wire
 from ._redis import is_cluster, publish
-from ._transport import Batch
+from ._transport import Batch, Direct
+
+_NONE: FrozenSet[str] = frozenset()
 
 #: Seconds a target's route is trusted before it is looked up again. A
 #: target that becomes reliable gets messages by pub/sub for up to this long
@@ -79,44 +81,62 @@ class Routes:
         with self._lock:
             self._reliable.pop(target, None)
 
-    def send(self, batch: Batch, direct: bool = False) -> None:
+    def send(self, batch: Batch, direct: Direct = False) -> List[Optional[Exception]]:
         """Add each ``(target_id, data)`` to its target's stream, or publish it.
 
-        ``direct`` publishes whatever the targets: for replies, which only the
-        run waiting for them can use. A stream that vanished since its route
-        was looked up is not made again: that message is published instead.
+        ``direct`` (one flag for the batch, or one per message) publishes
+        whatever the target: for replies, which only the run waiting for
+        them can use. A stream that vanished since its route was looked up is
+        not made again: that message is published instead.
+
+        Returns:
+            Per message, None, or the error Redis refused it with (an ACL
+            that does not allow its channel, say): the others were sent.
+
+        Raises:
+            redis-py's errors for a failure of the whole batch (a lost
+            connection: some may have been sent).
         """
-        streams = set() if direct else self.reliable({target for target, _ in batch})
+        flags = [direct] * len(batch) if isinstance(direct, bool) else direct
+        routed = {target for (target, _), flag in zip(batch, flags) if not flag}
+        streams: AbstractSet[str] = self.reliable(routed) if routed else _NONE
         if len(batch) == 1:  # one command, without a pipeline's cost
             target_id, data = batch[0]
-            if not streams:
-                self._publish(_wire.agent_channel(target_id), data)
-            elif self._client.xadd(
-                _wire.stream_key(target_id), {_wire.ENVELOPE: data}, nomkstream=True
-            ) is None:
-                self.forget(target_id)
-                self.send(batch, direct=True)
-            return
+            try:
+                if target_id not in streams or flags[0]:
+                    self._publish(_wire.agent_channel(target_id), data)
+                elif self._client.xadd(
+                    _wire.stream_key(target_id), {_wire.ENVELOPE: data}, nomkstream=True
+                ) is None:
+                    self.forget(target_id)
+                    return self.send(batch, direct=True)
+            except redis.ResponseError as exc:
+                return [exc]
+            return [None]
         pipe = self._client.pipeline(transaction=False)
-        for target_id, data in batch:
-            if target_id in streams:
+        to_stream = [not flag and target_id in streams
+                     for (target_id, _), flag in zip(batch, flags)]
+        for (target_id, data), stream in zip(batch, to_stream):
+            if stream:
                 pipe.xadd(
                     _wire.stream_key(target_id), {_wire.ENVELOPE: data}, nomkstream=True
                 )
             else:
                 publish(pipe, _wire.agent_channel(target_id), data)
-        results = pipe.execute()
-        if not streams:
-            return
-        lost = [
-            (target_id, data)
-            for (target_id, data), result in zip(batch, results)
-            if target_id in streams and result is None
+        results = pipe.execute(raise_on_error=False)
+        errors: List[Optional[Exception]] = [
+            result if isinstance(result, Exception) else None for result in results
         ]
+        if not streams:
+            return errors
+        lost = [n for n, result in enumerate(results) if to_stream[n] and result is None]
         if lost:
-            for target_id in {target for target, _ in lost}:
+            for target_id in {batch[n][0] for n in lost}:
                 self.forget(target_id)
-            self.send(lost, direct=True)
+            again = self.send([batch[n] for n in lost], direct=True)
+            for n, error in zip(lost, again):
+                errors[n] = error
+        return errors
 
 
 def _failed(answer: object) -> bool:

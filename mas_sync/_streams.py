@@ -27,7 +27,7 @@ from ._pubsub import PubSubTransport
 from ._redis import ANY_REDIS_ERROR, REDIS_ERRORS, close_client, make_client, redact_text
 from ._redis import retire_connections
 from ._scripts import load_script
-from ._transport import Batch, TransportEvents
+from ._transport import Batch, Direct, TransportEvents
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +275,9 @@ class StreamTransport:
 
     # -- Transport -------------------------------------------------------------
 
-    def send(self, batch: Batch, direct: bool = False) -> None:
+    def send(self, batch: Batch, direct: Direct = False) -> List[Optional[Exception]]:
         """As :meth:`PubSubTransport.send`."""
-        self.pubsub.send(batch, direct)
+        return self.pubsub.send(batch, direct)
 
     def start(self) -> None:
         """Make the stream and group if needed, listen on the channel, start the reader."""

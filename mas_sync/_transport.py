@@ -10,10 +10,13 @@ knows a transport only through :class:`Transport`.
 from __future__ import annotations
 
 import threading
-from typing import Any, List, Optional, Protocol, Sequence, Tuple
+from typing import Any, List, Optional, Protocol, Sequence, Tuple, Union
 
 #: Framed messages to send: ``(target_id, data)`` pairs.
 Batch = Sequence[Tuple[str, str]]
+#: Whether messages go to their targets' channels whatever the targets read:
+#: one flag for a batch, or one per message.
+Direct = Union[bool, Sequence[bool]]
 
 
 class Receipt(Protocol):
@@ -90,15 +93,19 @@ class TransportEvents(Protocol):
 class Transport(Protocol):
     """How one run's messages leave for their targets and reach the agent."""
 
-    def send(self, batch: Batch, direct: bool = False) -> None:
-        """Hand framed messages to Redis; returns once Redis accepted every one.
+    def send(self, batch: Batch, direct: Direct = False) -> List[Optional[Exception]]:
+        """Hand framed messages to Redis; returns once Redis answered every one.
 
         Each goes to its target's stream when the target reads one (see
-        :mod:`._routes`), else to its channel; ``direct`` publishes them all
+        :mod:`._routes`), else to its channel; ``direct`` publishes them
         (replies: only the run waiting for one can use it).
 
         Runs in the caller's thread, inside the run's call policy
-        (:class:`~mas_sync._calls.CallGate`): it raises redis-py's errors.
+        (:class:`~mas_sync._calls.CallGate`): it raises redis-py's errors
+        for a failure of the whole batch.
+
+        Returns:
+            Per message, None, or the error Redis refused that one with.
         """
 
     def start(self) -> None:

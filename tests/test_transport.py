@@ -40,10 +40,11 @@ class Recording(PubSubTransport):
         super().__init__(client, url, agent_id, Events(), *args)
         Recording.runs.append(self)
 
-    def send(self, batch: Any, direct: bool = False) -> None:
-        super().send(batch, direct)
+    def send(self, batch: Any, direct: Any = False) -> Any:
+        refusals = super().send(batch, direct)
         with self.lock:
             self.sent.extend(batch)
+        return refusals
 
 
 class Echo(Agent):
