@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
@@ -71,6 +71,16 @@ class AgentMessage(BaseModel):
     # With tracing on, the trace fields are kept under "_mas_trace" in
     # __pydantic_private__ (see _tracing.read): undeclared, since each
     # declared private attribute costs every message more than 0.5 µs.
+
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            # The private attributes above, read straight from their dict:
+            # pydantic's own lookup costs every read microseconds.
+            private = self.__pydantic_private__
+            if private is not None and name in private:
+                return private[name]
+            return super().__getattr__(name)
 
     def __eq__(self, other: object) -> bool:
         # Equal fields and request markers; the means to reply is not compared,
@@ -200,3 +210,17 @@ def weak_reply_sender(send: ReplySender) -> ReplySender:
         return bound(message, payload)
 
     return reply
+
+
+def _init_private(message: AgentMessage, context: Any, /) -> None:
+    """Give a new message its private attributes' defaults (pydantic's own way, made quick)."""
+    if message.__pydantic_private__ is None:
+        object.__setattr__(message, "__pydantic_private__", dict(_PRIVATE_DEFAULTS))
+
+
+# Each is None, False or 1: a copy of the dict is a fresh set of defaults.
+_PRIVATE_DEFAULTS: Dict[str, Any] = {
+    name: attr.get_default() for name, attr in AgentMessage.__private_attributes__.items()
+}
+assert all(value in (None, False, 1) for value in _PRIVATE_DEFAULTS.values())
+AgentMessage.model_post_init = _init_private  # type: ignore[method-assign,assignment]
