@@ -299,6 +299,11 @@ def make_client(
     use. ``client_name`` names the connections in ``CLIENT LIST``. The
     caller owns the client and must close it with :func:`close_client`.
 
+    Connections speak RESP2, as redis-py before 8 does by default, unless
+    the URL asks for ``protocol=3``: under RESP3, redis-py 8 takes each
+    pub/sub message through its push path, and a received message costs
+    the agent about a fifth more CPU.
+
     Raises:
         ValueError: ``url`` is not a Redis URL.
     """
@@ -310,6 +315,7 @@ def make_client(
         socket_keepalive=True,
         retry=Retry(NoBackoff(), 0),
         decode_responses=decode,
+        protocol=2,
     )
     if client_name is not None:
         kwargs["client_name"] = client_name
