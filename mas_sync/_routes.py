@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
+from typing import AbstractSet, Any, Dict, FrozenSet, Iterable, List, Optional, Set, Tuple
 
 import redis
 
 from . import _wire
-from ._redis import is_cluster, publish
+from ._redis import HeldConnection, is_cluster, publish
 from ._transport import Batch, Direct
 
 _NONE: FrozenSet[str] = frozenset()
@@ -39,7 +39,8 @@ class Routes:
         self._client = client
         self._lock = threading.Lock()
         self._reliable: Dict[str, Tuple[bool, float]] = {}  # target -> (reliable, expires)
-        self._publish = client.spublish if is_cluster(client) else client.publish
+        self._cluster = is_cluster(client)
+        self._held = None if self._cluster else HeldConnection(client)
 
     def reliable(self, targets: Iterable[str]) -> Set[str]:
         """Those of ``targets`` that read a stream; unknown ones looked up in one round trip."""
@@ -100,30 +101,17 @@ class Routes:
         flags = [direct] * len(batch) if isinstance(direct, bool) else direct
         routed = {target for (target, _), flag in zip(batch, flags) if not flag}
         streams: AbstractSet[str] = self.reliable(routed) if routed else _NONE
-        if len(batch) == 1:  # one command, without a pipeline's cost
-            target_id, data = batch[0]
-            try:
-                if target_id not in streams or flags[0]:
-                    self._publish(_wire.agent_channel(target_id), data)
-                elif self._client.xadd(
-                    _wire.stream_key(target_id), {_wire.ENVELOPE: data}, nomkstream=True
-                ) is None:
-                    self.forget(target_id)
-                    return self.send(batch, direct=True)
-            except redis.ResponseError as exc:
-                return [exc]
-            return [None]
-        pipe = self._client.pipeline(transaction=False)
         to_stream = [not flag and target_id in streams
                      for (target_id, _), flag in zip(batch, flags)]
-        for (target_id, data), stream in zip(batch, to_stream):
-            if stream:
-                pipe.xadd(
-                    _wire.stream_key(target_id), {_wire.ENVELOPE: data}, nomkstream=True
-                )
-            else:
-                publish(pipe, _wire.agent_channel(target_id), data)
-        results = pipe.execute(raise_on_error=False)
+        if self._cluster:
+            results = self._send_cluster(batch, to_stream)
+        else:
+            assert self._held is not None
+            results = self._held.run([
+                ("XADD", _wire.stream_key(target_id), "NOMKSTREAM", "*", _wire.ENVELOPE, data)
+                if stream else ("PUBLISH", _wire.agent_channel(target_id), data)
+                for (target_id, data), stream in zip(batch, to_stream)
+            ])
         errors: List[Optional[Exception]] = [
             result if isinstance(result, Exception) else None for result in results
         ]
@@ -137,6 +125,28 @@ class Routes:
             for n, error in zip(lost, again):
                 errors[n] = error
         return errors
+
+    def _send_cluster(self, batch: Batch, to_stream: List[bool]) -> List[Any]:
+        """What :meth:`send` does on a cluster: a pipeline, which sends each command to its node."""
+        if len(batch) == 1:  # one command, without a pipeline's cost
+            (target_id, data), stream = batch[0], to_stream[0]
+            try:
+                if stream:
+                    return [self._client.xadd(
+                        _wire.stream_key(target_id), {_wire.ENVELOPE: data}, nomkstream=True
+                    )]
+                return [self._client.spublish(_wire.agent_channel(target_id), data)]
+            except redis.ResponseError as exc:
+                return [exc]
+        pipe = self._client.pipeline(transaction=False)
+        for (target_id, data), stream in zip(batch, to_stream):
+            if stream:
+                pipe.xadd(
+                    _wire.stream_key(target_id), {_wire.ENVELOPE: data}, nomkstream=True
+                )
+            else:
+                publish(pipe, _wire.agent_channel(target_id), data)
+        return pipe.execute(raise_on_error=False)
 
 
 def _failed(answer: object) -> bool:

@@ -320,3 +320,29 @@ def test_senders_do_not_hang_when_redis_goes_away() -> None:
         assert len(errors) == 8
         sender.stop(timeout=2)
 
+
+
+def test_the_first_sends_after_redis_closed_the_connection_go_through(redis_url: str) -> None:
+    # As when Redis closes idle clients (its ``timeout`` setting): the sending
+    # connection is dead while the subscription lives on. It is made anew
+    # before use, as the pool does for the connections it hands out.
+    admin = redis.Redis.from_url(redis_url)
+    listener = admin.pubsub()
+    listener.subscribe("agent.rx")
+    assert listener.get_message(timeout=5)["type"] == "subscribe"
+    with Agent("tx", redis_url=redis_url, **FAST) as sender:
+        sender.send("rx", {"n": 0})
+        sender.send_many([("rx", {"n": 1}), ("rx", {"n": 2})])
+        for client in admin.client_list(_type="normal"):
+            if client["name"].startswith("mas-agent:tx"):
+                admin.client_kill_filter(_id=client["id"])
+        sender.send("rx", {"n": 3})
+        sender.send_many([("rx", {"n": 4}), ("rx", {"n": 5})])
+    got = []
+    while len(got) < 6:
+        message = listener.get_message(timeout=5)
+        assert message is not None, f"only {got} arrived"
+        got.append(json.loads(message["data"])["payload"]["n"])
+    assert got == [0, 1, 2, 3, 4, 5]
+    listener.close()
+    admin.close()
