@@ -22,7 +22,7 @@ framework) is installed, the async framework on the same loads:
   ``require_signed``, so every message is verified and its nonce recorded);
 - a receiver's rate limit alone (``RateLimiter``): two instances (processes,
   each with its own client) of one receiver limited to 100 msg/s, a sender
-  trying 1,000 msg/s for 5 s; the rate accepted past the burst, and its
+  trying 1,000 msg/s for 4 s; the rate accepted past the burst, and its
   deviation from 100 msg/s; then the same through agents: two instances of
   a reliable agent with ``rate_limit="100/s"``.
 
@@ -784,7 +784,7 @@ def run_pubsub(bench: Bench) -> None:
     if bench.has_async:
         peers.append(("one-to-one burst, async framework send()", "async"))
     results = bench.group([kind for _, kind in peers], bench.rounds_of(5),
-                          lambda kind: {"n": 1_000 if quick else 5_000})
+                          lambda kind: {"n": 1_000 if quick else 4_000})
     rates = bench.rate_rows(peers, results)
     bench.ratio("ratio mas_sync / raw redis-py (medians)", rates["send"] / rates["raw"], 0.90)
     slowest = min(r["rate"] for r in results["send"])
@@ -794,7 +794,7 @@ def run_pubsub(bench: Bench) -> None:
 
     # One agent's send() from 1, 4 and 16 threads (the rate at which send()
     # returns, every message received), and the other ways to send more.
-    n = 1_600 if quick else 8_000
+    n = 1_600 if quick else 4_000
     loads = [("one agent's send() from 1 thread, into one agent", "threads:1"),
              ("one agent's send() from 4 threads, into one agent", "threads:4"),
              ("one agent's send() from 16 threads, into one agent", "threads:16")]
@@ -813,7 +813,7 @@ def run_pubsub(bench: Bench) -> None:
         kinds = [(f"paced {rate:,} msg/s, raw redis-py", "raw"), (f"paced {rate:,} msg/s, mas_sync", "send")]
         if bench.has_async:
             kinds.append((f"paced {rate:,} msg/s, async framework", "async"))
-        runs = bench.paced(rate, seconds if rate < 10_000 else seconds * 2, rounds, kinds)
+        runs = bench.paced(rate, seconds if rate < 10_000 else seconds * 1.5, rounds, kinds)
         senders = max(1, rate // 5_000)
         mine, theirs = runs["send"], runs.get("async")
         good = [r["p99"] <= 0.002 and not r["lost"] and (theirs is None or r["p99"] <= theirs[i]["p99"])
@@ -836,7 +836,7 @@ def run_pubsub(bench: Bench) -> None:
                     ratio = statistics.median(m["p99"] / p["p99"] for m, p in zip(mine, runs[peer]) if p["p99"])
                     bench.add(f"paced {rate:,} msg/s P99, mas_sync / {name}", f"{ratio:.2f}",
                               "(median of the runs' ratios)", samples=(ratio,))
-    bench.request_reply(300 if quick else 2_000, bench.rounds_of(3))
+    bench.request_reply(300 if quick else 1_000, bench.rounds_of(3))
     bench.discover([1_000, 10_000] if not quick else [1_000])
     bench.many_agents(100 if quick else 1_000)
 
@@ -844,7 +844,7 @@ def run_pubsub(bench: Bench) -> None:
 def run_reliable(bench: Bench) -> None:
     """The rows of reliable delivery (a stream inbox), beside raw redis-py streams."""
     quick = bench.quick
-    n = 1_000 if quick else 5_000
+    n = 1_000 if quick else 4_000
     loads = [("reliable burst, raw redis-py XADD/XREADGROUP/XACK (ceiling)", "raw-stream"),
              ("reliable burst, mas_sync send()", "reliable"),
              ("pub/sub burst, mas_sync send() (same rounds)", "send")]
@@ -866,7 +866,7 @@ def run_reliable(bench: Bench) -> None:
                       1, None if quick else "P99 <= 5 ms", None if quick else p99 <= 0.005)
     # One sender: its messages are handled in order, one at a time, whatever
     # max_workers; a second instance adds a second handler at work.
-    bench.instances(1_000 if quick else 3_000, 1)
+    bench.instances(1_000 if quick else 2_000, 1)
     bench.poison(3)
     bench.chaos(1_000 if quick else 3_000, 500 if quick else 1_000, 2.0)
     bench.outage(1_000 if quick else 4_000, 2_000.0)
@@ -878,13 +878,13 @@ def run_security(bench: Bench) -> None:
     loads = [("pub/sub burst, mas_sync send(), unsigned", "send"),
              ("pub/sub burst, signed, receiver require_signed", "signed")]
     results = bench.group([kind for _, kind in loads], bench.rounds_of(5),
-                          lambda kind: {"n": 1_000 if quick else 5_000})
+                          lambda kind: {"n": 1_000 if quick else 4_000})
     for run in results["signed"]:
         if run["lost"]:
             raise RuntimeError(f"the signed receiver missed {run['lost']} messages")
     rates = bench.rate_rows(loads, results)
     bench.ratio("ratio signed / unsigned", rates["signed"] / rates["send"] if rates["send"] else 0.0, 0.9)
-    seconds = 0.5 if quick else 5.0
+    seconds = 0.5 if quick else 4.0
     bench.rate_limit(100.0, 1_000.0, seconds)
     bench.rate_limited_agents(100.0, 1_000.0, seconds)
 
