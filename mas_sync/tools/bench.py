@@ -257,9 +257,8 @@ class Bench:
         result = {"n": n, "got": got["got"], "lost": n - got["got"],
                   "rate": got["got"] / elapsed if elapsed > 0 else 0.0,
                   "send_rate": n / (end - start) if end > start else 0.0}
-        if got["latencies"]:
-            result.update({k: v for k, v in roles.percentiles(got["latencies"]).items()},
-                          max=max(got["latencies"]))
+        latencies = got["latencies"]
+        result.update(roles.percentiles(latencies), max=max(latencies) if latencies else float("nan"))
         return result
 
     def rate_rows(self, labels: Sequence[Tuple[str, str]], results: Dict[str, List[Dict[str, Any]]],
