@@ -47,46 +47,12 @@ def _pace(rate: Optional[float], n: int, send: Callable[[int], None]) -> float:
     return start
 
 
-def raw_receiver(url: str, channel: str, n: int, ready: Any, out: Any) -> None:
-    client = redis.Redis.from_url(url)
-    pubsub = client.pubsub()
-    pubsub.subscribe(channel)
-    while (pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
-        pass
-    ready.set()
-    got, latencies, last = 0, [], 0.0
-    deadline = time.monotonic() + 120
-    while got < n and time.monotonic() < deadline:
-        message = pubsub.get_message(timeout=1.0)
-        if message is None or message["type"] != "message":
-            continue
-        last = time.time()
-        got += 1
-        if got % 10 == 0:
-            latencies.append(last - json.loads(message["data"])["payload"]["t"])
-    out.put({"got": got, "last": last, "latencies": latencies})
-    pubsub.close()
-    client.close()
-
-
-def raw_sender(url: str, channel: str, n: int, rate: Optional[float], out: Any) -> None:
-    client = redis.Redis.from_url(url)
-
-    def send(i: int) -> None:
-        message = {"sender_id": "raw-tx", "target_id": "rx", "timestamp": time.time(),
-                   "message_id": str(i), "payload": dict(PAYLOAD, t=time.time())}
-        client.publish(channel, json.dumps(message))
-
-    start = _pace(rate, n, send)
-    out.put({"start": start, "end": time.time()})
-    client.close()
-
-
 class _Tally:
-    """What a receiver counts: messages, the time of the last, every tenth latency."""
+    """What a receiver counts: messages, the time of the last, every ``every``-th latency."""
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, every: int = 10) -> None:
         self.n = n
+        self.every = every
         self.got = 0
         self.last = 0.0
         self.latencies: List[float] = []
@@ -96,7 +62,7 @@ class _Tally:
         now = time.time()
         self.got += 1
         self.last = now
-        if self.got % 10 == 0:
+        if self.got % self.every == 0:
             self.latencies.append(now - payload["t"])
         return self.got >= self.n
 
@@ -104,51 +70,11 @@ class _Tally:
         return {"got": self.got, "last": self.last, "latencies": self.latencies}
 
 
-def _tallying_agent(
-    n: int, agent_id: str, **options: Any
-) -> Tuple[Any, _Tally, threading.Event]:
-    """An agent that tallies what it handles; the event is set at the n-th message."""
-    from .. import Agent
-
-    done = threading.Event()
-    lock = threading.Lock()
-    tally = _Tally(n)
-
-    class Rx(Agent):
-        def on_message(self, message: Any) -> None:
-            with lock:
-                if tally.record(message.payload):
-                    done.set()
-
-    return Rx(agent_id, **options), tally, done
-
-
 def _bench_keyring() -> Any:
     """The keyring of the signed rows: one key, shared by sender and receiver."""
     from .. import Keyring, SigningKey
 
     return Keyring([SigningKey("bench", b"bench-secret-of-32-bytes-0123456")])
-
-
-def sync_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any,
-                  signed: bool = False) -> None:
-    options: Dict[str, Any] = {}
-    if signed:
-        options = dict(keyring=_bench_keyring(), require_signed=True)
-    agent, tally, done = _tallying_agent(
-        n, agent_id, redis_url=url, max_pending=max(1000, n), **options
-    )
-    agent.start()
-    ready.set()
-    done.wait(120)
-    out.put(dict(tally.result(), missed=agent.stats.missed, dropped=agent.stats.dropped_overflow,
-                 refused=agent.stats.refused))
-    agent.stop()
-
-
-def signed_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
-    """:func:`sync_receiver` with ``require_signed``, verifying every message."""
-    sync_receiver(url, agent_id, n, ready, out, signed=True)
 
 
 def sync_sender(url: str, target: str, n: int, rate: Optional[float], mode: str, out: Any) -> None:
@@ -201,82 +127,6 @@ async def async_start(agent: Any, url: str) -> None:
         await client.aclose()
 
 
-def async_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
-    import mas  # type: ignore[import-not-found]
-
-    async def main() -> None:
-        done = asyncio.Event()
-        tally = _Tally(n)
-
-        class Rx(mas.Agent):  # type: ignore[misc]
-            async def on_message(self, message: Any) -> None:
-                if tally.record(message.payload):
-                    done.set()
-
-        agent = Rx(agent_id, redis_url=url)
-        await async_start(agent, url)
-        ready.set()
-        try:
-            await asyncio.wait_for(done.wait(), 120)
-        except asyncio.TimeoutError:
-            pass
-        out.put(tally.result())
-        await agent.stop()
-
-    asyncio.run(main())
-
-
-def async_sender(url: str, target: str, n: int, rate: Optional[float], out: Any) -> None:
-    import mas  # type: ignore[import-not-found]
-
-    async def main() -> None:
-        agent = mas.Agent(f"atx-{os.getpid()}", redis_url=url)
-        await async_start(agent, url)
-        start = time.time()
-        interval = 1.0 / rate if rate else 0.0
-        for i in range(n):
-            if interval:
-                delay = start + i * interval - time.time()
-                if delay > 0.0002:
-                    await asyncio.sleep(delay)
-            await agent.send(target, dict(PAYLOAD, t=time.time()))
-        out.put({"start": start, "end": time.time()})
-        await agent.stop()
-
-    asyncio.run(main())
-
-
-def responder(url: str, agent_id: str, ready: Any, stop: Any) -> None:
-    from .. import Agent
-
-    class Echo(Agent):
-        def on_message(self, message: Any) -> None:
-            if message.expects_reply:
-                message.reply({"ok": True})
-
-    agent = Echo(agent_id, redis_url=url)
-    agent.start()
-    ready.set()
-    stop.wait(300)
-    agent.stop()
-
-
-def requester(url: str, target: str, n: int, out: Any) -> None:
-    from .. import Agent
-
-    agent = Agent(f"asker-{os.getpid()}", redis_url=url)
-    agent.start()
-    for _ in range(min(100, n)):  # warm up
-        agent.request(target, {"q": 1}, timeout=5)
-    rtts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        agent.request(target, {"q": 1}, timeout=5)
-        rtts.append(time.perf_counter() - t0)
-    out.put({"rtts": rtts})
-    agent.stop()
-
-
 def many_agents(url: str, n: int, out: Any) -> None:
     from .. import Agent
 
@@ -313,45 +163,6 @@ def many_agents(url: str, n: int, out: Any) -> None:
 RAW_GROUP = "agents"
 
 
-def raw_stream_receiver(url: str, stream: str, n: int, ready: Any, out: Any) -> None:
-    """The ceiling: XREADGROUP up to 100 entries, then one XACK for them, as a bare loop."""
-    client = redis.Redis.from_url(url)
-    try:
-        client.xgroup_create(stream, RAW_GROUP, id="0", mkstream=True)
-    except redis.ResponseError:
-        pass
-    ready.set()
-    got, latencies, last = 0, [], 0.0
-    deadline = time.monotonic() + 120
-    while got < n and time.monotonic() < deadline:
-        reply = client.xreadgroup(RAW_GROUP, "raw-rx", {stream: ">"}, count=100, block=250)
-        for _, entries in reply or ():
-            ids = []
-            for entry_id, fields in entries:
-                ids.append(entry_id)
-                got += 1
-                if got % 10 == 0:
-                    latencies.append(time.time() - json.loads(fields[b"envelope"])["payload"]["t"])
-            client.xack(stream, RAW_GROUP, *ids)
-            last = time.time()
-    out.put({"got": got, "last": last, "latencies": latencies})
-    client.close()
-
-
-def raw_stream_sender(url: str, stream: str, n: int, rate: Optional[float], out: Any) -> None:
-    """One XADD per message (the envelope field, as mas_sync writes it)."""
-    client = redis.Redis.from_url(url)
-
-    def send(i: int) -> None:
-        message = {"sender_id": "raw-tx", "target_id": "rx", "timestamp": time.time(),
-                   "message_id": str(i), "payload": dict(PAYLOAD, t=time.time())}
-        client.xadd(stream, {"envelope": json.dumps(message)})
-
-    start = _pace(rate, n, send)
-    out.put({"start": start, "end": time.time()})
-    client.close()
-
-
 def _wait_acknowledged(client: redis.Redis, stream: str, deadline: float) -> float:
     """Wait until the group holds no pending entry; returns the time it was seen so."""
     while time.monotonic() < deadline:
@@ -359,22 +170,6 @@ def _wait_acknowledged(client: redis.Redis, stream: str, deadline: float) -> flo
             return time.time()
         time.sleep(0.0005)
     return time.time()
-
-
-def reliable_receiver(url: str, agent_id: str, n: int, ready: Any, out: Any) -> None:
-    """A reliable agent; "last" is when the n-th message was handled *and* acknowledged."""
-    agent, tally, done = _tallying_agent(
-        n, agent_id, redis_url=url, delivery="reliable", instance="rx"
-    )
-    agent.start()
-    ready.set()
-    done.wait(120)
-    probe = redis.Redis.from_url(url)
-    result = tally.result()
-    result["last"] = _wait_acknowledged(probe, f"agent.stream:{agent_id}", time.monotonic() + 10)
-    probe.close()
-    out.put(result)
-    agent.stop()
 
 
 def instance_receiver(url: str, agent_id: str, instance: str, workers: int, n: int,
@@ -554,3 +349,393 @@ def limited_receiver(url: str, agent_id: str, instance: str, rate: float, ready:
     stop.wait(600)
     agent.stop()
     out.put({"handled": handled[0], "refused": agent.stats.refused_rate_limited})
+
+
+# -- endpoints that serve one job after another ------------------------------------
+#
+# The interleaved groups of the benchmark start each process once and give it a
+# job per round (spawning a process costs about 0.3 s): ``serve`` builds the
+# endpoint, reports {"started": True}, then answers every job of its inbox
+# until it reads None. A receiver's job answers {"ready": True} once it counts
+# afresh, then its result.
+
+
+def serve(make: str, args: Sequence[Any], inbox: Any, out: Any) -> None:
+    """Build ``make(*args)`` (a class of this module) and run the jobs of ``inbox`` until None."""
+    endpoint = globals()[make](*args)
+    out.put({"started": True})
+    try:
+        while True:
+            job = inbox.get()
+            if job is None:
+                break
+            out.put(endpoint.run(job, out))
+    finally:
+        endpoint.close()
+
+
+class _Receiver:
+    """The part of every receiver: a fresh tally per job, and the wait for its n-th message."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tally = _Tally(0)
+        self.done = threading.Event()
+
+    def record(self, payload: Dict[str, Any]) -> None:
+        with self.lock:
+            if self.tally.record(payload):
+                self.done.set()
+
+    def begin(self, job: Dict[str, Any], out: Any) -> _Tally:
+        with self.lock:
+            self.tally = _Tally(job["n"], job.get("every", 10))
+            self.done = threading.Event()
+        out.put({"ready": True})
+        return self.tally
+
+    def close(self) -> None:
+        pass
+
+
+class RawReceiver(_Receiver):
+    """A bare redis-py ``PubSub`` loop on ``channel``."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        super().__init__()
+        self.client = redis.Redis.from_url(url)
+        self.pubsub = self.client.pubsub()
+        self.pubsub.subscribe(channel)
+        while (self.pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+            pass
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        tally = self.begin(job, out)
+        deadline = time.monotonic() + job.get("timeout", 60)
+        while tally.got < tally.n and time.monotonic() < deadline:
+            message = self.pubsub.get_message(timeout=1.0)
+            if message is not None and message["type"] == "message":
+                tally.record(json.loads(message["data"])["payload"])
+        return tally.result()
+
+    def close(self) -> None:
+        self.pubsub.close()
+        self.client.close()
+
+
+class AgentReceiver(_Receiver):
+    """A mas_sync agent that tallies what it handles (``kind``: "pubsub", "signed" or "reliable")."""
+
+    def __init__(self, url: str, agent_id: str, kind: str, most: int) -> None:
+        from .. import Agent
+
+        super().__init__()
+        self.url, self.agent_id, self.kind = url, agent_id, kind
+        options: Dict[str, Any] = {}
+        if kind == "signed":
+            options = dict(keyring=_bench_keyring(), require_signed=True)
+        elif kind == "reliable":
+            options = dict(delivery="reliable", instance="rx")
+        receiver = self
+
+        class Rx(Agent):
+            def on_message(self, message: Any) -> None:
+                receiver.record(message.payload)
+
+        self.agent = Rx(agent_id, redis_url=url, max_pending=max(1000, most), **options)
+        self.agent.start()
+        self.probe = redis.Redis.from_url(url)
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        tally = self.begin(job, out)
+        before = self.agent.stats
+        self.done.wait(job.get("timeout", 60))
+        result = tally.result()
+        stats = self.agent.stats
+        result.update(missed=stats.missed - before.missed,
+                      dropped=stats.dropped_overflow - before.dropped_overflow,
+                      refused=stats.refused - before.refused)
+        if self.kind == "reliable":
+            # "last" is when the n-th message was handled *and* acknowledged.
+            result["last"] = _wait_acknowledged(self.probe, f"agent.stream:{self.agent_id}",
+                                                time.monotonic() + 10)
+        return result
+
+    def close(self) -> None:
+        self.agent.stop()
+        self.probe.close()
+
+
+class RawStreamReceiver(_Receiver):
+    """The ceiling of streams: XREADGROUP up to 100 entries, then one XACK for them."""
+
+    def __init__(self, url: str, stream: str) -> None:
+        super().__init__()
+        self.stream = stream
+        self.client = redis.Redis.from_url(url)
+        try:
+            self.client.xgroup_create(stream, RAW_GROUP, id="$", mkstream=True)
+        except redis.ResponseError:
+            pass
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        tally = self.begin(job, out)
+        deadline = time.monotonic() + job.get("timeout", 60)
+        while tally.got < tally.n and time.monotonic() < deadline:
+            reply = self.client.xreadgroup(RAW_GROUP, "raw-rx", {self.stream: ">"}, count=100, block=250)
+            for _, entries in reply or ():
+                for _, fields in entries:
+                    tally.record(json.loads(fields[b"envelope"])["payload"])
+                self.client.xack(self.stream, RAW_GROUP, *(entry_id for entry_id, _ in entries))
+                tally.last = time.time()
+        return tally.result()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _Loop:
+    """An asyncio loop in a thread of its own, for the async framework's endpoints."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="mas-bench-loop", daemon=True)
+        self.thread.start()
+
+    def call(self, coro: Any, timeout: Optional[float] = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class AsyncReceiver(_Receiver):
+    """An agent of the async framework that tallies what it handles."""
+
+    def __init__(self, url: str, agent_id: str) -> None:
+        import mas  # type: ignore[import-not-found]
+
+        super().__init__()
+        receiver = self
+
+        class Rx(mas.Agent):  # type: ignore[misc]
+            async def on_message(self, message: Any) -> None:
+                receiver.record(message.payload)
+
+        self.runner = _Loop()
+        self.agent = Rx(agent_id, redis_url=url)
+        self.runner.call(async_start(self.agent, url), 30)
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        tally = self.begin(job, out)
+        self.done.wait(job.get("timeout", 60))
+        return tally.result()
+
+    def close(self) -> None:
+        self.runner.call(self.agent.stop(), 60)
+        self.runner.close()
+
+
+class RawSender:
+    """``publish()`` of a message of mas_sync's size on ``channel``, one at a time."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        self.client, self.channel = redis.Redis.from_url(url), channel
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        def send(i: int) -> None:
+            message = {"sender_id": "raw-tx", "target_id": "rx", "timestamp": time.time(),
+                       "message_id": str(i), "payload": dict(PAYLOAD, t=time.time())}
+            self.client.publish(self.channel, json.dumps(message))
+
+        start = _pace(job.get("rate"), job["n"], send)
+        return {"start": start, "end": time.time()}
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RawStreamSender(RawSender):
+    """One ``XADD`` per message (the envelope field, as mas_sync writes it)."""
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        def send(i: int) -> None:
+            message = {"sender_id": "raw-tx", "target_id": "rx", "timestamp": time.time(),
+                       "message_id": str(i), "payload": dict(PAYLOAD, t=time.time())}
+            self.client.xadd(self.channel, {"envelope": json.dumps(message)})
+
+        start = _pace(job.get("rate"), job["n"], send)
+        return {"start": start, "end": time.time()}
+
+
+class AgentSender:
+    """A mas_sync agent that sends (job "mode": "send", "batch" or "threads:N")."""
+
+    def __init__(self, url: str, signed: bool) -> None:
+        from .. import Agent
+
+        self.agent = Agent(f"tx-{os.getpid()}", redis_url=url,
+                           keyring=_bench_keyring() if signed else None)
+        self.agent.start()
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        agent, target, n, mode = self.agent, job["target"], job["n"], job.get("mode", "send")
+        if mode == "batch":
+            start = time.time()
+            for first in range(0, n, 100):
+                agent.send_many([(target, dict(PAYLOAD, t=time.time()))
+                                 for _ in range(first, min(n, first + 100))])
+        elif mode.startswith("threads:"):
+            count = int(mode.split(":")[1])
+            go = threading.Event()
+
+            def work(share: int) -> None:
+                go.wait()
+                for _ in range(share):
+                    agent.send(target, dict(PAYLOAD, t=time.time()))
+
+            workers = [threading.Thread(target=work, args=(n // count + (k < n % count),),
+                                        name=f"mas-bench-tx-{k}", daemon=True) for k in range(count)]
+            for worker in workers:
+                worker.start()
+            start = time.time()
+            go.set()
+            for worker in workers:
+                worker.join(120)
+        else:
+            start = _pace(job.get("rate"), n, lambda i: agent.send(target, dict(PAYLOAD, t=time.time())))
+        return {"start": start, "end": time.time()}
+
+    def close(self) -> None:
+        self.agent.stop()
+
+
+class AsyncSender:
+    """An agent of the async framework that sends, one ``await send()`` at a time."""
+
+    def __init__(self, url: str) -> None:
+        import mas  # type: ignore[import-not-found]
+
+        self.runner = _Loop()
+        self.agent = mas.Agent(f"atx-{os.getpid()}", redis_url=url)
+        self.runner.call(async_start(self.agent, url), 30)
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        target, n, rate = job["target"], job["n"], job.get("rate")
+
+        async def send_all() -> float:
+            start = time.time()
+            interval = 1.0 / rate if rate else 0.0
+            for i in range(n):
+                if interval:
+                    delay = start + i * interval - time.time()
+                    if delay > 0.0002:
+                        await asyncio.sleep(delay)
+                await self.agent.send(target, dict(PAYLOAD, t=time.time()))
+            return start
+
+        start = self.runner.call(send_all())
+        return {"start": start, "end": time.time()}
+
+    def close(self) -> None:
+        self.runner.call(self.agent.stop(), 60)
+        self.runner.close()
+
+
+class Responder:
+    """A mas_sync agent that answers every request with ``{"ok": True}``."""
+
+    def __init__(self, url: str, agent_id: str) -> None:
+        from .. import Agent
+
+        class Echo(Agent):
+            def on_message(self, message: Any) -> None:
+                if message.expects_reply:
+                    message.reply({"ok": True})
+
+        self.agent = Echo(agent_id, redis_url=url)
+        self.agent.start()
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        self.agent.stop()
+
+
+class Requester:
+    """A mas_sync agent that asks ``request()`` n times in a row; reports each round trip."""
+
+    def __init__(self, url: str) -> None:
+        from .. import Agent
+
+        self.agent = Agent(f"asker-{os.getpid()}", redis_url=url)
+        self.agent.start()
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        target, n = job["target"], job["n"]
+        for _ in range(job.get("warm", 0)):
+            self.agent.request(target, {"q": 1}, timeout=5)
+        rtts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.agent.request(target, {"q": 1}, timeout=5)
+            rtts.append(time.perf_counter() - t0)
+        return {"rtts": rtts}
+
+    def close(self) -> None:
+        self.agent.stop()
+
+
+class AsyncResponder:
+    """An agent of the async framework that answers every request (``message.reply()``)."""
+
+    def __init__(self, url: str, agent_id: str) -> None:
+        import mas  # type: ignore[import-not-found]
+
+        class Echo(mas.Agent):  # type: ignore[misc]
+            async def on_message(self, message: Any) -> None:
+                if message.expects_reply:
+                    await message.reply({"ok": True})
+
+        self.runner = _Loop()
+        self.agent = Echo(agent_id, redis_url=url)
+        self.runner.call(async_start(self.agent, url), 30)
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        self.runner.call(self.agent.stop(), 60)
+        self.runner.close()
+
+
+class AsyncRequester:
+    """An agent of the async framework that awaits ``request()`` n times in a row."""
+
+    def __init__(self, url: str) -> None:
+        import mas  # type: ignore[import-not-found]
+
+        self.runner = _Loop()
+        self.agent = mas.Agent(f"aasker-{os.getpid()}", redis_url=url)
+        self.runner.call(async_start(self.agent, url), 30)
+
+    def run(self, job: Dict[str, Any], out: Any) -> Dict[str, Any]:
+        target, n = job["target"], job["n"]
+
+        async def ask() -> List[float]:
+            for _ in range(job.get("warm", 0)):
+                await self.agent.request(target, {"q": 1}, timeout=5)
+            rtts = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                await self.agent.request(target, {"q": 1}, timeout=5)
+                rtts.append(time.perf_counter() - t0)
+            return rtts
+
+        return {"rtts": self.runner.call(ask())}
+
+    def close(self) -> None:
+        self.runner.call(self.agent.stop(), 60)
+        self.runner.close()
