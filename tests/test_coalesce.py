@@ -346,3 +346,13 @@ def test_the_first_sends_after_redis_closed_the_connection_go_through(redis_url:
     assert got == [0, 1, 2, 3, 4, 5]
     listener.close()
     admin.close()
+
+
+def test_commands_are_packed_as_redis_py_packs_them() -> None:
+    from redis.connection import Connection
+
+    from mas_sync._redis.connection import _pack
+
+    commands = [("PUBLISH", "agent.rx", '{"text": "h\u00e9llo \u2603"}'),
+                ("XADD", "agent.stream:x", "NOMKSTREAM", "*", "envelope", b"\x00\xff\r\n")]
+    assert _pack(commands) == b"".join(Connection().pack_commands(commands))

@@ -360,9 +360,20 @@ _GET_CONNECTION_ARGS: Tuple[str, ...] = (
 )
 
 
+def _pack(commands: Sequence[Tuple[Any, ...]]) -> bytes:
+    """``commands`` in the Redis protocol, as one buffer: their arguments are str or bytes."""
+    parts = []
+    for command in commands:
+        parts.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            data = arg.encode() if isinstance(arg, str) else arg
+            parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
 def _run_on(connection: Any, commands: Sequence[Tuple[Any, ...]]) -> List[Any]:
     try:
-        connection.send_packed_command(connection.pack_commands(commands))
+        connection.send_packed_command([_pack(commands)])
         replies: List[Any] = []
         for _ in commands:
             try:
@@ -379,10 +390,10 @@ class HeldConnection:
     """Runs batches of commands on one connection kept out of a client's pool.
 
     What a pipeline does, without its per-command cost, nor the pool's per
-    call: the replies come raw (no response callbacks), a command Redis
-    refuses has its ``redis.ResponseError`` in its place (the others ran),
-    and a lost connection raises redis-py's error (what was sent may have
-    run). Before each batch the connection is checked as the pool checks
+    call: the arguments are str (sent as UTF-8) or bytes, the replies come
+    raw (no response callbacks), a command Redis refuses has its
+    ``redis.ResponseError`` in its place (the others ran), and a lost
+    connection raises redis-py's error (what was sent may have run). Before each batch the connection is checked as the pool checks
     those it hands out (one with data waiting, or closed, is made anew);
     when the client has moved to a new pool (see :func:`retire_connections`)
     it goes back to its old one, which closes it, and the next is taken from
