@@ -44,37 +44,81 @@ local function instances(key)
   end
   return live
 end
+-- A text decoded once a call: registrations often share their capabilities
+-- and metadata.
+local decoded, valid_meta = {}, {}
+local function decode_caps(text)
+  local caps = decoded[text]
+  if caps == nil then
+    local ok, value = pcall(cjson.decode, text)
+    caps = ok and type(value) == 'table' and value or false
+    decoded[text] = caps
+  end
+  return caps
+end
+local function meta_ok(text)
+  local ok = valid_meta[text]
+  if ok == nil then
+    local good, value = pcall(cjson.decode, text)
+    ok = good and type(value) == 'table'
+    valid_meta[text] = ok
+  end
+  return ok
+end
 local page = redis.call('SCAN', ARGV[1], 'MATCH', 'agent:*', 'COUNT', ARGV[2], 'TYPE', 'hash')
-local good, entries, unreadable = {}, {page[1], 'entries'}, false
+-- The ACTIVE hashes that match (or that Lua cannot read): key, id,
+-- capabilities, readable. Their metadata and delivery are read later, for
+-- those that beat: most time goes to the fields read.
+local picked = {}
 for _, key in ipairs(page[2]) do
   if #key > 6 and not string.find(key, ':', 7, true) then
-    local f = redis.call('HMGET', key, 'id', 'capabilities', 'metadata', 'status', 'delivery')
-    if f[4] == 'ACTIVE' then
-      local id, caps_text, meta_text = f[1] or '', f[2] or '[]', f[3] or '{}'
-      local ok_caps, caps = pcall(cjson.decode, caps_text)
-      local ok_meta, meta = pcall(cjson.decode, meta_text)
-      local readable = key == 'agent:' .. id and ok_caps and ok_meta
-        and type(caps) == 'table' and type(meta) == 'table'
+    local f = redis.call('HMGET', key, 'status', 'capabilities', 'id')
+    if f[1] == 'ACTIVE' then
+      local caps_text, id = f[2] or '[]', f[3] or ''
+      local caps = decode_caps(caps_text)
+      local readable = key == 'agent:' .. id and caps
       local match = any or not readable
       if not match then
         for _, cap in ipairs(caps) do
           if want[cap] then match = true break end
         end
       end
-      if match and redis.call('EXISTS', key .. ARGV[3]) == 1 then
-        local delivery, count = 'pubsub', 1
-        if f[5] == 'reliable' then delivery, count = 'reliable', instances(key) end
-        local n = #entries
-        entries[n + 1], entries[n + 2] = key, id
-        entries[n + 3], entries[n + 4] = caps_text, meta_text
-        entries[n + 5], entries[n + 6] = delivery, tostring(count)
-        if readable then
-          good[#good + 1] = '[' .. cjson.encode(id) .. ',' .. caps_text .. ',' .. meta_text
-            .. ',"' .. delivery .. '",' .. count .. ']'
-        else
-          unreadable = true
-        end
+      if match then
+        picked[#picked + 1] = {key, id, caps_text, readable}
       end
+    end
+  end
+end
+-- Their heartbeat keys, checked in batches: one EXISTS counts a whole batch,
+-- and only a batch where some heartbeat is missing is checked key by key.
+local beating = {}
+local BATCH = 500
+for first = 1, #picked, BATCH do
+  local last = math.min(first + BATCH - 1, #picked)
+  local beats = {}
+  for i = first, last do beats[#beats + 1] = picked[i][1] .. ARGV[3] end
+  local all = redis.call('EXISTS', unpack(beats)) == #beats
+  for i = first, last do
+    beating[i] = all or redis.call('EXISTS', beats[i - first + 1]) == 1
+  end
+end
+local good, entries, unreadable = {}, {page[1], 'entries'}, false
+for i, p in ipairs(picked) do
+  if beating[i] then
+    local key, id, caps_text, readable = p[1], p[2], p[3], p[4]
+    local f = redis.call('HMGET', key, 'metadata', 'delivery')
+    local meta_text = f[1] or '{}'
+    local delivery, count = 'pubsub', 1
+    if f[2] == 'reliable' then delivery, count = 'reliable', instances(key) end
+    local n = #entries
+    entries[n + 1], entries[n + 2] = key, id
+    entries[n + 3], entries[n + 4] = caps_text, meta_text
+    entries[n + 5], entries[n + 6] = delivery, tostring(count)
+    if readable and meta_ok(meta_text) then
+      good[#good + 1] = '[' .. cjson.encode(id) .. ',' .. caps_text .. ',' .. meta_text
+        .. ',"' .. delivery .. '",' .. count .. ']'
+    else
+      unreadable = true
     end
   end
 end
