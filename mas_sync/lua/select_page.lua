@@ -66,25 +66,27 @@ local function meta_ok(text)
   return ok
 end
 local page = redis.call('SCAN', ARGV[1], 'MATCH', 'agent:*', 'COUNT', ARGV[2], 'TYPE', 'hash')
--- The ACTIVE hashes that match (or that Lua cannot read): key, id,
--- capabilities, readable. Their metadata and delivery are read later, for
--- those that beat: most time goes to the fields read.
-local picked = {}
+-- The ACTIVE hashes that match (or that Lua cannot read): their keys, fields
+-- (id, capabilities, metadata, status, delivery) and whether Lua reads them.
+local keys, fields, readable = {}, {}, {}
 for _, key in ipairs(page[2]) do
   if #key > 6 and not string.find(key, ':', 7, true) then
-    local f = redis.call('HMGET', key, 'status', 'capabilities', 'id')
-    if f[1] == 'ACTIVE' then
-      local caps_text, id = f[2] or '[]', f[3] or ''
-      local caps = decode_caps(caps_text)
-      local readable = key == 'agent:' .. id and caps
-      local match = any or not readable
+    local f = redis.call('HMGET', key, 'id', 'capabilities', 'metadata', 'status', 'delivery')
+    if f[4] == 'ACTIVE' then
+      local id = f[1] or ''
+      local caps = decode_caps(f[2] or '[]')
+      -- key == 'agent:' .. id, without making that string.
+      local ok = #key == #id + 6 and string.find(key, id, 7, true) == 7 and caps
+        and meta_ok(f[3] or '{}')
+      local match = any or not ok
       if not match then
         for _, cap in ipairs(caps) do
           if want[cap] then match = true break end
         end
       end
       if match then
-        picked[#picked + 1] = {key, id, caps_text, readable}
+        local n = #keys + 1
+        keys[n], fields[n], readable[n] = key, f, ok
       end
     end
   end
@@ -93,36 +95,41 @@ end
 -- and only a batch where some heartbeat is missing is checked key by key.
 local beating = {}
 local BATCH = 500
-for first = 1, #picked, BATCH do
-  local last = math.min(first + BATCH - 1, #picked)
+for first = 1, #keys, BATCH do
+  local last = math.min(first + BATCH - 1, #keys)
   local beats = {}
-  for i = first, last do beats[#beats + 1] = picked[i][1] .. ARGV[3] end
+  for i = first, last do beats[#beats + 1] = keys[i] .. ARGV[3] end
   local all = redis.call('EXISTS', unpack(beats)) == #beats
   for i = first, last do
     beating[i] = all or redis.call('EXISTS', beats[i - first + 1]) == 1
   end
 end
-local good, entries, unreadable = {}, {page[1], 'entries'}, false
-for i, p in ipairs(picked) do
+local live, delivery, count, unreadable = {}, {}, {}, false
+for i = 1, #keys do
   if beating[i] then
-    local key, id, caps_text, readable = p[1], p[2], p[3], p[4]
-    local f = redis.call('HMGET', key, 'metadata', 'delivery')
-    local meta_text = f[1] or '{}'
-    local delivery, count = 'pubsub', 1
-    if f[2] == 'reliable' then delivery, count = 'reliable', instances(key) end
-    local n = #entries
-    entries[n + 1], entries[n + 2] = key, id
-    entries[n + 3], entries[n + 4] = caps_text, meta_text
-    entries[n + 5], entries[n + 6] = delivery, tostring(count)
-    if readable and meta_ok(meta_text) then
-      good[#good + 1] = '[' .. cjson.encode(id) .. ',' .. caps_text .. ',' .. meta_text
-        .. ',"' .. delivery .. '",' .. count .. ']'
-    else
-      unreadable = true
-    end
+    local n = #live + 1
+    live[n], delivery[n], count[n] = i, 'pubsub', 1
+    if fields[i][5] == 'reliable' then delivery[n], count[n] = 'reliable', instances(keys[i]) end
+    if not readable[i] then unreadable = true end
   end
 end
 if ARGV[4] == 'page' and not unreadable then
+  local good = {}
+  for n, i in ipairs(live) do
+    local f = fields[i]
+    local id = f[1]
+    -- An id that needs no escaping goes as it is (cjson's encoding otherwise).
+    local quoted = string.find(id, '[%c"\\]') and cjson.encode(id) or '"' .. id .. '"'
+    good[n] = '[' .. quoted .. ',' .. (f[2] or '[]') .. ',' .. (f[3] or '{}') .. ',"'
+      .. delivery[n] .. '",' .. count[n] .. ']'
+  end
   return {page[1], 'page', #good, '[' .. table.concat(good, ',') .. ']'}
+end
+local entries = {page[1], 'entries'}
+for n, i in ipairs(live) do
+  local f, m = fields[i], #entries
+  entries[m + 1], entries[m + 2] = keys[i], f[1] or ''
+  entries[m + 3], entries[m + 4] = f[2] or '[]', f[3] or '{}'
+  entries[m + 5], entries[m + 6] = delivery[n], tostring(count[n])
 end
 return entries
