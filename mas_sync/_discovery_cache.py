@@ -114,6 +114,11 @@ class DiscoveryCache:
             self._dirty.add(agent_id)
         self._catch_up()
 
+    def moved(self) -> None:
+        """Sentinel moved the master: answer from Redis, subscribe again, refill (any thread)."""
+        self._lost()
+        self._listener.reset()
+
     def stop(self, publisher: Any, deadline: float) -> None:
         """Stop the thread (woken through ``publisher``) and close its connection."""
         self._lost()

@@ -420,6 +420,8 @@ class AgentRun:
         retire_connections(self.client)
         if self.transport is not None:
             self.transport.moved()
+        if self.discovery_cache is not None:
+            self.discovery_cache.moved()
 
 
 def _client_name(agent_id: str) -> str:
