@@ -111,55 +111,27 @@ class RegistrationReader:
     def _discover_scripted(self, wanted: List[str], skipped: List[bytes]) -> List[Dict[str, Any]]:
         # The server scans, reads and filters; one round trip a SCAN page
         # (two for a page holding a registration the client cannot read).
-        # The request for the next page goes out before this page is parsed,
-        # on a connection of the pool, so that Redis works while Python parses.
         found: List[Dict[str, Any]] = []
         wanted_set = set(wanted)
-        tail = [SCAN_COUNT, _wire.HEARTBEAT_KEY_SUFFIX]
         cursor: Any = b"0"
-        reply = self._run_raw(self._select_page, [cursor, *tail, "page", *wanted])
-        pool = self._redis.connection_pool
-        ahead_ok = getattr(self._redis, "connection", None) is None  # not a single connection
-        connection: Any = None
-        try:
-            while True:
-                after = reply[0]
-                last = after in (b"0", 0)
-                sent = False
-                if reply[1] == b"page" and not last and ahead_ok:
-                    if connection is None:
-                        connection = pool.get_connection()
-                    connection.send_command(
-                        "EVALSHA", self._select_page.sha, 0, after, *tail, "page", *wanted)
-                    sent = True
-                if reply[1] == b"page":
-                    page = _read_page(reply[2], reply[3], wanted_set)
-                    if page is None:  # something only Python refuses: again, entry by entry
-                        page = self._read_entries(
-                            self._run_raw(self._select_page,
-                                          [cursor, *tail, "entries", *wanted])[2:],
-                            wanted_set, skipped)
-                    found.extend(page)
-                else:
-                    found.extend(self._read_entries(reply[2:], wanted_set, skipped))
-                if last:
-                    return found
-                cursor = after
-                reply = None
-                if sent:
-                    try:
-                        reply = connection.read_response(disable_decoding=True)
-                    except redis.exceptions.NoScriptError:
-                        pass  # flushed meanwhile: loaded again below
-                if reply is None:
-                    reply = self._run_raw(self._select_page, [cursor, *tail, "page", *wanted])
-        except BaseException:
-            if connection is not None:
-                connection.disconnect()  # a reply may still be on its way
-            raise
-        finally:
-            if connection is not None:
-                pool.release(connection)
+        mode = "page"
+        while True:
+            reply = self._run_raw(
+                self._select_page,
+                [cursor, SCAN_COUNT, _wire.HEARTBEAT_KEY_SUFFIX, mode, *wanted],
+            )
+            if reply[1] == b"page":
+                page = _read_page(reply[2], reply[3], wanted_set)
+                if page is None:  # something only Python refuses: again, entry by entry
+                    mode = "entries"
+                    continue
+                found.extend(page)
+            else:
+                found.extend(self._read_entries(reply[2:], wanted_set, skipped))
+            mode = "page"
+            cursor = reply[0]
+            if cursor in (b"0", 0):
+                return found
 
     def _discover_pipelined(
         self, keys: List[bytes], wanted: Set[str], skipped: List[bytes]
