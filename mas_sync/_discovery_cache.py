@@ -142,7 +142,7 @@ class DiscoveryCache:
                 self._answers[key] = answer
         if answer is None:
             return self._registry.discover(wanted)
-        return [dict(record) for record in answer]
+        return list(map(dict, answer))
 
     # -- in the listener thread --------------------------------------------------
 
