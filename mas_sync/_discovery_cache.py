@@ -147,7 +147,7 @@ class DiscoveryCache:
     # -- in the listener thread --------------------------------------------------
 
     def _on_event(self, data: bytes) -> None:
-        """Note the agent a REGISTER names (the catch-up reads it); drop the one a DEREGISTER names."""
+        """Note the agent a REGISTER names (read at the catch-up); drop the one DEREGISTER names."""
         try:
             event = json.loads(data)
             kind, agent_id = event["type"], event["agent_id"]

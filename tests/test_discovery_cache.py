@@ -154,3 +154,25 @@ def test_the_cache_on_a_cluster(cluster) -> None:
     finally:
         newcomer.stop(timeout=5)
         watcher.stop(timeout=5)
+
+
+def test_the_cache_follows_a_sentinel_failover() -> None:
+    from mas_sync.testing import SentinelGroup
+
+    with SentinelGroup() as group:
+        watcher = Agent("watcher", ["w"], group.url, discovery_cache=True, retry_timeout=1.0,
+                        **FAST)
+        late = Agent("late", ["l"], group.url, retry_timeout=1.0, **FAST)
+        watcher.start()
+        try:
+            wait_until(lambda: _cache(watcher).valid, 5)
+            old = group.failover()  # the old master stays up, as a replica
+            wait_until(lambda: group.master_address() != old, 20, message="failover done")
+            wait_until(lambda: _cache(watcher).valid, 20, message="the cache refilled")
+            late.start()
+            wait_until(lambda: _ids(watcher.discover()) == ["late", "watcher"], 10,
+                       message="an agent started after the failover, in the cache")
+            assert _cache(watcher).valid
+        finally:
+            late.stop(timeout=5)
+            watcher.stop(timeout=5)
