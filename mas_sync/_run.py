@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import redis
 
@@ -345,7 +345,7 @@ class AgentRun:
                 self.agent_id, ", ".join(t.name for t in alive),
             )
 
-    def discover(self, capabilities: Any) -> Any:
+    def discover(self, capabilities: Optional[Iterable[str]]) -> List[Dict[str, Any]]:
         """What :meth:`mas_sync.Agent.discover` returns: from the cache when it has one."""
         wanted = _wire.validate_capabilities(capabilities)
         if self.discovery_cache is not None:
