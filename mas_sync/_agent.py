@@ -158,6 +158,17 @@ class Agent:
             holds across the instances of an agent; if Redis cannot answer,
             messages are let through (see README, Rate limits). None (the
             default) takes everything.
+        discovery_cache: Keep a copy of the registry, so that :meth:`discover`
+            answers without reading Redis (see README, Discovery): ``True``,
+            or the seconds between two full reads (``True``: 5). The copy is
+            filled by one full read, then follows the REGISTER and DEREGISTER
+            events of ``mas.system``, each naming a registration the cache
+            reads again; a full read every interval catches what no event
+            announces (a heartbeat that expired, a status changed, the live
+            instances of a reliable agent). While its
+            subscription is lost, :meth:`discover` reads Redis. It costs a
+            thread (``-discovery``) and a pub/sub connection. False (the
+            default): every :meth:`discover` reads Redis.
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message.
@@ -196,6 +207,7 @@ class Agent:
         breaker_shared: bool = False,
         send_rate: Union[str, RateLimit, None] = None,
         rate_limit: Union[str, RateLimit, None] = None,
+        discovery_cache: Union[bool, float] = False,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
@@ -209,7 +221,7 @@ class Agent:
             delivery, instance, max_attempts, visibility_timeout, retry_delay, dedupe_window,
             stream_maxlen, keyring, require_signed, signature_window, accept_from,
             accept_capabilities, breaker_failures, breaker_cooldown, breaker_shared,
-            send_rate, rate_limit,
+            send_rate, rate_limit, discovery_cache=discovery_cache,
         )
         signing_key = keyring.signing_key if keyring is not None else None
         if signing_key is not None and not signing_key.may_sign_for(self.id):
@@ -411,7 +423,11 @@ class Agent:
         Returns:
             ``{"id", "capabilities", "metadata", "delivery", "instances"}``
             per agent, sorted by id; this agent included when it matches (see
-            :meth:`AgentRegistry.discover`).
+            :meth:`AgentRegistry.discover`). With ``discovery_cache``, from
+            the agent's copy of the registry: an agent that starts or stops
+            shows there once its event arrives, one whose heartbeat expired
+            at the next full read; ``capabilities`` and ``metadata`` are
+            shared by the answers (do not change them in place).
 
         Raises:
             AgentNotRunningError: the agent is not started.
@@ -420,7 +436,7 @@ class Agent:
             MASConnectionError: Redis could not be reached.
         """
         run = self._mas_require_run()
-        return run.calls.run(run.registry.discover, capabilities)
+        return run.calls.run(run.discover, capabilities)
 
     # -- reliable delivery: stored messages and dead letters --------------------
 

@@ -205,17 +205,25 @@ def _read_page(count: Any, text: bytes, wanted: Set[str]) -> Optional[List[Dict[
         entries = _json.loads_strict(text)
     except ValueError:
         return None
-    if not isinstance(entries, list) or len(entries) != int(count):
+    if type(entries) is not list or len(entries) != int(count):
         return None
     found = []
-    for entry in entries:
-        if not (isinstance(entry, list) and len(entry) == 5):
-            return None
-        agent_id, caps, metadata, delivery, instances = entry
-        if not (isinstance(agent_id, str) and agent_id and isinstance(caps, list)
-                and all(isinstance(cap, str) for cap in caps) and isinstance(metadata, dict)):
-            return None
-        if not wanted or wanted.intersection(caps):
-            found.append({"id": agent_id, "capabilities": caps, "metadata": metadata,
-                          "delivery": delivery, "instances": instances})
+    append = found.append
+    # The checks of one entry, inlined: this loop runs once a registration.
+    try:
+        for entry in entries:
+            if type(entry) is not list:
+                return None
+            agent_id, caps, metadata, delivery, instances = entry  # ValueError: not 5
+            if not (type(agent_id) is str and agent_id and type(caps) is list
+                    and type(metadata) is dict):
+                return None
+            for cap in caps:
+                if type(cap) is not str:
+                    return None
+            if not wanted or not wanted.isdisjoint(caps):
+                append({"id": agent_id, "capabilities": caps, "metadata": metadata,
+                        "delivery": delivery, "instances": instances})
+    except ValueError:
+        return None
     return found

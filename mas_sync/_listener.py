@@ -73,6 +73,12 @@ class ChannelListener:
         on_idle: Called in the listener thread after one or more
             ``on_data`` calls, once the connection holds no further message
             (the thread is about to wait); None: not called.
+        on_tick: Called in the listener thread each time the connection
+            holds no further message: after a burst, and after each bounded
+            wait (at least every ``min(1, probe_timeout)`` seconds while the
+            channel is quiet). It returns the seconds within which it wants
+            to be called again (shortening the next wait), or None. None:
+            not called.
         name: The thread name.
         owner: Who owns the listener, for log lines.
         on_disconnect: Called in the listener thread when the connection is lost.
@@ -101,11 +107,13 @@ class ChannelListener:
         probe_interval: float = 5.0,
         probe_timeout: float = 2.0,
         client_name: Optional[str] = None,
+        on_tick: Optional[Callable[[], Optional[float]]] = None,
     ) -> None:
         self.url = url
         self.channel = channel
         self._on_data = on_data
         self._on_idle = on_idle
+        self._on_tick = on_tick
         self._owner = owner
         self._on_disconnect = on_disconnect
         self._on_reconnect = on_reconnect
@@ -288,22 +296,27 @@ class ChannelListener:
         last_seen = time.monotonic()
         probe_sent: Optional[float] = None
         poll = min(POLL_INTERVAL, self._probe_timeout)
-        on_idle = self._on_idle
-        delivered = False  # on_data was called since on_idle last was
+        on_idle, on_tick = self._on_idle, self._on_tick
+        delivered = False  # on_data was called since on_idle (on_tick) last was
+        tick_wait = poll
         while not self._stop.is_set():
             if self._reset:
                 self._reset = False
                 self._kick.clear()
                 raise DeadConnection("reset requested")
-            wait = 0.0 if delivered else poll
+            wait = 0.0 if delivered else tick_wait
             if self._sharded:
                 message = pubsub.get_sharded_message(timeout=wait)
             else:
                 message = pubsub.get_message(timeout=wait)
             now = time.monotonic()
+            if message is None and on_tick is not None:
+                wish = on_tick()
+                tick_wait = poll if wish is None else min(poll, max(0.01, wish))
             if message is None and delivered:
                 delivered = False
-                on_idle()  # type: ignore[misc]
+                if on_idle is not None:
+                    on_idle()
                 continue
             if message is None:
                 if self._sharded:
@@ -326,7 +339,7 @@ class ChannelListener:
                 continue  # (a PONG has no channel)
             if kind == "message" or kind == "smessage":
                 self._on_data(message["data"])
-                delivered = on_idle is not None
+                delivered = on_idle is not None or on_tick is not None
             elif kind == "subscribe" or kind == "ssubscribe":
                 self._subscribed = True
                 self._receiving = True

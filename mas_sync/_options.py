@@ -24,6 +24,8 @@ MAX_ATTEMPTS = 1000
 MAX_BREAKER_FAILURES = 1_000_000
 #: The delivery modes: pub/sub (at most once) and Redis Streams (at least once).
 DELIVERY_MODES = ("pubsub", "reliable")
+#: Seconds between the full reads of the discovery cache, with ``discovery_cache=True``.
+DEFAULT_DISCOVERY_REFRESH = 5.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class AgentOptions:
     breaker_shared: bool = False
     send_rate: Union[str, RateLimit, None] = None  # a RateLimit or None, once checked
     rate_limit: Union[str, RateLimit, None] = None  # a RateLimit or None, once checked
+    discovery_cache: Union[bool, float] = False
 
     def __post_init__(self) -> None:
         """Refuse a bad setting, named in the message (TypeError, ValueError)."""
@@ -122,6 +125,11 @@ class AgentOptions:
         self._check_breaker()
         for name in ("send_rate", "rate_limit"):
             object.__setattr__(self, name, as_rate_limit(getattr(self, name), name))
+        cache = self.discovery_cache
+        if not isinstance(cache, bool):
+            if not isinstance(cache, (int, float)):
+                raise TypeError(f"discovery_cache must be a bool or seconds, not {cache!r}")
+            check_seconds("discovery_cache", cache)
         for name in ("heartbeat_interval", "heartbeat_ttl", "retry_timeout",
                      "command_timeout", "probe_interval", "visibility_timeout", "retry_delay",
                      "signature_window"):
@@ -144,6 +152,17 @@ class AgentOptions:
             raise TypeError(f"breaker_shared must be a bool, not {self.breaker_shared!r}")
         if self.breaker_shared and failures is None:
             raise ValueError("breaker_shared needs breaker_failures (the breaker is off without)")
+
+
+    @property
+    def discovery_refresh(self) -> Optional[float]:
+        """Seconds between the discovery cache's full reads; None without the cache."""
+        cache = self.discovery_cache
+        if cache is False:
+            return None
+        if cache is True:
+            return DEFAULT_DISCOVERY_REFRESH
+        return float(cache)
 
 
 def _iterate(items: object) -> Iterable[object]:

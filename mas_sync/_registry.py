@@ -495,6 +495,10 @@ class AgentRegistry(LivenessReader):
         found.sort(key=lambda r: r["id"])
         return found
 
+    def is_beating(self, agent_id: str) -> bool:
+        """True when the heartbeat key of ``agent_id`` exists."""
+        return bool(self._redis.exists(_wire.heartbeat_key(agent_id)))
+
     def update_heartbeat(self, agent_id: str, ttl: float = 60) -> None:
         """Refresh the heartbeat key of ``agent_id`` with a TTL of ``ttl`` seconds.
 

@@ -5,17 +5,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import redis
 
-from . import _json, _signing
+from . import _json, _signing, _wire
 from ._admission import Admission
 from ._breakers import Breakers
 from ._rates import RateLimiter
 from ._calls import CallGate
 from ._dead_letters import DeadLetters
 from ._dedupe import Seen
+from ._discovery_cache import DiscoveryCache
 from ._errors import AgentNotRunningError, MASConnectionError
 from ._handling import AgentHooks, Handling
 from ._heartbeat import Heartbeat
@@ -98,6 +99,7 @@ class AgentRun:
         self.transport: Optional[Transport] = None
         self.pool: Optional[OrderedPool] = None
         self.heartbeat: Optional[Heartbeat] = None
+        self.discovery_cache: Optional[DiscoveryCache] = None
 
     # -- start and stop --------------------------------------------------------
 
@@ -171,10 +173,19 @@ class AgentRun:
             self.calls.run(self.state.load)
             self.abort_if_stopping()
             transport.start()
+            refresh = options.discovery_refresh
+            if refresh is not None:
+                self.discovery_cache = DiscoveryCache(
+                    self.registry, self.url, refresh, self.name, f"Agent {self.agent_id}",
+                    options.probe_interval, client_name,
+                )
+                self.discovery_cache.start()
             if is_sentinel_url(self.url):
                 self.unfollow = follow_master(self.url, self.master_moved)
             self.abort_if_stopping()
             self.calls.run(self.heartbeat.register)
+            if self.discovery_cache is not None:
+                self.discovery_cache.read_now(self.agent_id)  # itself, without its event
             self.heartbeat.start()
         except BaseException:
             self.unfollow()
@@ -183,6 +194,8 @@ class AgentRun:
             pool.close()
             deadline = time.monotonic() + 5.0
             transport.stop(client, deadline)
+            if self.discovery_cache is not None:
+                self.discovery_cache.stop(client, deadline)
             self.join_threads(deadline)
             self.close(deadline)
             raise
@@ -272,6 +285,8 @@ class AgentRun:
         pool, transport = self.pool, self.transport
         assert pool is not None and transport is not None
         transport.stop(quick, deadline)
+        if self.discovery_cache is not None:
+            self.discovery_cache.stop(quick, deadline)
         self.inbox.flush()  # what the transport received last
         # No reply can arrive any more: fail the waiting requests now, so that
         # handlers blocked in request() return before the drain below.
@@ -316,6 +331,8 @@ class AgentRun:
         others = self.transport.threads() if self.transport is not None else []
         if self.heartbeat is not None:
             others.append(self.heartbeat.thread)
+        if self.discovery_cache is not None:
+            others.append(self.discovery_cache.thread)
         for thread in others:
             if thread.ident is not None and thread is not current:
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -327,6 +344,13 @@ class AgentRun:
                 " a handler that never returns keeps its worker)",
                 self.agent_id, ", ".join(t.name for t in alive),
             )
+
+    def discover(self, capabilities: Optional[Iterable[str]]) -> List[Dict[str, Any]]:
+        """What :meth:`mas_sync.Agent.discover` returns: from the cache when it has one."""
+        wanted = _wire.validate_capabilities(capabilities)
+        if self.discovery_cache is not None:
+            return self.discovery_cache.discover(wanted)
+        return self.registry.discover(wanted)
 
     def owns_current_thread(self) -> bool:
         """True in a thread of this run."""
@@ -396,6 +420,8 @@ class AgentRun:
         retire_connections(self.client)
         if self.transport is not None:
             self.transport.moved()
+        if self.discovery_cache is not None:
+            self.discovery_cache.moved()
 
 
 def _client_name(agent_id: str) -> str:

@@ -243,6 +243,17 @@ def test_typed_handler_answers_an_async_request(make_agent, async_agent, aloop) 
     assert bad.payload["_error"]["type"] == "validation_error"
 
 
+def test_async_agents_come_and_go_in_the_discovery_cache(make_agent, async_agent, aloop) -> None:
+    watcher = make_agent("sync-watcher", capabilities=["w"], discovery_cache=60.0)
+    peer = async_agent("async-peer", capabilities=["p"])
+    found = wait_until(lambda: watcher.discover(["p"]), 5, message="the async agent, cached")
+    assert found == [{"id": "async-peer", "capabilities": ["p"], "metadata": {},
+                      "delivery": "pubsub", "instances": 1}]
+    assert watcher._mas_run.discovery_cache.valid  # type: ignore[union-attr]
+    aloop.run(peer.stop())
+    wait_until(lambda: watcher.discover(["p"]) == [], 5, message="the async agent gone")
+
+
 def test_async_agent_answers_a_sync_request(make_agent, async_agent) -> None:
     class AsyncAnswerer(mas.Agent):
         async def on_message(self, message: Any) -> None:

@@ -44,41 +44,92 @@ local function instances(key)
   end
   return live
 end
+-- A text decoded once a call: registrations often share their capabilities
+-- and metadata.
+local decoded, valid_meta = {}, {}
+local function decode_caps(text)
+  local caps = decoded[text]
+  if caps == nil then
+    local ok, value = pcall(cjson.decode, text)
+    caps = ok and type(value) == 'table' and value or false
+    decoded[text] = caps
+  end
+  return caps
+end
+local function meta_ok(text)
+  local ok = valid_meta[text]
+  if ok == nil then
+    local good, value = pcall(cjson.decode, text)
+    ok = good and type(value) == 'table'
+    valid_meta[text] = ok
+  end
+  return ok
+end
 local page = redis.call('SCAN', ARGV[1], 'MATCH', 'agent:*', 'COUNT', ARGV[2], 'TYPE', 'hash')
-local good, entries, unreadable = {}, {page[1], 'entries'}, false
+-- The ACTIVE hashes that match (or that Lua cannot read): their keys, fields
+-- (id, capabilities, metadata, status, delivery) and whether Lua reads them.
+local keys, fields, readable = {}, {}, {}
 for _, key in ipairs(page[2]) do
   if #key > 6 and not string.find(key, ':', 7, true) then
     local f = redis.call('HMGET', key, 'id', 'capabilities', 'metadata', 'status', 'delivery')
     if f[4] == 'ACTIVE' then
-      local id, caps_text, meta_text = f[1] or '', f[2] or '[]', f[3] or '{}'
-      local ok_caps, caps = pcall(cjson.decode, caps_text)
-      local ok_meta, meta = pcall(cjson.decode, meta_text)
-      local readable = key == 'agent:' .. id and ok_caps and ok_meta
-        and type(caps) == 'table' and type(meta) == 'table'
-      local match = any or not readable
+      local id = f[1] or ''
+      local caps = decode_caps(f[2] or '[]')
+      -- key == 'agent:' .. id, without making that string.
+      local ok = #key == #id + 6 and string.find(key, id, 7, true) == 7 and caps
+        and meta_ok(f[3] or '{}')
+      local match = any or not ok
       if not match then
         for _, cap in ipairs(caps) do
           if want[cap] then match = true break end
         end
       end
-      if match and redis.call('EXISTS', key .. ARGV[3]) == 1 then
-        local delivery, count = 'pubsub', 1
-        if f[5] == 'reliable' then delivery, count = 'reliable', instances(key) end
-        local n = #entries
-        entries[n + 1], entries[n + 2] = key, id
-        entries[n + 3], entries[n + 4] = caps_text, meta_text
-        entries[n + 5], entries[n + 6] = delivery, tostring(count)
-        if readable then
-          good[#good + 1] = '[' .. cjson.encode(id) .. ',' .. caps_text .. ',' .. meta_text
-            .. ',"' .. delivery .. '",' .. count .. ']'
-        else
-          unreadable = true
-        end
+      if match then
+        local n = #keys + 1
+        keys[n], fields[n], readable[n] = key, f, ok
       end
     end
   end
 end
+-- Their heartbeat keys, checked in batches: one EXISTS counts a whole batch,
+-- and only a batch where some heartbeat is missing is checked key by key.
+local beating = {}
+local BATCH = 500
+for first = 1, #keys, BATCH do
+  local last = math.min(first + BATCH - 1, #keys)
+  local beats = {}
+  for i = first, last do beats[#beats + 1] = keys[i] .. ARGV[3] end
+  local all = redis.call('EXISTS', unpack(beats)) == #beats
+  for i = first, last do
+    beating[i] = all or redis.call('EXISTS', beats[i - first + 1]) == 1
+  end
+end
+local live, delivery, count, unreadable = {}, {}, {}, false
+for i = 1, #keys do
+  if beating[i] then
+    local n = #live + 1
+    live[n], delivery[n], count[n] = i, 'pubsub', 1
+    if fields[i][5] == 'reliable' then delivery[n], count[n] = 'reliable', instances(keys[i]) end
+    if not readable[i] then unreadable = true end
+  end
+end
 if ARGV[4] == 'page' and not unreadable then
+  local good = {}
+  for n, i in ipairs(live) do
+    local f = fields[i]
+    local id = f[1]
+    -- An id that needs no escaping goes as it is (cjson's encoding otherwise).
+    local quoted = string.find(id, '[%c"\\]') and cjson.encode(id) or '"' .. id .. '"'
+    good[n] = '[' .. quoted .. ',' .. (f[2] or '[]') .. ',' .. (f[3] or '{}') .. ',"'
+      .. delivery[n] .. '",' .. count[n] .. ']'
+  end
   return {page[1], 'page', #good, '[' .. table.concat(good, ',') .. ']'}
+end
+local entries = {page[1], 'entries'}
+for n, i in ipairs(live) do
+  local f, m = fields[i], #entries
+  entries[m + 1], entries[m + 2] = keys[i], f[1] or ''
+  entries[m + 3], entries[m + 4] = f[2] or '[]', f[3] or '{}'
+  entries[m + 5], entries[m + 6] = delivery[n], tostring(count[n])
 end
 return entries
