@@ -98,6 +98,8 @@ class Routes:
             redis-py's errors for a failure of the whole batch (a lost
             connection: some may have been sent).
         """
+        if len(batch) == 1 and not self._cluster and isinstance(direct, bool):
+            return self._send_one(batch[0], direct)
         flags = [direct] * len(batch) if isinstance(direct, bool) else direct
         routed = {target for (target, _), flag in zip(batch, flags) if not flag}
         streams: AbstractSet[str] = self.reliable(routed) if routed else _NONE
@@ -125,6 +127,21 @@ class Routes:
             for n, error in zip(lost, again):
                 errors[n] = error
         return errors
+
+    def _send_one(self, message: Tuple[str, str], direct: bool) -> List[Optional[Exception]]:
+        """:meth:`send` of one message, on a single node or Sentinel: the common case, made short."""
+        target_id, data = message
+        assert self._held is not None
+        if not direct and target_id in self.reliable((target_id,)):
+            result = self._held.run([(
+                "XADD", _wire.stream_key(target_id), "NOMKSTREAM", "*", _wire.ENVELOPE, data
+            )])[0]
+            if result is None:  # the stream is gone: published instead
+                self.forget(target_id)
+                return self._send_one(message, True)
+        else:
+            result = self._held.run([("PUBLISH", _wire.agent_channel(target_id), data)])[0]
+        return [result if isinstance(result, Exception) else None]
 
     def _send_cluster(self, batch: Batch, to_stream: List[bool]) -> List[Any]:
         """What :meth:`send` does on a cluster: a pipeline, which sends each command to its node."""

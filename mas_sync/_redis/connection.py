@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import quote_plus
 
 import redis
@@ -51,9 +50,11 @@ class NotConnected(redis.ConnectionError):
 _local = threading.local()
 
 
-@contextlib.contextmanager
-def deadlines(connect_by: Optional[float], answer_by: Optional[float] = None) -> Iterator[None]:
+class deadlines:  # noqa: N801 - used as a function: ``with deadlines(...):``
     """Bound the Redis I/O of the calling thread, in ``time.monotonic()`` time.
+
+    A context manager (a class rather than a generator: every call to Redis
+    of a public method goes through one).
 
     Args:
         connect_by: No pool wait or connect attempt (TCP connect and
@@ -61,12 +62,18 @@ def deadlines(connect_by: Optional[float], answer_by: Optional[float] = None) ->
         answer_by: No read of an answer goes past it (a read that runs out
             raises ``redis.TimeoutError``); None keeps the command timeout.
     """
-    saved = getattr(_local, "bounds", None)
-    _local.bounds = (connect_by, answer_by)
-    try:
-        yield
-    finally:
-        _local.bounds = saved
+
+    __slots__ = ("_bounds", "_saved")
+
+    def __init__(self, connect_by: Optional[float], answer_by: Optional[float] = None) -> None:
+        self._bounds = (connect_by, answer_by)
+
+    def __enter__(self) -> None:
+        self._saved = getattr(_local, "bounds", None)
+        _local.bounds = self._bounds
+
+    def __exit__(self, *exc_info: Any) -> None:
+        _local.bounds = self._saved
 
 
 def _bounds() -> Tuple[Optional[float], Optional[float]]:
