@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import time
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 from urllib.parse import quote_plus
 
 import redis
@@ -73,14 +74,90 @@ def _bounds() -> Tuple[Optional[float], Optional[float]]:
     return getattr(_local, "bounds", None) or (None, None)
 
 
+#: The servers, as ``(host, port)``, that answered HELLO with a version
+#: before 7.2, which has no CLIENT SETINFO: redis-py's two SETINFO commands
+#: (round trips that end in an error) are no longer sent to them.
+_no_setinfo: Set[Tuple[Any, Any]] = set()
+
+
+#: The servers, as ``(host, port)``, that do not know CLIENT MAINT_NOTIFICATIONS
+#: (redis-py 7 and later send it on each connection when RESP3 is on, in its
+#: "auto" mode, and let a refusal pass): it is no longer sent to them.
+_no_maint_notifications: Set[Tuple[Any, Any]] = set()
+
+
+def _unknown_command(error: BaseException) -> bool:
+    """True for Redis refusing a command or subcommand it does not know."""
+    text = str(error).lower()
+    return "unknown subcommand" in text or "unknown command" in text
+
+
+def _before_setinfo(handshake: Any) -> bool:
+    """True when a HELLO reply names a Redis version before 7.2 (no CLIENT SETINFO)."""
+    if not isinstance(handshake, dict):
+        return False
+    version = handshake.get("version", handshake.get(b"version"))
+    if isinstance(version, bytes):
+        version = version.decode("ascii", "replace")
+    try:
+        major, minor = (int(part) for part in str(version).split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) < (7, 2)
+
+
 class _GuardedConnection:
     """Mixed into redis-py's connection classes (see :func:`_guarded`).
 
     Connect failures become :class:`NotConnected`; a connection of a retired
     pool never connects again; the thread's deadlines bound connects and reads.
+    A server that lacks CLIENT SETINFO (Redis before 7.2, as its HELLO reply
+    says) or CLIENT MAINT_NOTIFICATIONS (it refused the command) is not sent
+    them again by any connection of the process: round trips saved on each
+    connection, which count when a process starts many agents.
     """
 
     _mas_pool: Any = None
+
+    def on_connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        # redis-py 7.1 and later (driver_info); older releases never get here
+        # with a driver_info to drop.
+        address = (getattr(self, "host", None), getattr(self, "port", None))
+        if address in _no_setinfo and getattr(self, "driver_info", None) is not None:
+            self.driver_info = None
+        super().on_connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        if getattr(self, "driver_info", None) is not None and _before_setinfo(
+            getattr(self, "handshake_metadata", None)
+        ):
+            _no_setinfo.add(address)
+
+    def _enable_maintenance_notifications(self, *args: Any, **kwargs: Any) -> None:
+        # redis-py 7 and later.
+        enable = super()._enable_maintenance_notifications  # type: ignore[misc]
+        config = kwargs.get("maint_notifications_config", args[0] if args else None)
+        if getattr(config, "enabled", None) != "auto":
+            return enable(*args, **kwargs)
+        address = (getattr(self, "host", None), getattr(self, "port", None))
+        if address in _no_maint_notifications:
+            return None
+        # "auto" lets a refusal pass without a trace: watch the answer.
+        read = self.read_response
+        refused: List[BaseException] = []
+
+        def read_response(*a: Any, **k: Any) -> Any:
+            try:
+                return read(*a, **k)
+            except redis.ResponseError as exc:
+                refused.append(exc)
+                raise
+
+        self.read_response = read_response  # type: ignore[method-assign]
+        try:
+            return enable(*args, **kwargs)
+        finally:
+            del self.read_response
+            if refused and _unknown_command(refused[0]):
+                _no_maint_notifications.add(address)
 
     def connect(self) -> None:
         self._mas_connect(super().connect)  # type: ignore[misc]
@@ -273,6 +350,46 @@ def retire_connections(client: Any) -> None:
 _retire_lock = threading.Lock()
 
 
+# -- what every client of the process shares ------------------------------------
+#
+# Built once instead of per client: an agent makes two clients, and a process
+# may run a thousand agents.
+
+try:  # redis-py 7.1 and later; before, nothing is looked up per connection
+    from redis.driver_info import DriverInfo
+except ImportError:  # pragma: no cover - older redis-py
+    _DRIVER_INFO: Any = None
+else:
+    # What CLIENT SETINFO reports, as redis-py's default; made once, for
+    # redis-py would otherwise read its version from the package metadata
+    # (about a millisecond) for every connection it makes.
+    _DRIVER_INFO = DriverInfo()
+
+# Each redis-py client, pool and connection would make a dispatcher of its
+# own (six per agent); its listeners keep state only for a streaming
+# credential provider, which mas_sync never gives.
+if "event_dispatcher" in inspect.signature(redis.Redis.__init__).parameters:
+    from redis.event import EventDispatcher
+
+    _EVENT_DISPATCHER: Any = EventDispatcher()
+else:  # pragma: no cover - redis-py before 5.1
+    _EVENT_DISPATCHER = None
+
+_callbacks: Dict[Tuple[Any, ...], Any] = {}
+
+
+def _share_callbacks(client: redis.Redis) -> None:
+    """Give ``client`` the reply callbacks of the clients made like it.
+
+    redis-py builds a table of some 300 callbacks per client (about 13 KiB);
+    mas_sync never changes them (no ``set_response_callback``), so the
+    clients of one protocol share one table.
+    """
+    kwargs = client.connection_pool.connection_kwargs
+    key = (kwargs.get("protocol"), kwargs.get("legacy_responses", True))
+    client.response_callbacks = _callbacks.setdefault(key, client.response_callbacks)
+
+
 def renew_lock_after_fork() -> None:
     """Make the retiring lock anew, in a child after ``fork()`` (see :mod:`mas_sync._process`)."""
     global _retire_lock
@@ -286,6 +403,7 @@ def make_client(
     decode: bool = True,
     timeout: float = COMMAND_TIMEOUT,
     client_name: Optional[str] = None,
+    read_size: Optional[int] = None,
 ) -> redis.Redis:
     """A client with its own blocking pool of at most ``max_connections``.
 
@@ -296,8 +414,11 @@ def make_client(
     failure (a timed-out answer, a connection lost mid-command) may have
     left the command run, and is for the caller to report. A pooled
     connection that died while idle (a Redis restart) is replaced before
-    use. ``client_name`` names the connections in ``CLIENT LIST``. The
-    caller owns the client and must close it with :func:`close_client`.
+    use. ``client_name`` names the connections in ``CLIENT LIST``.
+    ``read_size`` is the most each read from the socket takes (redis-py's
+    default when None, 32 KiB in redis-py 8): a thread blocked in a read
+    holds a buffer of that size. The caller owns the client and must close
+    it with :func:`close_client`.
 
     Raises:
         ValueError: ``url`` is not a Redis URL.
@@ -313,7 +434,15 @@ def make_client(
     )
     if client_name is not None:
         kwargs["client_name"] = client_name
+    if read_size is not None:
+        kwargs["socket_read_size"] = read_size
     check_redis_url(url)
+    plain = not (is_sentinel_url(url) or is_cluster_url(url))
+    if plain and _DRIVER_INFO is not None:
+        kwargs["driver_info"] = _DRIVER_INFO
+    shared: Dict[str, Any] = {}
+    if plain and _EVENT_DISPATCHER is not None:
+        kwargs["event_dispatcher"] = shared["event_dispatcher"] = _EVENT_DISPATCHER
     try:
         tls = tls_settings(url, check_files=True)
         if is_sentinel_url(url):
@@ -338,7 +467,9 @@ def make_client(
         raise ValueError(
             f"invalid Redis URL {redact_url(url)!r}: {redact_text(str(exc), url)}"
         ) from None
-    return redis.Redis(connection_pool=pool)
+    client = redis.Redis(connection_pool=pool, **shared)
+    _share_callbacks(client)
+    return client
 
 
 def publish(client: Any, channel: str, data: Any) -> Any:
