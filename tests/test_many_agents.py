@@ -148,3 +148,22 @@ def test_the_listener_reads_in_small_pieces_and_gets_big_messages_whole(make_age
     make_agent("big-tx").send("big-rx", {"text": text})
     assert receiver.got.wait(5.0)
     assert receiver.received[0].payload["text"] == text
+
+
+def test_a_thread_waiting_for_a_pooled_connection_gets_the_one_put_back(redis_url: str) -> None:
+    # The pool's queue of free connections has one Condition for its three.
+    client = make_client(redis_url, 1)
+    pool = client.connection_pool
+    try:
+        assert pool.pool.not_empty is pool.pool.not_full
+        held = pool.get_connection()
+        got: List[Any] = []
+        waiter = threading.Thread(target=lambda: got.append(client.ping()))
+        waiter.start()
+        waiter.join(0.2)
+        assert waiter.is_alive() and not got  # waits: the one connection is taken
+        pool.release(held)
+        waiter.join(5.0)
+        assert got == [True]
+    finally:
+        close_client(client)
