@@ -36,7 +36,8 @@ class Counted(pydantic.BaseModel):
 
 def agent_connections(r: redis.Redis, prefix: str) -> List[str]:
     """The names of the connections of agents whose ids start with ``prefix``."""
-    return [c["name"] for c in r.client_list() if c.get("name", "").startswith(f"mas-agent:{prefix}")]
+    names = (c.get("name", "") for c in r.client_list())
+    return [name for name in names if name.startswith(f"mas-agent:{prefix}")]
 
 
 def test_a_message_sent_right_after_start_reaches_each_of_50_agents(make_agent, r) -> None:
