@@ -157,8 +157,7 @@ def test_a_thread_waiting_for_a_pooled_connection_gets_the_one_put_back(redis_ur
     pool = client.connection_pool
     try:
         assert pool.pool.not_empty is pool.pool.not_full
-        old = tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3)
-        held = pool.get_connection(*(["PING"] if old else []))  # a command name, before 5.3
+        held = pool.get_connection(*_command_name())
         got: List[Any] = []
         waiter = threading.Thread(target=lambda: got.append(client.ping()))
         waiter.start()
@@ -169,3 +168,33 @@ def test_a_thread_waiting_for_a_pooled_connection_gets_the_one_put_back(redis_ur
         assert got == [True]
     finally:
         close_client(client)
+
+
+def test_hello_names_the_connection(make_agent, r) -> None:
+    # One round trip less per connection: HELLO 3 SETNAME, no CLIENT SETNAME.
+    probe = make_client(_url(r), 1)
+    try:
+        probe.ping()
+        connection = probe.connection_pool.get_connection(*_command_name())
+        protocol = getattr(connection, "protocol", None)
+        probe.connection_pool.release(connection)
+    finally:
+        close_client(probe)
+    if protocol not in (3, "3"):
+        pytest.skip("this redis-py speaks RESP2 by default: no HELLO")
+    r.config_resetstat()
+    make_agent("hello-named")
+    stats = r.info("commandstats")
+    assert "cmdstat_client|setname" not in stats
+    assert stats["cmdstat_hello"]["calls"] >= 2
+    assert len(agent_connections(r, "hello-named")) == 2
+
+
+def _url(r: redis.Redis) -> str:
+    kwargs = r.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}"
+
+
+def _command_name() -> List[str]:
+    """What get_connection() takes: a command name before redis-py 5.3."""
+    return ["PING"] if tuple(int(p) for p in redis.__version__.split(".")[:2]) < (5, 3) else []
