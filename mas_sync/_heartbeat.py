@@ -81,7 +81,10 @@ class Heartbeat:
         self.instance = instance if delivery == DELIVERY_RELIABLE else None
         self._receiving = receiving
         self._on_taken = on_taken
-        self._stop = threading.Event()
+        # One event wakes the thread, for a beat now or for a stop (then
+        # _stopped is set first): an Event costs a Condition and its deque,
+        # which count with a thousand agents in a process.
+        self._stopped = False
         self._now = threading.Event()
         self.token: Optional[str] = None  # of this run's registration
         self.thread = threading.Thread(target=self._loop, name=thread_name, daemon=True)
@@ -113,7 +116,7 @@ class Heartbeat:
 
     def stop(self) -> None:
         """Ask the thread to end; it beats no more (any thread)."""
-        self._stop.set()
+        self._stopped = True
         self._now.set()
 
     def join(self, deadline: float) -> None:
@@ -143,7 +146,7 @@ class Heartbeat:
         while True:
             self._now.wait(self.interval)
             self._now.clear()
-            if self._stop.is_set():
+            if self._stopped:
                 return
             if not self._receiving():
                 continue  # never claim to be alive while deaf
@@ -184,7 +187,7 @@ class Heartbeat:
         outcome = self.registry.refresh(
             self.agent_id, self.token, self.ttl, instance=self.instance
         )
-        if outcome == REFRESH_GONE and not self._stop.is_set():
+        if outcome == REFRESH_GONE and not self._stopped:
             log.warning("Agent %s: registration was gone; registering again", self.agent_id)
             try:
                 self.register(renew=True)

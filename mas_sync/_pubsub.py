@@ -56,8 +56,14 @@ class PubSubTransport:
         """Send each ``(target_id, data)`` to its target's stream or channel (:mod:`._routes`)."""
         return self._routes.send(batch, direct)
 
-    def start(self) -> None:
-        """Subscribe to ``agent.{id}``; returns once the subscription is confirmed."""
+    def begin(self) -> None:
+        """Start subscribing to ``agent.{id}`` without waiting: :meth:`start` waits.
+
+        The run calls it first, so that the listener connects and subscribes
+        while the run's own connection loads the state.
+        """
+        if self._listener is not None:
+            return
         events = self._events
         self._listener = ChannelListener(
             self._url,
@@ -74,6 +80,12 @@ class PubSubTransport:
             probe_timeout=min(2.0, self._probe_interval),
             client_name=self._client_name,
         )
+        self._listener.launch()
+
+    def start(self) -> None:
+        """Subscribe to ``agent.{id}`` (unless :meth:`begin` did); returns once confirmed."""
+        self.begin()
+        assert self._listener is not None
         self._listener.start()
 
     @property

@@ -153,6 +153,11 @@ class AgentRun:
             self.requests, self.counters, self.gaps, self.outbox.reply, instance, admission,
         )
         try:
+            # The listener connects and subscribes meanwhile, in its thread;
+            # transport.start() below waits for the confirmation.
+            begin = getattr(transport, "begin", None)
+            if begin is not None:
+                begin()
             ping(client, self.url)
             if options.keyring is not None:
                 clock.measure()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import queue
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-from urllib.parse import quote_plus
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from urllib.parse import quote_plus, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -80,14 +82,116 @@ def _bounds() -> Tuple[Optional[float], Optional[float]]:
     return getattr(_local, "bounds", None) or (None, None)
 
 
+#: The servers, as ``(host, port)``, that answered HELLO with a version
+#: before 7.2, which has no CLIENT SETINFO: redis-py's two SETINFO commands
+#: (round trips that end in an error) are no longer sent to them.
+_no_setinfo: Set[Tuple[Any, Any]] = set()
+
+
+#: The servers, as ``(host, port)``, that do not know CLIENT MAINT_NOTIFICATIONS
+#: (redis-py 7 and later send it on each connection when RESP3 is on, in its
+#: "auto" mode, and let a refusal pass): it is no longer sent to them.
+_no_maint_notifications: Set[Tuple[Any, Any]] = set()
+
+
+def _unknown_command(error: BaseException) -> bool:
+    """True for Redis refusing a command or subcommand it does not know."""
+    text = str(error).lower()
+    return "unknown subcommand" in text or "unknown command" in text
+
+
+def _before_setinfo(handshake: Any) -> bool:
+    """True when a HELLO reply names a Redis version before 7.2 (no CLIENT SETINFO)."""
+    if not isinstance(handshake, dict):
+        return False
+    version = handshake.get("version", handshake.get(b"version"))
+    if isinstance(version, bytes):
+        version = version.decode("ascii", "replace")
+    try:
+        major, minor = (int(part) for part in str(version).split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) < (7, 2)
+
+
 class _GuardedConnection:
     """Mixed into redis-py's connection classes (see :func:`_guarded`).
 
     Connect failures become :class:`NotConnected`; a connection of a retired
     pool never connects again; the thread's deadlines bound connects and reads.
+    A server that lacks CLIENT SETINFO (Redis before 7.2, as its HELLO reply
+    says, or it refused the command) or CLIENT MAINT_NOTIFICATIONS (it
+    refused the command) is not sent them again by any connection of the
+    process, and under RESP3 HELLO names the connection: round trips saved
+    on each connection, which count when a process starts many agents.
     """
 
     _mas_pool: Any = None
+    #: While the connection is set up: the errors Redis answered with so far
+    #: (redis-py lets a refused CLIENT SETINFO or MAINT_NOTIFICATIONS pass).
+    _mas_refused: Optional[List[BaseException]] = None
+
+    def on_connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        # redis-py 7.1 and later (driver_info); older releases never get here
+        # with a driver_info to drop.
+        address = (getattr(self, "host", None), getattr(self, "port", None))
+        if address in _no_setinfo and getattr(self, "driver_info", None) is not None:
+            self.driver_info = None
+        name = self._mas_name_in_hello()
+        refused: List[BaseException] = []
+        self._mas_refused = refused
+        try:
+            super().on_connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            self._mas_refused = None
+            if name is not None:
+                del self.send_command
+                self.client_name = name
+        if getattr(self, "driver_info", None) is not None and (
+            _before_setinfo(getattr(self, "handshake_metadata", None))
+            or any(_unknown_command(e) and "setinfo" in str(e).lower() for e in refused)
+        ):
+            _no_setinfo.add(address)
+
+    def _mas_name_in_hello(self) -> Optional[str]:
+        """Have HELLO set the connection's name (``HELLO 3 SETNAME``): one round trip less.
+
+        Only where redis-py sends a bare ``HELLO 3``: RESP3, no credentials.
+        Returns the name, which the caller puts back once connected.
+        """
+        name = getattr(self, "client_name", None)
+        if (not name or getattr(self, "protocol", None) not in (3, "3")
+                or getattr(self, "credential_provider", None) is not None
+                or getattr(self, "username", None) or getattr(self, "password", None)):
+            return None
+        send = self.send_command  # type: ignore[attr-defined]
+
+        def send_command(*args: Any, **kwargs: Any) -> Any:
+            if args and args[0] == "HELLO" and len(args) == 2:
+                args = (*args, "SETNAME", name)
+            return send(*args, **kwargs)
+
+        self.send_command = send_command
+        self.client_name = None  # redis-py sends no CLIENT SETNAME then
+        return name
+
+    def _enable_maintenance_notifications(self, *args: Any, **kwargs: Any) -> None:
+        # redis-py 7 and later.
+        enable = super()._enable_maintenance_notifications  # type: ignore[misc]
+        config = kwargs.get("maint_notifications_config", args[0] if args else None)
+        if getattr(config, "enabled", None) != "auto":
+            return enable(*args, **kwargs)
+        address = (getattr(self, "host", None), getattr(self, "port", None))
+        if address in _no_maint_notifications:
+            return None
+        # "auto" lets a refusal pass without a trace: watch the answers.
+        refused = self._mas_refused
+        before = len(refused) if refused is not None else 0
+        try:
+            return enable(*args, **kwargs)
+        finally:
+            if refused is not None and len(refused) > before and _unknown_command(refused[before]):
+                _no_maint_notifications.add(address)
 
     def connect(self) -> None:
         self._mas_connect(super().connect)  # type: ignore[misc]
@@ -131,6 +235,16 @@ class _GuardedConnection:
                 _local.bounds = bounds
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        refused = self._mas_refused
+        if refused is None:
+            return self._mas_read(*args, **kwargs)
+        try:
+            return self._mas_read(*args, **kwargs)
+        except redis.ResponseError as exc:
+            refused.append(exc)
+            raise
+
+    def _mas_read(self, *args: Any, **kwargs: Any) -> Any:
         _, answer_by = _bounds()
         sock = getattr(self, "_sock", None)
         if answer_by is None or sock is None:
@@ -174,7 +288,7 @@ class _RetirablePool:
         kwargs["connection_class"] = _guarded(
             kwargs.get("connection_class") or self._mas_default_connection(kwargs)
         )
-        self._mas_args = (args, dict(kwargs))
+        self._mas_args = (args, kwargs)  # kwargs is this call's own dict
         self._mas_retire_lock = threading.Lock()
         super().__init__(*args, **kwargs)  # type: ignore[call-arg]
 
@@ -248,8 +362,28 @@ class _RetirablePool:
         return type(self)(*args, **kwargs)
 
 
+class _FreeConnections(queue.LifoQueue):  # type: ignore[type-arg]
+    """The free connections of a :class:`_BlockingPool`, with one Condition instead of three.
+
+    Only ``get()`` ever waits on it: the pool puts back, with
+    ``put_nowait()``, at most the connections it took, so the queue is never
+    full when something is put, and nothing ever joins it. One Condition
+    (and its deque) serves for the three of ``queue.Queue``, which saves
+    some 1.5 KiB per pool: an agent has two.
+    """
+
+    def __init__(self, maxsize: int = 0) -> None:  # pylint: disable=super-init-not-called
+        self.maxsize = maxsize
+        self._init(maxsize)
+        self.mutex = threading.Lock()
+        self.not_empty = self.not_full = self.all_tasks_done = threading.Condition(self.mutex)
+        self.unfinished_tasks = 0
+
+
 class _BlockingPool(_RetirablePool, redis.BlockingConnectionPool):
-    pass
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("queue_class", _FreeConnections)
+        super().__init__(*args, **kwargs)
 
 
 class _SentinelPool(_RetirablePool, SentinelConnectionPool):
@@ -280,6 +414,64 @@ def retire_connections(client: Any) -> None:
 _retire_lock = threading.Lock()
 
 
+# -- what every client of the process shares ------------------------------------
+#
+# Built once instead of per client: an agent makes two clients, and a process
+# may run a thousand agents.
+
+try:  # redis-py 7.1 and later; before, nothing is looked up per connection
+    from redis.driver_info import DriverInfo
+except ImportError:  # pragma: no cover - older redis-py
+    _DRIVER_INFO: Any = None
+else:
+    # What CLIENT SETINFO reports, as redis-py's default; made once, for
+    # redis-py would otherwise read its version from the package metadata
+    # (about a millisecond) for every connection it makes.
+    _DRIVER_INFO = DriverInfo()
+
+# Each redis-py client, pool and connection would make a dispatcher of its
+# own (six per agent); its listeners keep state only for a streaming
+# credential provider, which mas_sync never gives.
+if "event_dispatcher" in inspect.signature(redis.Redis.__init__).parameters:
+    from redis.event import EventDispatcher
+
+    _EVENT_DISPATCHER: Any = EventDispatcher()
+else:  # pragma: no cover - redis-py before 5.1
+    _EVENT_DISPATCHER = None
+
+try:  # redis-py 7 and later
+    from redis.maint_notifications import MaintNotificationsConfig
+except ImportError:  # pragma: no cover - older redis-py
+    _MAINT_NOTIFICATIONS_OFF: Any = None
+else:
+    # For a server known to refuse them: the pool then builds no handler.
+    _MAINT_NOTIFICATIONS_OFF = MaintNotificationsConfig(enabled=False)
+
+
+def _server(url: str) -> Tuple[Any, Any]:
+    """``(host, port)`` of a plain URL, as its connections name them."""
+    parts = urlsplit(url)
+    try:
+        return parts.hostname, parts.port or 6379
+    except ValueError:  # a bad port: from_url reports it
+        return None, None
+
+
+_callbacks: Dict[Tuple[Any, ...], Any] = {}
+
+
+def _share_callbacks(client: redis.Redis) -> None:
+    """Give ``client`` the reply callbacks of the clients made like it.
+
+    redis-py builds a table of some 300 callbacks per client (about 13 KiB);
+    mas_sync never changes them (no ``set_response_callback``), so the
+    clients of one protocol share one table.
+    """
+    kwargs = client.connection_pool.connection_kwargs
+    key = (kwargs.get("protocol"), kwargs.get("legacy_responses", True))
+    client.response_callbacks = _callbacks.setdefault(key, client.response_callbacks)
+
+
 def renew_lock_after_fork() -> None:
     """Make the retiring lock anew, in a child after ``fork()`` (see :mod:`mas_sync._process`)."""
     global _retire_lock
@@ -293,6 +485,7 @@ def make_client(
     decode: bool = True,
     timeout: float = COMMAND_TIMEOUT,
     client_name: Optional[str] = None,
+    read_size: Optional[int] = None,
 ) -> redis.Redis:
     """A client with its own blocking pool of at most ``max_connections``.
 
@@ -303,8 +496,11 @@ def make_client(
     failure (a timed-out answer, a connection lost mid-command) may have
     left the command run, and is for the caller to report. A pooled
     connection that died while idle (a Redis restart) is replaced before
-    use. ``client_name`` names the connections in ``CLIENT LIST``. The
-    caller owns the client and must close it with :func:`close_client`.
+    use. ``client_name`` names the connections in ``CLIENT LIST``.
+    ``read_size`` is the most each read from the socket takes (redis-py's
+    default when None, 32 KiB in redis-py 8): a thread blocked in a read
+    holds a buffer of that size. The caller owns the client and must close
+    it with :func:`close_client`.
 
     Connections speak RESP2, as redis-py before 8 does by default, unless
     the URL asks for ``protocol=3``: under RESP3, redis-py 8 takes each
@@ -326,7 +522,18 @@ def make_client(
     )
     if client_name is not None:
         kwargs["client_name"] = client_name
+    if read_size is not None:
+        kwargs["socket_read_size"] = read_size
     check_redis_url(url)
+    plain = not (is_sentinel_url(url) or is_cluster_url(url))
+    if plain and _DRIVER_INFO is not None:
+        kwargs["driver_info"] = _DRIVER_INFO
+    if (plain and _MAINT_NOTIFICATIONS_OFF is not None
+            and _server(url) in _no_maint_notifications):
+        kwargs["maint_notifications_config"] = _MAINT_NOTIFICATIONS_OFF
+    shared: Dict[str, Any] = {}
+    if plain and _EVENT_DISPATCHER is not None:
+        kwargs["event_dispatcher"] = shared["event_dispatcher"] = _EVENT_DISPATCHER
     try:
         tls = tls_settings(url, check_files=True)
         if is_sentinel_url(url):
@@ -351,7 +558,9 @@ def make_client(
         raise ValueError(
             f"invalid Redis URL {redact_url(url)!r}: {redact_text(str(exc), url)}"
         ) from None
-    return redis.Redis(connection_pool=pool)
+    client = redis.Redis(connection_pool=pool, **shared)
+    _share_callbacks(client)
+    return client
 
 
 def publish(client: Any, channel: str, data: Any) -> Any:
