@@ -142,7 +142,7 @@ class DiscoveryCache:
                 self._answers[key] = answer
         if answer is None:
             return self._registry.discover(wanted)
-        return list(map(dict, answer))
+        return list(map(dict.copy, answer))  # dict.copy: several times quicker than dict()
 
     # -- in the listener thread --------------------------------------------------
 
