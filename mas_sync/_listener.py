@@ -77,7 +77,8 @@ class ChannelListener:
             It must not block for long and must not raise.
         on_idle: Called in the listener thread after one or more
             ``on_data`` calls, once the connection holds no further message
-            (the thread is about to wait); None: not called.
+            (the thread is about to wait) and ``idle_after`` has passed since
+            the first of them; None: not called.
         on_tick: Called in the listener thread each time the connection
             holds no further message: after a burst, and after each bounded
             wait (at least every ``min(1, probe_timeout)`` seconds while the
@@ -95,6 +96,9 @@ class ChannelListener:
         probe_interval: Seconds of silence before a PING.
         probe_timeout: Seconds to wait for the answer to a PING.
         client_name: The connection's name in ``CLIENT LIST``.
+        idle_after: Seconds to wait for more messages after the first one
+            that ``on_idle`` has not seen yet, so that it sees them together
+            (at the cost of that much latency); 0: none.
     """
 
     def __init__(
@@ -112,12 +116,14 @@ class ChannelListener:
         probe_interval: float = 5.0,
         probe_timeout: float = 2.0,
         client_name: Optional[str] = None,
+        idle_after: float = 0.0,
         on_tick: Optional[Callable[[], Optional[float]]] = None,
     ) -> None:
         self.url = url
         self.channel = channel
         self._on_data = on_data
         self._on_idle = on_idle
+        self._idle_after = idle_after
         self._on_tick = on_tick
         self._owner = owner
         self._on_disconnect = on_disconnect
@@ -314,13 +320,20 @@ class ChannelListener:
         poll = min(POLL_INTERVAL, self._probe_timeout)
         on_idle, on_tick = self._on_idle, self._on_tick
         delivered = False  # on_data was called since on_idle (on_tick) last was
+        hold = self._idle_after if on_idle is not None else 0.0
+        held_until = 0.0  # with a hold: on_idle is called by then at the latest
         tick_wait = poll
         while not self._stop.is_set():
             if self._reset:
                 self._reset = False
                 self._kick.clear()
                 raise DeadConnection("reset requested")
-            wait = 0.0 if delivered else tick_wait
+            if not delivered:
+                wait = tick_wait
+            elif hold:
+                wait = max(0.0, held_until - time.monotonic())
+            else:
+                wait = 0.0
             if self._sharded:
                 message = pubsub.get_sharded_message(timeout=wait)
             else:
@@ -354,6 +367,8 @@ class ChannelListener:
                     self._wake_confirmed = True  # or the wake-up: the loop checks the stop
                 continue  # (a PONG has no channel)
             if kind == "message" or kind == "smessage":
+                if not delivered and hold:
+                    held_until = now + hold
                 self._on_data(message["data"])
                 delivered = on_idle is not None or on_tick is not None
             elif kind == "subscribe" or kind == "ssubscribe":

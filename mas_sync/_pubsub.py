@@ -13,6 +13,13 @@ from ._routes import Routes
 from ._transport import Batch, Direct, TransportEvents
 
 
+#: Seconds a listener whose run takes messages in batches (to record the
+#: nonces of signed messages in one Redis call) waits for more before it
+#: hands over what it has: a sender that waits for each ``PUBLISH`` otherwise
+#: makes batches of one, and a Redis call per message.
+BATCH_WAIT = 0.001
+
+
 class PubSubTransport:
     """Moves one run's messages over Redis pub/sub (at most once), as the async framework does.
 
@@ -72,6 +79,7 @@ class PubSubTransport:
             name=self._thread_name,
             owner=f"Agent {self._agent_id}",
             on_idle=events.flush if events.batches else None,
+            idle_after=BATCH_WAIT if events.batches else 0.0,
             on_disconnect=events.disconnected,
             on_reconnect=events.reconnected,
             on_restart=events.restarted,

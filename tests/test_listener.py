@@ -192,3 +192,53 @@ def test_a_stopped_listener_ends_promptly_on_a_cluster(
 ) -> None:
     monkeypatch.setattr("mas_sync._listener.POLL_INTERVAL", 30.0)
     _stops_within_a_second(cluster.url, f"agent.{agent_id}")
+
+
+@pytest.mark.parametrize("idle_after", [0.0, 0.5])
+def test_messages_that_trickle_in_are_handed_over_together_within_idle_after(
+    redis_url: str, idle_after: float
+) -> None:
+    # A run that takes messages in batches (signed messages: one Redis call
+    # records a batch's nonces) gets them together when they come within
+    # ``idle_after`` of the first, and no later than that.
+    import threading
+
+    got: List[bytes] = []
+    batches: List[int] = []
+    idle = threading.Event()
+    first_at: List[float] = []
+    idle_at: List[float] = []
+
+    def on_data(data: bytes) -> None:
+        if not got:
+            first_at.append(time.monotonic())
+        got.append(data)
+
+    def on_idle() -> None:
+        batches.append(len(got) - sum(batches))
+        idle_at.append(time.monotonic())
+        if sum(batches) == 5:
+            idle.set()
+
+    listener = ChannelListener(
+        redis_url, "agent.trickle", on_data, name="mas-test-trickle", owner="test",
+        on_idle=on_idle, idle_after=idle_after,
+    )
+    listener.start()
+    publisher = redis.Redis.from_url(redis_url)
+    try:
+        for n in range(5):
+            publisher.publish("agent.trickle", f"m{n}")
+            if n < 4:
+                threading.Event().wait(0.04)  # the pace of a slow sender
+        assert idle.wait(5.0)
+        assert got == [f"m{n}".encode() for n in range(5)]
+        if idle_after:
+            assert batches == [5]
+            assert idle_at[0] - first_at[0] >= idle_after - 0.01
+            assert idle_at[0] - first_at[0] < idle_after + 1.0
+        else:
+            assert batches == [1, 1, 1, 1, 1]
+    finally:
+        listener.stop(publisher, time.monotonic() + 5)
+        publisher.close()
