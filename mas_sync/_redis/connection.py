@@ -686,11 +686,19 @@ def close_client(client: Any) -> None:
 def ping(client: redis.Redis, url: str) -> None:
     """Check that Redis answers.
 
+    Where the connections are named (``client_name``), connecting is the
+    check: the handshake's CLIENT SETNAME is a command Redis must answer,
+    so one connection of the pool is opened and no PING is sent.
+
     Raises:
         MASConnectionError: it does not, with the (redacted) URL in the message.
     """
     try:
-        client.ping()
+        pool = getattr(client, "connection_pool", None)  # none on a cluster client
+        if pool is not None and pool.connection_kwargs.get("client_name"):
+            pool.release(pool.get_connection(*_GET_CONNECTION_ARGS))
+        else:
+            client.ping()
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise MASConnectionError(
             f"cannot reach Redis at {redact_url(url)}: {redact_text(str(exc), url)}"
