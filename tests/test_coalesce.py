@@ -6,7 +6,7 @@ import itertools
 import json
 import signal
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 import redis
@@ -65,6 +65,17 @@ def run_threads(count: int, target: Callable[[int], None]) -> None:
         assert not thread.is_alive(), "a caller hangs"
 
 
+def held_first_pipeline() -> Tuple[Pipelines, "Coalescer[int]", threading.Thread]:
+    """A coalescer whose first pipeline (entry 0) is out and held, and its leader's thread."""
+    flush = Pipelines()
+    coalescer: Coalescer[int] = Coalescer(flush, interrupted)
+    flush.hold.clear()
+    leader = threading.Thread(target=coalescer.submit, args=(lambda: 0,), daemon=True)
+    leader.start()
+    assert flush.holding.wait(10)
+    return flush, coalescer, leader
+
+
 def test_entries_go_out_in_the_order_they_were_made() -> None:
     flush = Pipelines()
     coalescer: Coalescer[int] = Coalescer(flush, interrupted)
@@ -82,12 +93,7 @@ def test_entries_go_out_in_the_order_they_were_made() -> None:
 
 
 def test_calls_made_while_a_pipeline_is_out_go_together_in_the_next() -> None:
-    flush = Pipelines()
-    coalescer: Coalescer[int] = Coalescer(flush, interrupted)
-    flush.hold.clear()
-    first = threading.Thread(target=coalescer.submit, args=(lambda: 0,), daemon=True)
-    first.start()
-    assert flush.holding.wait(10)
+    flush, coalescer, first = held_first_pipeline()
     others = [threading.Thread(target=coalescer.submit, args=(lambda k=k: k,), daemon=True)
               for k in range(1, 6)]
     for thread in others:
@@ -171,12 +177,7 @@ def test_a_failed_pipeline_fails_every_call_in_it_and_the_next_ones_go_out() -> 
 @pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
 def test_a_waiting_caller_that_is_interrupted_hangs_nobody() -> None:
     assert threading.current_thread() is threading.main_thread()
-    flush = Pipelines()
-    coalescer: Coalescer[int] = Coalescer(flush, interrupted)
-    flush.hold.clear()
-    leader = threading.Thread(target=coalescer.submit, args=(lambda: 0,), daemon=True)
-    leader.start()
-    assert flush.holding.wait(10)
+    flush, coalescer, leader = held_first_pipeline()
 
     def interrupt(signum: int, frame: Any) -> None:
         raise Interrupted()
