@@ -352,7 +352,7 @@ def test_the_first_sends_after_redis_closed_the_connection_go_through(redis_url:
 def test_commands_are_packed_as_redis_py_packs_them() -> None:
     from redis.connection import Connection
 
-    from mas_sync._redis.connection import _pack
+    from mas_sync._redis.held import _pack
 
     commands = [("PUBLISH", "agent.rx", '{"text": "h\u00e9llo \u2603"}'),
                 ("XADD", "agent.stream:x", "NOMKSTREAM", "*", "envelope", b"\x00\xff\r\n")]

@@ -17,7 +17,6 @@ from .connection import (
     COMMAND_TIMEOUT,
     CONNECT_TIMEOUT,
     POOL_TIMEOUT,
-    HeldConnection,
     NotConnected,
     close_client,
     deadlines,
@@ -27,6 +26,7 @@ from .connection import (
     retire_connections,
 )
 from .errors import ANY_REDIS_ERROR, REDIS_ERRORS, DeadConnection
+from .held import HeldConnection
 from .sentinel import SentinelURL, follow_master, is_sentinel_url
 from .urls import REDIS_URL_SCHEMES, check_redis_url, redact_text, redact_url
 
