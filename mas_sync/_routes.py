@@ -110,8 +110,7 @@ class Routes:
         else:
             assert self._held is not None
             results = self._held.run([
-                ("XADD", _wire.stream_key(target_id), "NOMKSTREAM", "*", _wire.ENVELOPE, data)
-                if stream else ("PUBLISH", _wire.agent_channel(target_id), data)
+                _command(target_id, data, stream)
                 for (target_id, data), stream in zip(batch, to_stream)
             ])
         errors: List[Optional[Exception]] = [
@@ -132,15 +131,11 @@ class Routes:
         """:meth:`send` of one message, on a single node or Sentinel: the common case, made short."""
         target_id, data = message
         assert self._held is not None
-        if not direct and target_id in self.reliable((target_id,)):
-            result = self._held.run([(
-                "XADD", _wire.stream_key(target_id), "NOMKSTREAM", "*", _wire.ENVELOPE, data
-            )])[0]
-            if result is None:  # the stream is gone: published instead
-                self.forget(target_id)
-                return self._send_one(message, True)
-        else:
-            result = self._held.run([("PUBLISH", _wire.agent_channel(target_id), data)])[0]
+        stream = not direct and target_id in self.reliable((target_id,))
+        result = self._held.run([_command(target_id, data, stream)])[0]
+        if stream and result is None:  # the stream is gone: published instead
+            self.forget(target_id)
+            return self._send_one(message, True)
         return [result if isinstance(result, Exception) else None]
 
     def _send_cluster(self, batch: Batch, to_stream: List[bool]) -> List[Any]:
@@ -164,6 +159,13 @@ class Routes:
             else:
                 publish(pipe, _wire.agent_channel(target_id), data)
         return pipe.execute(raise_on_error=False)
+
+
+def _command(target_id: str, data: str, stream: bool) -> Tuple[str, ...]:
+    """The command that hands ``data`` to ``target_id``: into its stream (never made), or published."""
+    if stream:
+        return ("XADD", _wire.stream_key(target_id), "NOMKSTREAM", "*", _wire.ENVELOPE, data)
+    return ("PUBLISH", _wire.agent_channel(target_id), data)
 
 
 def _failed(answer: object) -> bool:
