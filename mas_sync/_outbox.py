@@ -184,38 +184,36 @@ class Outbox:
             return []
         if _tracing.ENABLED and _tracing.on():
             return self._send_batch_traced(checked)
-
-        def entry() -> Entry:
-            ids = []
-            batch = []
-            for target_id, body in checked:
-                message_id, data = self.frame(target_id, body)
-                ids.append(message_id)
-                batch.append((target_id, data))
-            return ids, batch, False
-
-        return self._pipeline.submit(entry)[0]
+        return self._submit_batch(checked, None)
 
     def _send_batch_traced(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
         spans = [_tracing.start_send(target_id) for target_id, _ in checked]
         error: Optional[BaseException] = None
         try:
-            def entry() -> Entry:
-                ids = []
-                batch = []
-                for (target_id, body), span in zip(checked, spans):
-                    message_id, data = self.frame(target_id, body, span=span)
-                    ids.append(message_id)
-                    batch.append((target_id, data))
-                return ids, batch, False
-
-            return self._pipeline.submit(entry)[0]
+            return self._submit_batch(checked, spans)
         except BaseException as exc:
             error = exc
             raise
         finally:
             for span in spans:
                 _tracing.end(span, error)
+
+    def _submit_batch(
+        self, checked: Sequence[Tuple[str, str]], spans: Optional[List[Any]]
+    ) -> List[str]:
+        """Frame the messages (each in its PRODUCER span, if any) as one entry of a pipeline."""
+        def entry() -> Entry:
+            ids = []
+            batch = []
+            for n, (target_id, body) in enumerate(checked):
+                message_id, data = self.frame(
+                    target_id, body, span=spans[n] if spans is not None else None
+                )
+                ids.append(message_id)
+                batch.append((target_id, data))
+            return ids, batch, False
+
+        return self._pipeline.submit(entry)[0]
 
     def _send_paced(self, checked: Sequence[Tuple[str, str]]) -> List[str]:
         throttle = self.throttle
