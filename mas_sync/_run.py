@@ -312,7 +312,10 @@ class AgentRun:
         if self.heartbeat is not None:
             self.heartbeat.join(deadline)
             self.heartbeat.deregister(quick)
-        self.join_threads(max(deadline, time.monotonic() + 1.0))
+        # A worker still busy at the deadline has a handler that does not
+        # return: not waited for beyond it. The others are ending, and get a
+        # moment more.
+        self.join_threads(deadline, max(deadline, time.monotonic() + 1.0))
 
     def close(self, deadline: float) -> None:
         """Refuse new calls, let those in flight end (until ``deadline``), close the connections."""
@@ -329,10 +332,13 @@ class AgentRun:
         except Exception:  # pragma: no cover - closing is best effort
             log.debug("Agent %s: error closing the client", self.agent_id, exc_info=True)
 
-    def join_threads(self, deadline: float) -> None:
-        """Join every thread of the run until ``deadline``; log those still alive."""
+    def join_threads(self, deadline: float, others_until: Optional[float] = None) -> None:
+        """Join the workers until ``deadline``, and the other threads of the run until
+        ``others_until`` (the same by default); log those still alive."""
         current = threading.current_thread()
         alive = self.pool.join(deadline) if self.pool is not None else []
+        if others_until is not None:
+            deadline = others_until
         others = self.transport.threads() if self.transport is not None else []
         if self.heartbeat is not None:
             others.append(self.heartbeat.thread)

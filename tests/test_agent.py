@@ -318,7 +318,8 @@ def test_stop_is_bounded_when_a_handler_is_stuck(make_agent, caplog) -> None:
     assert agent.entered.wait(5)
     started = time.monotonic()
     agent.stop(timeout=0.5)
-    assert time.monotonic() - started < 3
+    took = time.monotonic() - started
+    assert took < 0.5 + 0.3, f"stop(timeout=0.5) took {took:.2f} s"
     assert "still running after stop" in caplog.text
     agent.release.set()  # let the worker go, so that no thread outlives the test
     wait_until(lambda: not agent_threads("stuck"), 5)
