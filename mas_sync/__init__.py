@@ -23,10 +23,12 @@ from ._errors import (
     RequestTimeout,
     StateError,
 )
+from ._futures import GatherResult
 from ._handlers import handler
 from ._message import AgentMessage
 from ._rates import RateLimit
 from ._registry import AgentRegistry
+from ._schedule import ScheduledCall, periodic
 from ._service import MASService
 from ._signing import Keyring, SigningKey
 from ._state import StateManager
@@ -45,6 +47,7 @@ __all__ = [
     "CircuitOpenError",
     "DeadLetter",
     "DeadLetters",
+    "GatherResult",
     "Keyring",
     "MASConnectionError",
     "MASError",
@@ -53,12 +56,14 @@ __all__ = [
     "RedisCommandError",
     "RequestError",
     "RequestTimeout",
+    "ScheduledCall",
     "SigningKey",
     "StateError",
     "StateManager",
     "__version__",
     "acl_rules",
     "handler",
+    "periodic",
     "service_acl_rules",
     "stop_on_signals",
 ]

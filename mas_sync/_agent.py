@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Type, Union
+import time
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type, Union
 
 from pydantic import BaseModel
 
 from . import _json, _lifecycle, _process, _wire
 from ._checks import check_seconds
 from ._dead_letters import DeadLetter, When
-from ._errors import AgentNotRunningError
+from ._errors import AgentNotRunningError, RequestTimeout
+from ._futures import GatherResult
 from ._handlers import HandlerSpec, collect_handlers
 from ._message import AgentMessage
 from ._options import AgentOptions
 from ._rates import RateLimit
 from ._redis import check_redis_url
 from ._run import AgentRun
+from ._schedule import PeriodicSpec, ScheduledCall, collect_periodic
 from ._signing import Keyring
 from ._state import StateManager
 from ._stats import AgentStats, Counters, GapTracker
@@ -40,7 +44,10 @@ class Agent:
     - a heartbeat that refreshes ``agent:{id}:heartbeat`` every
       ``heartbeat_interval`` seconds;
     - for a reliable agent (``delivery="reliable"``), a reader of its stream
-      ``agent.stream:{id}``.
+      ``agent.stream:{id}``;
+    - once something waits on a clock (a :func:`~mas_sync.periodic` method,
+      :meth:`call_later`, :meth:`request_future`, a handler's time limit),
+      the timers, which hand what is due to the workers.
 
     At most ``max_pending`` messages wait for a worker; a message arriving
     beyond that is dropped, logged and counted in :attr:`stats`, so that a slow
@@ -48,7 +55,9 @@ class Agent:
 
     Methods decorated with :func:`~mas_sync.handler` receive the messages whose
     ``payload["action"]`` names them, validated into a pydantic model; other
-    messages go to :meth:`on_message`.
+    messages go to :meth:`on_message`. Methods decorated with
+    :func:`~mas_sync.periodic` run on the workers every so many seconds while
+    the agent runs.
 
     Attributes whose names start with ``_mas_`` are reserved for the library.
 
@@ -169,6 +178,14 @@ class Agent:
             subscription is lost, :meth:`discover` reads Redis. It costs a
             thread (``-discovery``) and a pub/sub connection. False (the
             default): every :meth:`discover` reads Redis.
+        handler_timeout: Seconds a call of :meth:`on_message` or of a typed
+            handler (unless it has its own ``timeout``) may take: one still
+            running past it is logged with its stack and counted
+            (``stats.handler_timeouts``), and a requester gets an error reply
+            at once (``RequestError``, ``kind == "handler_timeout"``) instead
+            of waiting for its own timeout. Python cannot stop a thread: the
+            call goes on, and keeps its worker, until it returns (see README,
+            Behaviours). None (the default): no limit.
 
     Raises:
         TypeError, ValueError: a bad argument, named in the message.
@@ -208,6 +225,7 @@ class Agent:
         send_rate: Union[str, RateLimit, None] = None,
         rate_limit: Union[str, RateLimit, None] = None,
         discovery_cache: Union[bool, float] = False,
+        handler_timeout: Optional[float] = None,
     ) -> None:
         self.id: str = _wire.validate_agent_id(agent_id)
         self.capabilities: List[str] = _wire.validate_capabilities(capabilities)
@@ -222,6 +240,7 @@ class Agent:
             stream_maxlen, keyring, require_signed, signature_window, accept_from,
             accept_capabilities, breaker_failures, breaker_cooldown, breaker_shared,
             send_rate, rate_limit, discovery_cache=discovery_cache,
+            handler_timeout=handler_timeout,
         )
         signing_key = keyring.signing_key if keyring is not None else None
         if signing_key is not None and not signing_key.may_sign_for(self.id):
@@ -237,10 +256,12 @@ class Agent:
         _process.track(self)
 
     _mas_handlers: Dict[str, HandlerSpec] = {}
+    _mas_periodic: Tuple[PeriodicSpec, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._mas_handlers = collect_handlers(cls)
+        cls._mas_periodic = collect_periodic(cls)
 
     def __repr__(self) -> str:
         status = "running" if self.is_running else "stopped"
@@ -278,8 +299,10 @@ class Agent:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the agent; safe to call twice, from any thread, even from a handler.
 
-        In order: stop reading the channel; let queued messages be handled
-        (for at most ``timeout`` seconds in all, for this and the joins);
+        In order: stop reading the channel; stop the :func:`~mas_sync.periodic`
+        schedules and cancel the :meth:`call_later` calls not yet made; let
+        queued messages (and a periodic run under way) be handled (for at
+        most ``timeout`` seconds in all, for this and the joins);
         call :meth:`on_stop`; stop the heartbeat; delete the registration and
         heartbeat keys and publish DEREGISTER (the state is kept); close the
         connections; join every thread.
@@ -414,6 +437,99 @@ class Agent:
             raise TypeError(f"payload must be a dict (a JSON object), not {type(payload).__name__}")
         return run.outbox.request(target_id, payload, timeout)
 
+    def request_future(
+        self, target_id: str, payload: Dict[str, Any], timeout: float = 30.0
+    ) -> "concurrent.futures.Future[AgentMessage]":
+        """Send a request to ``target_id`` and return at once with a future of its reply.
+
+        The listener thread resolves the future when the reply arrives, and
+        the agent's timers fail it at ``timeout``; no thread waits meanwhile,
+        so one caller may start many requests and wait for them with
+        ``concurrent.futures.wait()`` or ``as_completed()``. ``future.cancel()``
+        gives the request up: its reply, if it comes, is dropped. Callbacks
+        added with ``add_done_callback()`` run in the agent's listener (or
+        timers) thread: keep them short, and never wait in them for another
+        reply.
+
+        Returns:
+            A ``concurrent.futures.Future`` whose ``result()`` is the reply
+            (as :meth:`request` returns it) or raises what :meth:`request`
+            would: ``RequestTimeout``, ``RequestError``, ``CircuitOpenError``,
+            ``AgentNotRunningError`` (the agent stopped), or the error of
+            sending the request (``MASConnectionError``, ``RedisCommandError``).
+
+        Raises:
+            AgentNotRunningError: this agent is not started.
+            TypeError, ValueError: as :meth:`request`; nothing is sent.
+        """
+        run = self._mas_require_run()
+        _wire.validate_agent_id(target_id, "target id")
+        check_seconds("timeout", timeout)
+        if not isinstance(payload, dict):
+            raise TypeError(f"payload must be a dict (a JSON object), not {type(payload).__name__}")
+        return run.futures.start([target_id], payload, timeout)[0]
+
+    def request_many(
+        self,
+        targets: Union[str, Iterable[str]],
+        payload: Dict[str, Any],
+        timeout: float = 30.0,
+    ) -> GatherResult:
+        """Send one request to each of ``targets`` and gather the replies, within ``timeout``.
+
+        Args:
+            targets: Agent ids (each asked once, in order), or one string: a
+                capability, whose ACTIVE agents (this one left out) are asked,
+                as :meth:`discover` finds them.
+            payload: The same for every request.
+            timeout: Seconds, for the whole call (finding the agents of a
+                capability included): it returns with what came by then, or
+                as soon as every agent answered.
+
+        Returns:
+            A :class:`~mas_sync.GatherResult`: the replies by agent, and for
+            each agent without one, why (``RequestTimeout``, ``RequestError``,
+            ``CircuitOpenError``, a failed send). Requests are sent together,
+            in one round trip (in their turns, with a ``send_rate``).
+
+        Raises:
+            AgentNotRunningError: this agent is not started.
+            TypeError, ValueError: a bad target or payload; nothing is sent.
+            MASConnectionError: Redis could not be reached to find the
+                agents of a capability.
+        """
+        run = self._mas_require_run()
+        check_seconds("timeout", timeout)
+        deadline = time.monotonic() + timeout
+        if not isinstance(payload, dict):
+            raise TypeError(f"payload must be a dict (a JSON object), not {type(payload).__name__}")
+        if isinstance(targets, str):
+            found = run.calls.run(run.discover, [targets])
+            ids = [agent["id"] for agent in found if agent["id"] != self.id]
+        else:
+            if isinstance(targets, bytes):
+                raise TypeError("targets must be agent ids or a capability (str), not bytes")
+            ids = []
+            for n, target_id in enumerate(targets):
+                ids.append(_wire.validate_agent_id(target_id, f"target id {n}"))
+            ids = list(dict.fromkeys(ids))
+        left = max(0.0, deadline - time.monotonic())
+        futures = run.futures.start(ids, payload, left) if ids else []
+        concurrent.futures.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        result = GatherResult(tuple(ids))
+        for target_id, future in zip(ids, futures):
+            if not future.done() and future.cancel():  # its timer is a hair late
+                result.errors[target_id] = RequestTimeout(
+                    f"agent {self.id!r}: no reply from {target_id!r} within {timeout} s"
+                )
+                continue
+            error = future.exception()
+            if error is None:
+                result.replies[target_id] = future.result()
+            else:
+                result.errors[target_id] = error  # type: ignore[assignment]
+        return result
+
     def discover(self, capabilities: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         """The ACTIVE agents having at least one of ``capabilities``.
 
@@ -437,6 +553,33 @@ class Agent:
         """
         run = self._mas_require_run()
         return run.calls.run(run.discover, capabilities)
+
+    # -- work on a clock ------------------------------------------------------
+
+    def call_later(self, seconds: float, fn: Callable[..., Any], *args: Any,
+                   **kwargs: Any) -> ScheduledCall:
+        """Call ``fn(*args, **kwargs)`` once, in ``seconds``, on one of the agent's workers.
+
+        :meth:`stop` cancels the calls not yet made (and waits, within its
+        ``timeout``, for one under way). An exception is logged, counted in
+        ``stats.scheduled_errors`` and passed to ``on_error(None, error)``.
+        Called before :meth:`on_start` returned, the call waits for it.
+
+        Returns:
+            A :class:`~mas_sync.ScheduledCall`, whose ``cancel()`` takes it
+            back if it has not started.
+
+        Raises:
+            AgentNotRunningError: the agent is not started.
+            TypeError: ``fn`` is not callable.
+            ValueError: ``seconds`` is not 0 or more.
+        """
+        run = self._mas_require_run()
+        check_seconds("seconds", seconds, zero=True)
+        if not callable(fn):
+            raise TypeError(f"call_later() takes a callable, not {fn!r}")
+        assert run.schedule is not None
+        return run.schedule.call_later(seconds, fn, args, kwargs)
 
     # -- reliable delivery: stored messages and dead letters --------------------
 
@@ -619,9 +762,11 @@ class Agent:
         :meth:`on_error`, and the agent goes on.
         """
 
-    def on_error(self, message: AgentMessage, error: Exception) -> None:
-        """Called in the worker thread after :meth:`on_message` raised ``error``.
+    def on_error(self, message: Optional[AgentMessage], error: Exception) -> None:
+        """Called in the worker thread after a handler raised ``error``.
 
+        ``message`` is the message being handled; None when a
+        :func:`~mas_sync.periodic` method or a :meth:`call_later` call raised.
         The error is already logged; override to count it, alert, or reply.
         """
 

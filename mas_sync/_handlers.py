@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Optional, Type, TypeVar
 from pydantic import BaseModel
 
 from . import _wire
+from ._checks import check_seconds
 from ._message import AgentMessage
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,9 +24,12 @@ class HandlerSpec:
     action: str
     method: str
     model: Optional[Type[BaseModel]]
+    timeout: Optional[float] = None
 
 
-def handler(action: str, *, model: Optional[Type[BaseModel]] = None) -> Callable[[F], F]:
+def handler(
+    action: str, *, model: Optional[Type[BaseModel]] = None, timeout: Optional[float] = None
+) -> Callable[[F], F]:
     """Route messages whose ``payload["action"]`` is ``action`` to the decorated method.
 
     With a pydantic ``model`` (given here, or read from the annotation of the
@@ -40,7 +44,12 @@ def handler(action: str, *, model: Optional[Type[BaseModel]] = None) -> Callable
     method is sent back as the reply. Messages whose action has no handler go
     to ``on_message``.
 
-    The method runs in a worker thread, like ``on_message``.
+    The method runs in a worker thread, like ``on_message``. ``timeout``
+    (seconds) is its time limit, instead of the agent's ``handler_timeout``:
+    a call still running past it is logged with its stack and counted, and a
+    requester gets an error reply at once (``RequestError`` with ``kind
+    "handler_timeout"``); the call itself is not interrupted (see README,
+    Behaviours).
 
     Example::
 
@@ -53,9 +62,12 @@ def handler(action: str, *, model: Optional[Type[BaseModel]] = None) -> Callable
         raise TypeError("handler() takes the action name, a non-empty str")
     if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise TypeError(f"handler model must be a pydantic BaseModel class, not {model!r}")
+    if timeout is not None:
+        check_seconds("handler timeout", timeout)
+        timeout = float(timeout)
 
     def decorate(func: F) -> F:
-        setattr(func, _MARK, (action, model))
+        setattr(func, _MARK, (action, model, timeout))
         return func
 
     return decorate
@@ -74,13 +86,15 @@ def collect_handlers(cls: type) -> Dict[str, HandlerSpec]:
             mark = getattr(attr, _MARK, None)
             if mark is None:
                 continue
-            action, model = mark
+            action, model, timeout = mark
             if action in own:
                 raise TypeError(
                     f"{klass.__name__} has two handlers for action {action!r}:"
                     f" {own[action].method}() and {name}()"
                 )
-            own[action] = HandlerSpec(action, name, model or _model_from_signature(attr))
+            own[action] = HandlerSpec(
+                action, name, model or _model_from_signature(attr), timeout
+            )
         found.update(own)
     return found
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import threading
 import time
-from typing import Any, Dict, List, Optional, Protocol
+import traceback
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 from pydantic import ValidationError
 
@@ -16,8 +19,10 @@ from ._handlers import HandlerSpec, action_of, body_of
 from ._inbox import first_error, parse_message
 from ._message import AgentMessage
 from ._outbox import Outbox
+from ._schedule import PeriodicSpec
 from ._signing import Refused
 from ._stats import Counters
+from ._timers import Timers
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ class AgentHooks(Protocol):
 
     id: str
     _mas_handlers: Dict[str, HandlerSpec]
+    _mas_periodic: Tuple[PeriodicSpec, ...]
 
     def get_metadata(self) -> Dict[str, Any]: ...
 
@@ -57,6 +63,9 @@ class Handling:
         seen: What tells a message handled already (a duplicate) from a new one.
         admission: What refuses messages (signatures, senders, rates); None
             admits every message.
+        timers: The run's timers, which watch the handlers' time limits.
+        handler_timeout: The agent's time limit of a handler call (a typed
+            handler may have its own); None for none.
     """
 
     def __init__(
@@ -66,12 +75,16 @@ class Handling:
         outbox: Outbox,
         seen: Optional[Seen] = None,
         admission: Optional[Admission] = None,
+        timers: Optional[Timers] = None,
+        handler_timeout: Optional[float] = None,
     ) -> None:
         self.agent = agent
         self.counters = counters
         self.outbox = outbox
         self.seen = seen if seen is not None and seen.active else None
         self.admission = admission
+        self.timers = timers
+        self.handler_timeout = handler_timeout
 
     def handle(self, message: AgentMessage) -> None:
         """Call the handler of ``message``; never raises.
@@ -143,8 +156,23 @@ class Handling:
         return self._attempt(message, last)
 
     def _attempt(self, message: AgentMessage, last: bool, span: Any = None) -> Optional[str]:
+        spec = self.agent._mas_handlers.get(action_of(message) or "")
+        limit = self.handler_timeout
+        if spec is not None and spec.timeout is not None:
+            limit = spec.timeout
+        if limit is None or self.timers is None:
+            return self._call(message, spec, last, span)
+        watch = _Watch(self, message, spec, limit)
+        watch.timer = self.timers.call_later(limit, watch.expire)
+        try:
+            return self._call(message, spec, last, span)
+        finally:
+            watch.finish()
+
+    def _call(
+        self, message: AgentMessage, spec: Optional[HandlerSpec], last: bool, span: Any
+    ) -> Optional[str]:
         agent = self.agent
-        spec = agent._mas_handlers.get(action_of(message) or "")
         started = time.perf_counter()
         try:
             if spec is None:
@@ -243,3 +271,77 @@ class Handling:
                 "Agent %s: could not send the error reply to %s: %s",
                 self.agent.id, message.sender_id, exc,
             )
+
+
+class _Watch:
+    """The time limit of one handler call: when it passes, the call is reported, not stopped."""
+
+    __slots__ = ("handling", "message", "spec", "limit", "thread", "started", "lock",
+                 "finished", "expired", "timer")
+
+    def __init__(
+        self, handling: Handling, message: AgentMessage, spec: Optional[HandlerSpec],
+        limit: float,
+    ) -> None:
+        self.handling = handling
+        self.message = message
+        self.spec = spec
+        self.limit = limit
+        self.thread = threading.current_thread()
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.finished = False
+        self.expired = False
+        self.timer: Any = None
+
+    def where(self) -> str:
+        return f"{self.spec.method}()" if self.spec is not None else "on_message"
+
+    def expire(self) -> None:
+        """Timers' thread: the limit passed with the call still running."""
+        handling, message = self.handling, self.message
+        with self.lock:
+            if self.finished:
+                return
+            self.expired = True
+            # Whatever the call replies from now on is too late: the error goes first.
+            answer = message.expects_reply and not message._replied
+            if answer:
+                message._replied = True
+        frame = sys._current_frames().get(self.thread.ident or 0)
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)\n"
+        agent_id = handling.agent.id
+        handling.counters.add("handler_timeouts")
+        log.warning(
+            "Agent %s: %s still running after %s s (its time limit) for message %s from %s,"
+            " in %s; it is not interrupted, and keeps its worker until it returns. Its stack:\n%s",
+            agent_id, self.where(), self.limit, message.message_id, message.sender_id,
+            self.thread.name, stack.rstrip(),
+        )
+        if answer:
+            try:
+                handling.outbox.reply(
+                    message,
+                    _wire.error_payload(
+                        "handler_timeout",
+                        f"{self.where()} still running after its time limit of {self.limit} s",
+                    ),
+                    error=True,
+                )
+            except Exception as exc:
+                log.warning("Agent %s: could not send the error reply to %s: %s",
+                            agent_id, message.sender_id, exc)
+
+    def finish(self) -> None:
+        """Worker: the call returned (or raised)."""
+        with self.lock:
+            self.finished = True
+            expired = self.expired
+        if expired:
+            log.warning(
+                "Agent %s: %s returned after %.3f s, past its time limit of %s s (message %s)",
+                self.handling.agent.id, self.where(), time.monotonic() - self.started,
+                self.limit, self.message.message_id,
+            )
+        else:
+            self.timer.cancel()

@@ -70,7 +70,7 @@ def start(agent: Startable) -> AgentRun:
         with agent._mas_lock:
             run.start_done = True
             if not run.stopping and run.pool is not None:
-                run.pool.open()
+                run.open()
             hand_over = run.stop_by_starter
         run.started.set()
     if hand_over:

@@ -60,6 +60,7 @@ class AgentOptions:
     send_rate: Union[str, RateLimit, None] = None  # a RateLimit or None, once checked
     rate_limit: Union[str, RateLimit, None] = None  # a RateLimit or None, once checked
     discovery_cache: Union[bool, float] = False
+    handler_timeout: Optional[float] = None
 
     def __post_init__(self) -> None:
         """Refuse a bad setting, named in the message (TypeError, ValueError)."""
@@ -130,6 +131,9 @@ class AgentOptions:
             if not isinstance(cache, (int, float)):
                 raise TypeError(f"discovery_cache must be a bool or seconds, not {cache!r}")
             check_seconds("discovery_cache", cache)
+        if self.handler_timeout is not None:
+            check_seconds("handler_timeout", self.handler_timeout)
+            object.__setattr__(self, "handler_timeout", float(self.handler_timeout))
         for name in ("heartbeat_interval", "heartbeat_ttl", "retry_timeout",
                      "command_timeout", "probe_interval", "visibility_timeout", "retry_delay",
                      "signature_window"):

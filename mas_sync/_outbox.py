@@ -289,6 +289,7 @@ class Outbox:
             )
             if refusal is not None:
                 raise refusal
+            assert pending.event is not None
             if not pending.event.wait(max(0.0, deadline - time.monotonic())):
                 raise RequestTimeout(
                     f"agent {self.agent_id!r}: no reply from {target_id!r} within {timeout} s"

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import threading
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from ._errors import AgentNotRunningError
 from ._message import AgentMessage
 
 
 class _Pending:
-    __slots__ = ("target_id", "event", "reply", "error")
+    """One request waiting: woken through ``event``, or through ``on_done`` when it has one."""
 
-    def __init__(self, target_id: str) -> None:
+    __slots__ = ("target_id", "event", "reply", "error", "on_done")
+
+    def __init__(
+        self, target_id: str, on_done: Optional[Callable[["_Pending"], None]] = None
+    ) -> None:
         self.target_id = target_id
-        self.event = threading.Event()
+        self.event: Optional[threading.Event] = threading.Event() if on_done is None else None
         self.reply: Optional[AgentMessage] = None
         self.error: Optional[BaseException] = None
+        self.on_done = on_done
+
+    def done(self) -> None:
+        """The reply (or the error) is in: wake whoever waits."""
+        if self.on_done is not None:
+            self.on_done(self)
+        else:
+            assert self.event is not None
+            self.event.set()
 
 
 class PendingRequests:
@@ -31,13 +44,23 @@ class PendingRequests:
         self._table: Dict[str, _Pending] = {}
         self._closed: Optional[str] = None
 
-    def add(self, correlation_id: str, target_id: str) -> _Pending:
+    def add(
+        self,
+        correlation_id: str,
+        target_id: str,
+        on_done: Optional[Callable[[_Pending], None]] = None,
+    ) -> _Pending:
         """Register a request before it is sent.
+
+        Args:
+            on_done: Called (in the listener's thread, or the stopping one)
+                with the entry once its reply or its error is in; None wakes
+                its ``event`` instead.
 
         Raises:
             AgentNotRunningError: the table was closed by a stop.
         """
-        pending = _Pending(target_id)
+        pending = _Pending(target_id, on_done)
         with self._lock:
             if self._closed is not None:
                 raise AgentNotRunningError(self._closed)
@@ -48,6 +71,11 @@ class PendingRequests:
         """Forget a request (answered, timed out or failed)."""
         with self._lock:
             self._table.pop(correlation_id, None)
+
+    def take(self, correlation_id: str) -> Optional[_Pending]:
+        """Forget a request and return it; None when a reply (or a stop) took it first."""
+        with self._lock:
+            return self._table.pop(correlation_id, None)
 
     def resolve(self, correlation_id: str, reply: AgentMessage) -> bool:
         """Hand ``reply`` to the waiting caller.
@@ -62,7 +90,7 @@ class PendingRequests:
                 return False
             del self._table[correlation_id]
         pending.reply = reply
-        pending.event.set()
+        pending.done()
         return True
 
     def close(self, reason: str) -> int:
@@ -79,7 +107,7 @@ class PendingRequests:
             pending.error = AgentNotRunningError(
                 f"{reason} while waiting for a reply from {pending.target_id!r}"
             )
-            pending.event.set()
+            pending.done()
         return len(waiting)
 
     def __len__(self) -> int:

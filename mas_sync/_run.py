@@ -18,6 +18,7 @@ from ._dead_letters import DeadLetters
 from ._dedupe import Seen
 from ._discovery_cache import DiscoveryCache
 from ._errors import AgentNotRunningError, MASConnectionError
+from ._futures import RequestFutures
 from ._handling import AgentHooks, Handling
 from ._heartbeat import Heartbeat
 from ._inbox import Inbox
@@ -26,12 +27,15 @@ from ._outbox import Outbox
 from ._pubsub import PubSubTransport
 from ._redis import close_client, make_client, ping, retire_connections
 from ._redis import follow_master, is_sentinel_url
+from ._message import AgentMessage
 from ._registry import AgentRegistry
 from ._requests import PendingRequests
+from ._schedule import Schedule
 from ._shared_stats import StatsWriter
 from ._state import StateManager
 from ._stats import Counters, GapTracker
 from ._streams import StreamTransport
+from ._timers import Timers
 from ._transport import Receipt, Transport
 from ._workers import OrderedPool
 
@@ -42,9 +46,11 @@ class AgentRun:
     """What one run of an agent owns, and the order in which it starts and stops them.
 
     Threads (daemon, named ``mas-agent[{id}]-...``): the transport's receiver
-    (``-listener``), the workers (``-worker-{n}``) and the heartbeat
-    (``-heartbeat``). The lifecycle flags are guarded by the agent's lock
-    (see :mod:`._lifecycle`).
+    (``-listener``), the workers (``-worker-{n}``), the heartbeat
+    (``-heartbeat``), and, once something waits on a clock (a periodic
+    method, a request future, a handler's time limit), the timers
+    (``-timers``). The lifecycle flags are guarded by the agent's lock (see
+    :mod:`._lifecycle`).
 
     Args:
         agent: Whose run.
@@ -100,6 +106,8 @@ class AgentRun:
         self.pool: Optional[OrderedPool] = None
         self.heartbeat: Optional[Heartbeat] = None
         self.discovery_cache: Optional[DiscoveryCache] = None
+        self.timers = Timers(f"{self.name}-timers", f"Agent {agent.id}")
+        self.schedule: Optional[Schedule] = None
 
     # -- start and stop --------------------------------------------------------
 
@@ -142,11 +150,17 @@ class AgentRun:
             # A replay on the shared channel is a duplicate as long as a nonce is kept.
             claim=2 * options.signature_window + 1 if options.keyring is not None else 0.0,
         )
-        self.handling = handling = Handling(
-            self.agent, self.counters, self.outbox, seen, admission
+        self.futures = RequestFutures(self.outbox, self.timers)
+        self.handling = Handling(
+            self.agent, self.counters, self.outbox, seen, admission, self.timers,
+            options.handler_timeout,
         )
         self.pool = pool = OrderedPool(
-            self.name, handling.handle, options.max_workers, options.max_pending
+            self.name, self.work, options.max_workers, options.max_pending
+        )
+        self.schedule = Schedule(
+            self.agent, self.agent._mas_periodic, self.timers,
+            lambda key, job: pool.submit(key, job, bounded=False), self.counters,
         )
         self.inbox = Inbox(
             self.agent_id, options.max_message_bytes, options.max_pending, pool,
@@ -196,6 +210,8 @@ class AgentRun:
             self.unfollow()
             if self.heartbeat is not None:
                 self.heartbeat.stop()
+            self.schedule.stop()
+            self.timers.close()
             pool.close()
             deadline = time.monotonic() + 5.0
             transport.stop(client, deadline)
@@ -204,6 +220,19 @@ class AgentRun:
             self.join_threads(deadline)
             self.close(deadline)
             raise
+
+    def open(self) -> None:
+        """``on_start()`` returned: the workers take messages, the periodic methods start."""
+        assert self.pool is not None and self.schedule is not None
+        self.pool.open()
+        self.schedule.start()
+
+    def work(self, item: Any) -> None:
+        """Worker: handle a message, or run scheduled work."""
+        if isinstance(item, AgentMessage):
+            self.handling.handle(item)
+        else:
+            item()
 
     def signer(self) -> Optional[Callable[[str], str]]:
         """What signs the run's messages, with the keyring's signing key of the moment."""
@@ -297,6 +326,8 @@ class AgentRun:
         # handlers blocked in request() return before the drain below.
         self.requests.close(f"agent {agent_id!r} stopped")
         self.outbox.close()  # and senders waiting for their turn (send_rate)
+        if self.schedule is not None:
+            self.schedule.stop()  # no periodic run starts any more; one under way is drained
         if not pool.drain(max(0.0, deadline - time.monotonic())):
             log.warning(
                 "Agent %s: handlers still busy at the stop's deadline; dropping %d queued messages",
@@ -305,6 +336,8 @@ class AgentRun:
         dropped = pool.close()
         if dropped:
             self.counters.add("dropped_on_stop", dropped)
+        self.timers.close()
+        self.timers.join(deadline)
         try:
             self.agent.on_stop()
         except Exception:
@@ -344,6 +377,8 @@ class AgentRun:
             others.append(self.heartbeat.thread)
         if self.discovery_cache is not None:
             others.append(self.discovery_cache.thread)
+        if self.timers.thread is not None:
+            others.append(self.timers.thread)
         for thread in others:
             if thread.ident is not None and thread is not current:
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -367,6 +402,8 @@ class AgentRun:
         """True in a thread of this run."""
         current = threading.current_thread()
         if self.heartbeat is not None and current is self.heartbeat.thread:
+            return True
+        if current is self.timers.thread:
             return True
         if self.transport is not None and current in self.transport.threads():
             return True

@@ -77,6 +77,12 @@ class AgentStats:
             trial.
         breaker_rejected: Requests that failed at once with
             ``CircuitOpenError`` (nothing sent).
+        handler_timeouts: Handler calls still running past their time limit
+            (``handler_timeout``, or a typed handler's ``timeout``).
+        scheduled_runs: Runs of ``@periodic`` methods and ``call_later``
+            calls that returned.
+        scheduled_errors: Runs of ``@periodic`` methods and ``call_later``
+            calls that raised.
         handler_seconds: Seconds spent in handlers (``on_message`` and typed
             handlers), summed over every call, whether it returned or raised.
     """
@@ -106,6 +112,9 @@ class AgentStats:
     refused_rate_limited: int = 0
     breaker_opened: int = 0
     breaker_rejected: int = 0
+    handler_timeouts: int = 0
+    scheduled_runs: int = 0
+    scheduled_errors: int = 0
     handler_seconds: float = 0.0
 
     @property

@@ -57,15 +57,19 @@ class OrderedPool:
         self._threads: List[threading.Thread] = []
         self._worker_idents: Set[int] = set()
 
-    def submit(self, key: Any, item: Any) -> bool:
+    def submit(self, key: Any, item: Any, bounded: bool = True) -> bool:
         """Queue ``item`` behind earlier items of ``key``.
 
+        Args:
+            bounded: False queues it even beyond ``max_pending`` (work whose
+                amount the caller bounds, such as one run per periodic method).
+
         Returns:
-            False, and queues nothing, when the pool is closed or
+            False, and queues nothing, when the pool is closed or (``bounded``)
             ``max_pending`` items are already waiting.
         """
         with self._lock:
-            if self._closed or self._pending >= self._max_pending:
+            if self._closed or (bounded and self._pending >= self._max_pending):
                 return False
             box = self._boxes.get(key)
             if box is None:

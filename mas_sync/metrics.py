@@ -98,6 +98,12 @@ COUNTERS = (
     ("mas_sync_disconnects", "disconnects", "Times the listener lost its connection."),
     ("mas_sync_missed", "missed",
      "Messages from mas_sync senders that never arrived (gaps in their sequence numbers)."),
+    ("mas_sync_handler_timeouts", "handler_timeouts",
+     "Handler calls still running past their time limit."),
+    ("mas_sync_scheduled_runs", "scheduled_runs",
+     "Runs of periodic methods and call_later calls that returned."),
+    ("mas_sync_scheduled_errors", "scheduled_errors",
+     "Runs of periodic methods and call_later calls that raised."),
 )
 
 

@@ -45,6 +45,8 @@ def test_demo_uses_the_given_redis(redis_url) -> None:
         ("typed_state.py", "after restart:  {'counter': 1, 'ratio': 0.5, 'history': [1]"),
         ("request_reply.py", "flask-style view got: {'summary': 'mas_sync is ...', 'words': 5}"),
         ("typed_handlers.py", "refused: validation_error ['text']"),
+        ("periodic.py", "collector got reports [1, 2, 4, 5]"),
+        ("scatter_gather.py", "timed out: ['supplier-9']\nfailed: supplier-3 (handler_timeout)"),
     ],
 )
 def test_example_runs(redis_url, r, example, expected) -> None:

@@ -1,0 +1,155 @@
+"""One run's timers: a thread that calls short functions at given times.
+
+Periodic methods and ``call_later`` (:mod:`._schedule`), the deadlines of
+request futures (:mod:`._outbox`) and handler time limits (:mod:`._handling`)
+all wait here, in one heap, on one thread (``{name}-timers``) that is started
+the first time something is due, so that an agent that uses none of them has
+no such thread. A function called here must be quick: anything slow (a
+periodic method) is handed to the agent's workers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from typing import Callable, List, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+#: Cancelled timers left in the heap (they are skipped when due) before the
+#: heap is rebuilt without them, when they are also half of it.
+COMPACT_AFTER = 256
+
+
+class Timer:
+    """A call waiting in :class:`Timers`; :meth:`cancel` it to have it not made."""
+
+    __slots__ = ("due", "fn", "cancelled", "_timers")
+
+    def __init__(self, due: float, fn: Callable[[], None], timers: "Timers") -> None:
+        self.due = due
+        self.fn = fn
+        self.cancelled = False
+        self._timers: Optional[Timers] = timers
+
+    def cancel(self) -> None:
+        """Do not make the call (it may already be under way); safe to repeat."""
+        timers = self._timers
+        if timers is not None and not self.cancelled:
+            timers._cancelled(self)
+
+
+class Timers:
+    """Calls functions at given ``time.monotonic()`` times, in one daemon thread.
+
+    Args:
+        thread_name: The thread's name (``mas-agent[{id}]-timers``).
+        label: Who owns them, for the log.
+    """
+
+    def __init__(self, thread_name: str, label: str) -> None:
+        self._thread_name = thread_name
+        self._label = label
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._heap: List[Tuple[float, int, Timer]] = []
+        self._order = itertools.count()
+        self._dead = 0  # cancelled timers still in the heap
+        self._closed = False
+        self.thread: Optional[threading.Thread] = None
+
+    def call_at(self, due: float, fn: Callable[[], None]) -> Timer:
+        """Call ``fn()`` in the timers' thread at ``due`` (``time.monotonic()``).
+
+        Once the timers are closed, the call is not made (the timer returned
+        is cancelled).
+        """
+        timer = Timer(due, fn, self)
+        with self._lock:
+            if self._closed:
+                timer.cancelled = True
+                timer._timers = None
+                return timer
+            heapq.heappush(self._heap, (due, next(self._order), timer))
+            if self.thread is None:
+                self._start_locked()
+            elif self._heap[0][2] is timer:
+                self._wake.notify()
+        return timer
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> Timer:
+        """Call ``fn()`` in ``delay`` seconds (see :meth:`call_at`)."""
+        return self.call_at(time.monotonic() + delay, fn)
+
+    def close(self) -> None:
+        """Make no more calls: those waiting are dropped; the thread exits (see :meth:`join`)."""
+        with self._lock:
+            self._closed = True
+            for _, _, timer in self._heap:
+                timer.cancelled = True
+                timer._timers = None
+            self._heap.clear()
+            self._dead = 0
+            self._wake.notify_all()
+
+    def join(self, deadline: float) -> Optional[threading.Thread]:
+        """Wait for the thread (after :meth:`close`) until ``deadline``; the thread if alive."""
+        thread = self.thread
+        if thread is None or thread is threading.current_thread():
+            return None
+        thread.join(max(0.0, deadline - time.monotonic()))
+        return thread if thread.is_alive() else None
+
+    def __len__(self) -> int:
+        """Calls waiting (cancelled ones not counted)."""
+        with self._lock:
+            return len(self._heap) - self._dead
+
+    # -- internals -------------------------------------------------------------
+
+    def _cancelled(self, timer: Timer) -> None:
+        with self._lock:
+            if timer.cancelled:
+                return
+            timer.cancelled = True
+            timer._timers = None
+            self._dead += 1
+            heap = self._heap
+            if self._dead > COMPACT_AFTER and self._dead * 2 > len(heap):
+                self._heap = [item for item in heap if not item[2].cancelled]
+                heapq.heapify(self._heap)
+                self._dead = 0
+
+    def _start_locked(self) -> None:
+        thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
+        thread.start()
+        self.thread = thread
+
+    def _run(self) -> None:
+        with self._lock:
+            while not self._closed:
+                heap = self._heap
+                if not heap:
+                    self._wake.wait()
+                    continue
+                due, _, timer = heap[0]
+                if timer.cancelled:
+                    heapq.heappop(heap)
+                    self._dead -= 1
+                    continue
+                delay = due - time.monotonic()
+                if delay > 0:
+                    self._wake.wait(delay)
+                    continue
+                heapq.heappop(heap)
+                timer._timers = None  # made: a cancel() now changes nothing
+                self._lock.release()
+                try:
+                    timer.fn()
+                except Exception:
+                    log.exception("%s: a timer's call failed", self._label)
+                finally:
+                    self._lock.acquire()

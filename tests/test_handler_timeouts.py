@@ -1,0 +1,127 @@
+"""Handler time limits: reported with their stack, counted, answered; never interrupted."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, List
+
+import pytest
+from pydantic import BaseModel
+
+from mas_sync import Agent, AgentMessage, RequestError, handler
+from mas_sync.testing import wait_until
+
+
+class Job(BaseModel):
+    seconds: float
+
+
+class Worker(Agent):
+    """Sleeps as long as asked, in on_message or in its typed handlers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.returned: List[str] = []
+        self.done = threading.Event()
+
+    def on_message(self, message: AgentMessage) -> None:
+        time.sleep(message.payload.get("seconds", 0))
+        self.returned.append("on_message")
+        self.done.set()
+        if message.expects_reply:
+            message.reply({"slept": True})
+
+    @handler("quick", timeout=0.1)
+    def quick(self, message: AgentMessage, body: Job) -> dict:
+        time.sleep(body.seconds)
+        self.returned.append("quick")
+        self.done.set()
+        return {"slept": body.seconds}
+
+    @handler("patient", timeout=5)
+    def patient(self, message: AgentMessage, body: Job) -> dict:
+        time.sleep(body.seconds)
+        self.returned.append("patient")
+        self.done.set()
+        return {"slept": body.seconds}
+
+
+def test_a_requester_gets_an_error_reply_at_the_limit(make_agent: Any, caplog: Any) -> None:
+    worker = make_agent("worker", Worker, handler_timeout=0.2)
+    client = make_agent("client")
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="mas_sync"):
+        with pytest.raises(RequestError) as caught:
+            client.request("worker", {"seconds": 1.0}, timeout=10)
+        took = time.monotonic() - began
+        assert 0.2 <= took < 0.2 + 0.3, f"the error came after {took:.2f} s"
+        assert caught.value.kind == "handler_timeout"
+        assert "on_message still running after its time limit of 0.2 s" in str(caught.value)
+        assert worker.stats.handler_timeouts == 1
+        # Logged with the handler's stack, pointing at the line it is stuck on.
+        assert "on_message still running after 0.2 s" in caplog.text
+        assert "time.sleep(message.payload.get(\"seconds\", 0))" in caplog.text
+        # Not interrupted: it returns in its own time, and its late reply is dropped.
+        assert worker.done.wait(5)
+        wait_until(lambda: worker.stats.handled == 1, 5, message="counted as handled")
+    assert worker.returned == ["on_message"]
+    assert "returned after 1.0" in caplog.text
+
+
+def test_a_typed_handler_s_own_limit_wins_over_the_agent_s(make_agent: Any) -> None:
+    worker = make_agent("worker", Worker, handler_timeout=0.05)
+    client = make_agent("client")
+    # Its own 5 s limit: 0.2 s of work is fine, though the agent's limit is 50 ms.
+    assert client.request("worker", {"action": "patient", "seconds": 0.2}, timeout=5).payload == {
+        "slept": 0.2
+    }
+    # Its own 0.1 s limit, with no agent limit at all.
+    other = make_agent("other", Worker)
+    began = time.monotonic()
+    with pytest.raises(RequestError, match="quick\\(\\) still running") as caught:
+        client.request("other", {"action": "quick", "seconds": 0.5}, timeout=5)
+    assert time.monotonic() - began < 0.45
+    assert caught.value.kind == "handler_timeout"
+    assert worker.stats.handler_timeouts == 0 and other.stats.handler_timeouts == 1
+
+
+def test_a_handler_within_its_limit_is_not_reported(make_agent: Any, caplog: Any) -> None:
+    worker = make_agent("worker", Worker, handler_timeout=1.0)
+    client = make_agent("client")
+    with caplog.at_level(logging.WARNING, logger="mas_sync"):
+        for _ in range(20):
+            assert client.request("worker", {"seconds": 0}, timeout=5).payload == {"slept": True}
+    assert worker.stats.handler_timeouts == 0
+    assert "time limit" not in caplog.text
+    run = worker._mas_run
+    assert run is not None
+    # Each watch is taken back once its call returned (just after the reply went).
+    wait_until(lambda: len(run.timers) == 0, 5, message="no watch left")
+
+
+def test_a_message_that_is_not_a_request_is_only_reported(make_agent: Any, caplog: Any) -> None:
+    worker = make_agent("worker", Worker, handler_timeout=0.1)
+    sender = make_agent("sender")
+    with caplog.at_level(logging.WARNING, logger="mas_sync"):
+        sender.send("worker", {"seconds": 0.3})
+        assert worker.done.wait(5)
+    assert worker.stats.handler_timeouts == 1
+    assert sender.stats.received == 0  # nobody to answer
+
+
+def test_the_breaker_counts_a_handler_timeout_as_a_failure(make_agent: Any) -> None:
+    make_agent("worker", Worker, handler_timeout=0.05)
+    client = make_agent("client", breaker_failures=1, breaker_cooldown=30)
+    with pytest.raises(RequestError):
+        client.request("worker", {"seconds": 0.2}, timeout=5)
+    assert client.stats.breaker_opened == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), "1", True])
+def test_bad_time_limits_are_refused(bad: Any) -> None:
+    with pytest.raises(ValueError, match="handler_timeout must be a number of seconds"):
+        Agent("a", handler_timeout=bad)
+    with pytest.raises(ValueError, match="handler timeout must be a number of seconds"):
+        handler("x", timeout=bad)
