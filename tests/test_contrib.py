@@ -94,6 +94,10 @@ def test_nothing_starts_until_asked_then_once_per_process(make_agents, r) -> Non
     assert agents.running == started
     reply = agents.request(agents.agent_id("echo"), {"text": "hi"})
     assert reply.payload == {"echo": "hi", "pid": os.getpid()}
+    future = agents.request_future(agents.agent_id("echo"), {"text": "later"})
+    assert future.result(timeout=5).payload == {"echo": "later", "pid": os.getpid()}
+    gathered = agents.request_many("echo", {"text": "all"})
+    assert gathered.targets == (agents.agent_id("echo"),) and not gathered.errors
     assert agents.client.id == f"web-{host_name()}-{os.getpid()}"
     agents.stop()
     assert agents.running == {}

@@ -264,6 +264,11 @@ def test_views_reach_the_agents_of_runagents_by_name_and_get_starts_none(
                 assert mas.agents.running == {}
                 assert mas.find("summarizer") == [summarizer]  # no second copy
                 assert [a["id"] for a in mas.discover(["nlp"])] == [summarizer]
+                # Several at once, from a view: a future, and scatter-gather by capability.
+                future = mas.request_future(summarizer, {"text": "a future"})
+                gathered = mas.request_many("nlp", {"text": "one for all"}, timeout=5)
+                assert future.result(timeout=5).payload["pid"] == server.pid
+                assert list(gathered.replies) == [summarizer] and not gathered.errors
                 expected = {
                     f"agent:{summarizer}", f"agent:echo-{host_name()}-{server.pid}",
                     f"agent:{mas.client.id}",

@@ -100,6 +100,13 @@ def test_the_extension_in_the_usual_flask_shape(redis_url, r) -> None:
     def ask() -> Dict[str, Any]:
         return mas.request(mas.get("echo").id, {"hello": "world"}).payload
 
+    @app.get("/ask-all")
+    def ask_all() -> Dict[str, Any]:
+        future = mas.request_future(mas.get("echo").id, {"n": 1})
+        gathered = mas.request_many("echo", {"n": 2})
+        return {"future": future.result(timeout=5).payload["n"],
+                "gathered": {k: v.payload["n"] for k, v in gathered.replies.items()}}
+
     mas.init_app(app)
     try:
         assert app.config["MAS_AGENT_ID_FORMAT"] == "{name}-{host}-{pid}"
@@ -120,6 +127,8 @@ def test_the_extension_in_the_usual_flask_shape(redis_url, r) -> None:
         assert started["echo"].capabilities == ["echo"]
         response = app.test_client().get("/ask")
         assert response.get_json() == {"pid": os.getpid(), "hello": "world"}
+        response = app.test_client().get("/ask-all")
+        assert response.get_json() == {"future": 1, "gathered": {started["echo"].id: 2}}
     finally:
         mas.stop(app)
     bad = Flask("bad-format")

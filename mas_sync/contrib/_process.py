@@ -13,12 +13,13 @@ starts agents of its own, under ids of its own.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import threading
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
-from .. import Agent, AgentMessage
+from .. import Agent, AgentMessage, GatherResult
 from .._redis import check_redis_url
 from ._lifecycle import track
 from ._names import DEFAULT_ID_FORMAT, NAME_KEY, check_name, format_agent_id, publish_name
@@ -272,6 +273,33 @@ class ProcessAgents:
         """
         return self.client.request(
             target_id, payload, self.request_timeout if timeout is None else timeout
+        )
+
+    def request_future(
+        self, target_id: str, payload: Dict[str, Any], timeout: Optional[float] = None
+    ) -> "concurrent.futures.Future[AgentMessage]":
+        """Ask ``target_id`` through the client agent; returns at once with a future of the reply.
+
+        ``timeout`` defaults to ``request_timeout``. See
+        :meth:`mas_sync.Agent.request_future`.
+        """
+        return self.client.request_future(
+            target_id, payload, self.request_timeout if timeout is None else timeout
+        )
+
+    def request_many(
+        self,
+        targets: Union[str, Iterable[str]],
+        payload: Dict[str, Any],
+        timeout: Optional[float] = None,
+    ) -> GatherResult:
+        """Ask several agents (ids, or a capability) through the client agent, and gather.
+
+        ``timeout`` defaults to ``request_timeout``. See
+        :meth:`mas_sync.Agent.request_many`.
+        """
+        return self.client.request_many(
+            targets, payload, self.request_timeout if timeout is None else timeout
         )
 
     def send(self, target_id: str, payload: Dict[str, Any]) -> str:

@@ -69,11 +69,13 @@ of a declared agent, started if need be.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Type
+import concurrent.futures
+from typing import Any, Dict, Iterable, List, Optional, Type, Union
 
 from flask import Flask, current_app
 
 from .._agent import Agent
+from .._futures import GatherResult
 from .._message import AgentMessage
 from ._names import DEFAULT_ID_FORMAT
 from ._process import ProcessAgents
@@ -239,6 +241,29 @@ class MAS:
         raises: ``RequestTimeout``, ``RequestError``, ...
         """
         return self.agents().request(target_id, payload, timeout)
+
+    def request_future(
+        self, target_id: str, payload: Dict[str, Any], timeout: Optional[float] = None
+    ) -> "concurrent.futures.Future[AgentMessage]":
+        """Ask ``target_id``; returns at once with a future of the reply, for views that ask many.
+
+        ``timeout`` defaults to ``MAS_REQUEST_TIMEOUT``. See
+        :meth:`mas_sync.Agent.request_future`.
+        """
+        return self.agents().request_future(target_id, payload, timeout)
+
+    def request_many(
+        self,
+        targets: Union[str, Iterable[str]],
+        payload: Dict[str, Any],
+        timeout: Optional[float] = None,
+    ) -> GatherResult:
+        """Ask several agents (ids, or a capability) and gather their replies; for views.
+
+        ``timeout`` defaults to ``MAS_REQUEST_TIMEOUT``. See
+        :meth:`mas_sync.Agent.request_many`.
+        """
+        return self.agents().request_many(targets, payload, timeout)
 
     def send(self, target_id: str, payload: Dict[str, Any]) -> str:
         """Send ``payload`` to ``target_id`` from the client agent; returns the message id."""

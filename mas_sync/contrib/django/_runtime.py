@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import threading
-from typing import Any, Dict, Iterable, List, Optional, Type
+from typing import Any, Dict, Iterable, List, Optional, Type, Union
 
 from django.core.signals import request_started, setting_changed
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 
 from ..._agent import Agent
 from ..._errors import AgentNotRunningError
+from ..._futures import GatherResult
 from ..._message import AgentMessage
 from .._process import ProcessAgents
 from .._spec import AgentSpec
@@ -146,6 +148,29 @@ class MAS:
         :meth:`mas_sync.Agent.request` raises.
         """
         return self.agents.request(target_id, payload, timeout)
+
+    def request_future(
+        self, target_id: str, payload: Dict[str, Any], timeout: Optional[float] = None
+    ) -> "concurrent.futures.Future[AgentMessage]":
+        """Ask ``target_id``; returns at once with a future of the reply, for views that ask many.
+
+        ``timeout`` defaults to ``MAS_REQUEST_TIMEOUT``. See
+        :meth:`mas_sync.Agent.request_future`.
+        """
+        return self.agents.request_future(target_id, payload, timeout)
+
+    def request_many(
+        self,
+        targets: Union[str, Iterable[str]],
+        payload: Dict[str, Any],
+        timeout: Optional[float] = None,
+    ) -> GatherResult:
+        """Ask several agents (ids, or a capability) and gather their replies; for views.
+
+        ``timeout`` defaults to ``MAS_REQUEST_TIMEOUT``. See
+        :meth:`mas_sync.Agent.request_many`.
+        """
+        return self.agents.request_many(targets, payload, timeout)
 
     def send(self, target_id: str, payload: Dict[str, Any]) -> str:
         """Send ``payload`` to ``target_id`` from the client agent; returns the message id."""
