@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from . import _json, _lifecycle, _process, _wire
 from ._checks import check_seconds
 from ._dead_letters import DeadLetter, When
-from ._errors import AgentNotRunningError, RequestTimeout
+from ._errors import AgentNotRunningError
 from ._futures import GatherResult
 from ._handlers import HandlerSpec, collect_handlers
 from ._message import AgentMessage
@@ -504,7 +504,7 @@ class Agent:
         if not isinstance(payload, dict):
             raise TypeError(f"payload must be a dict (a JSON object), not {type(payload).__name__}")
         if isinstance(targets, str):
-            found = run.calls.run(run.discover, [targets])
+            found = run.calls.run(run.discover, [targets], deadline=deadline)
             ids = [agent["id"] for agent in found if agent["id"] != self.id]
         else:
             if isinstance(targets, bytes):
@@ -513,22 +513,7 @@ class Agent:
             for n, target_id in enumerate(targets):
                 ids.append(_wire.validate_agent_id(target_id, f"target id {n}"))
             ids = list(dict.fromkeys(ids))
-        left = max(0.0, deadline - time.monotonic())
-        futures = run.futures.start(ids, payload, left) if ids else []
-        concurrent.futures.wait(futures, timeout=max(0.0, deadline - time.monotonic()))
-        result = GatherResult(tuple(ids))
-        for target_id, future in zip(ids, futures):
-            if not future.done() and future.cancel():  # its timer is a hair late
-                result.errors[target_id] = RequestTimeout(
-                    f"agent {self.id!r}: no reply from {target_id!r} within {timeout} s"
-                )
-                continue
-            error = future.exception()
-            if error is None:
-                result.replies[target_id] = future.result()
-            else:
-                result.errors[target_id] = error  # type: ignore[assignment]
-        return result
+        return run.futures.gather(ids, payload, timeout, deadline)
 
     def discover(self, capabilities: Optional[List[str]] = None) -> List[Dict[str, Any]]:
         """The ACTIVE agents having at least one of ``capabilities``.

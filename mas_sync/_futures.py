@@ -90,7 +90,11 @@ class RequestFutures:
         self.timers = timers
 
     def start(
-        self, targets: Sequence[str], payload: Dict[str, Any], timeout: float
+        self,
+        targets: Sequence[str],
+        payload: Dict[str, Any],
+        timeout: float,
+        deadline: Optional[float] = None,
     ) -> List["concurrent.futures.Future[AgentMessage]"]:
         """Send one request per target, all in one round trip when no pace holds them.
 
@@ -98,12 +102,50 @@ class RequestFutures:
         per target, in order; any failure after the payload's check (an open
         breaker, a send that failed, no reply in time) is in its future.
 
+        Args:
+            deadline: When the futures fail (``time.monotonic()``); None:
+                ``timeout`` from now.
+
         Raises:
             TypeError, ValueError: the payload cannot be sent (nothing is).
             AgentNotRunningError: the agent is stopped (nothing is sent).
         """
+        return [request.future for request in self._start(targets, payload, timeout, deadline)]
+
+    def gather(
+        self, targets: Sequence[str], payload: Dict[str, Any], timeout: float, deadline: float
+    ) -> GatherResult:
+        """Ask every target, and wait until all answered or ``deadline`` passed (see
+        :meth:`mas_sync.Agent.request_many`)."""
+        requests = self._start(targets, payload, timeout, deadline) if targets else []
+        concurrent.futures.wait(
+            [request.future for request in requests],
+            timeout=max(0.0, deadline - time.monotonic()),
+        )
+        result = GatherResult(tuple(targets))
+        for request in requests:
+            future = request.future
+            if not future.done():
+                self._expired(request)  # its timer is a hair late: the same, now
+            error = future.exception()  # done, or about to be by whoever took it
+            if error is None:
+                result.replies[request.target_id] = future.result()
+            else:
+                result.errors[request.target_id] = error  # type: ignore[assignment]
+        return result
+
+    # -- internals -------------------------------------------------------------
+
+    def _start(
+        self,
+        targets: Sequence[str],
+        payload: Dict[str, Any],
+        timeout: float,
+        deadline: Optional[float],
+    ) -> List["_Request"]:
         outbox = self.outbox
-        deadline = time.monotonic() + timeout
+        if deadline is None:
+            deadline = time.monotonic() + timeout
         requests = []
         for target_id in targets:
             correlation_id = str(uuid.uuid4())
@@ -124,7 +166,7 @@ class RequestFutures:
                     outbox._wait_turn(turn)
                 except MASError as exc:  # stopped meanwhile: the rest is not sent
                     for _, request in ready[done:]:
-                        request.future.set_exception(exc)
+                        self._settle(request, None, exc)
                     break
             now = time.monotonic()
             upto = done + 1
@@ -132,9 +174,7 @@ class RequestFutures:
                 upto += 1
             self._send([request for _, request in ready[done:upto]], deadline)
             done = upto
-        return [request.future for request in requests]
-
-    # -- internals -------------------------------------------------------------
+        return requests
 
     def _admit(self, request: _Request, deadline: float) -> Optional[float]:
         """Its turn (0.0 unpaced) and its breaker's ticket; None with its future failed."""
@@ -247,8 +287,12 @@ class RequestFutures:
         going = future.set_running_or_notify_cancel()
         if not going:  # cancelled: says nothing of the target
             error = concurrent.futures.CancelledError()
-        if request.ticket is not None and outbox.breakers is not None:
-            outbox.breakers.record(request.ticket, error)
+        breakers, ticket = outbox.breakers, request.ticket
+        if ticket is not None and breakers is not None:
+            if ticket.shared:  # a call to Redis: not in the listener's (or timers') thread
+                self.timers.defer(lambda: breakers.record(ticket, error))
+            else:
+                breakers.record(ticket, error)
         if request.span is not None:
             _tracing.end(request.span, error)
         if not going:

@@ -17,6 +17,7 @@ from ._admission import Admission
 from ._dedupe import Seen
 from ._handlers import HandlerSpec, action_of, body_of
 from ._inbox import first_error, parse_message
+from ._errors import CannotReplyError
 from ._message import AgentMessage
 from ._outbox import Outbox
 from ._schedule import PeriodicSpec
@@ -162,15 +163,19 @@ class Handling:
             limit = spec.timeout
         if limit is None or self.timers is None:
             return self._call(message, spec, last, span)
-        watch = _Watch(self, message, spec, limit)
-        watch.timer = self.timers.call_later(limit, watch.expire)
+        watch = _Watch(self, message, spec, limit, self.timers)
         try:
-            return self._call(message, spec, last, span)
+            return self._call(message, spec, last, span, watch)
         finally:
             watch.finish()
 
     def _call(
-        self, message: AgentMessage, spec: Optional[HandlerSpec], last: bool, span: Any
+        self,
+        message: AgentMessage,
+        spec: Optional[HandlerSpec],
+        last: bool,
+        span: Any,
+        watch: Optional["_Watch"] = None,
     ) -> Optional[str]:
         agent = self.agent
         started = time.perf_counter()
@@ -188,7 +193,8 @@ class Handling:
                     self.reject(message, spec, exc)
                     return _REJECTED
                 result = getattr(agent, spec.method)(message, body)
-            if result is not None and message.expects_reply and not message._replied:
+            if (result is not None and message.expects_reply and not message._replied
+                    and (watch is None or watch.claim())):
                 message.reply(result)
         except Exception as exc:
             self.counters.time("handler", time.perf_counter() - started)
@@ -201,7 +207,7 @@ class Handling:
                 agent.id, where, message.message_id, message.sender_id, message.attempt,
             )
             error = f"{type(exc).__name__}: {exc}"
-            if last:
+            if last and (watch is None or watch.claim()):
                 self.reply_error(message, "handler_error", error)
             try:
                 agent.on_error(message, exc)
@@ -274,14 +280,20 @@ class Handling:
 
 
 class _Watch:
-    """The time limit of one handler call: when it passes, the call is reported, not stopped."""
+    """The time limit of one handler call: when it passes, the call is reported, not stopped.
+
+    The first to claim the request's answer gives it: the call (its reply,
+    or its error reply) or the limit (an error reply ``handler_timeout``).
+    While the call runs, the message replies through :meth:`replying`, so
+    that a reply the handler makes itself claims the answer too.
+    """
 
     __slots__ = ("handling", "message", "spec", "limit", "thread", "started", "lock",
-                 "finished", "expired", "timer")
+                 "finished", "expired", "answered", "timer", "reply")
 
     def __init__(
         self, handling: Handling, message: AgentMessage, spec: Optional[HandlerSpec],
-        limit: float,
+        limit: float, timers: Timers,
     ) -> None:
         self.handling = handling
         self.message = message
@@ -292,10 +304,32 @@ class _Watch:
         self.lock = threading.Lock()
         self.finished = False
         self.expired = False
-        self.timer: Any = None
+        self.answered = False  # the call claimed the answer
+        self.reply = message._reply
+        if self.reply is not None and message.expects_reply:
+            message._reply = self.replying
+        self.timer = timers.call_later(limit, self.expire)
 
     def where(self) -> str:
         return f"{self.spec.method}()" if self.spec is not None else "on_message"
+
+    def claim(self) -> bool:
+        """Worker: the call answers the request; False when the limit answered it first."""
+        with self.lock:
+            if self.expired and not self.answered:
+                return False
+            self.answered = True
+            return True
+
+    def replying(self, message: AgentMessage, payload: Dict[str, Any]) -> str:
+        """``message.reply()`` while the call runs: only if the limit did not answer first."""
+        if not self.claim():
+            raise CannotReplyError(
+                f"request {message.correlation_id} from {message.sender_id!r} was answered"
+                f" with an error at its time limit of {self.limit} s; this reply came after"
+            )
+        assert self.reply is not None
+        return self.reply(message, payload)
 
     def expire(self) -> None:
         """Timers' thread: the limit passed with the call still running."""
@@ -304,10 +338,9 @@ class _Watch:
             if self.finished:
                 return
             self.expired = True
-            # Whatever the call replies from now on is too late: the error goes first.
-            answer = message.expects_reply and not message._replied
+            answer = message.expects_reply and not self.answered and not message._replied
             if answer:
-                message._replied = True
+                message._replied = True  # what the call returns is no longer sent
         frame = sys._current_frames().get(self.thread.ident or 0)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)\n"
         agent_id = handling.agent.id
@@ -318,25 +351,32 @@ class _Watch:
             agent_id, self.where(), self.limit, message.message_id, message.sender_id,
             self.thread.name, stack.rstrip(),
         )
-        if answer:
-            try:
-                handling.outbox.reply(
-                    message,
-                    _wire.error_payload(
-                        "handler_timeout",
-                        f"{self.where()} still running after its time limit of {self.limit} s",
-                    ),
-                    error=True,
-                )
-            except Exception as exc:
-                log.warning("Agent %s: could not send the error reply to %s: %s",
-                            agent_id, message.sender_id, exc)
+        if answer and handling.timers is not None:
+            handling.timers.defer(self.answer)
+
+    def answer(self) -> None:
+        """Send the requester the error reply of the limit (where a send may wait on Redis)."""
+        handling, message = self.handling, self.message
+        try:
+            handling.outbox.reply(
+                message,
+                _wire.error_payload(
+                    "handler_timeout",
+                    f"{self.where()} still running after its time limit of {self.limit} s",
+                ),
+                error=True,
+            )
+        except Exception as exc:
+            log.warning("Agent %s: could not send the error reply to %s: %s",
+                        handling.agent.id, message.sender_id, exc)
 
     def finish(self) -> None:
         """Worker: the call returned (or raised)."""
         with self.lock:
             self.finished = True
             expired = self.expired
+        if self.message._reply == self.replying:
+            self.message._reply = self.reply
         if expired:
             log.warning(
                 "Agent %s: %s returned after %.3f s, past its time limit of %s s (message %s)",

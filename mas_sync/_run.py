@@ -291,6 +291,8 @@ class AgentRun:
 
     def stop(self, deadline: float) -> None:
         """Stop in order (see :meth:`mas_sync.Agent.stop`), by ``deadline``."""
+        if self.schedule is not None:
+            self.schedule.stop()  # first: no periodic run starts any more
         self.unfollow()
         if self.heartbeat is not None:
             self.heartbeat.stop()
@@ -326,8 +328,6 @@ class AgentRun:
         # handlers blocked in request() return before the drain below.
         self.requests.close(f"agent {agent_id!r} stopped")
         self.outbox.close()  # and senders waiting for their turn (send_rate)
-        if self.schedule is not None:
-            self.schedule.stop()  # no periodic run starts any more; one under way is drained
         if not pool.drain(max(0.0, deadline - time.monotonic())):
             log.warning(
                 "Agent %s: handlers still busy at the stop's deadline; dropping %d queued messages",
@@ -377,8 +377,7 @@ class AgentRun:
             others.append(self.heartbeat.thread)
         if self.discovery_cache is not None:
             others.append(self.discovery_cache.thread)
-        if self.timers.thread is not None:
-            others.append(self.timers.thread)
+        others.extend(self.timers.threads())
         for thread in others:
             if thread.ident is not None and thread is not current:
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -403,7 +402,7 @@ class AgentRun:
         current = threading.current_thread()
         if self.heartbeat is not None and current is self.heartbeat.thread:
             return True
-        if current is self.timers.thread:
+        if current in self.timers.threads():
             return True
         if self.transport is not None and current in self.transport.threads():
             return True

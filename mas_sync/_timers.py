@@ -4,8 +4,11 @@ Periodic methods and ``call_later`` (:mod:`._schedule`), the deadlines of
 request futures (:mod:`._outbox`) and handler time limits (:mod:`._handling`)
 all wait here, in one heap, on one thread (``{name}-timers``) that is started
 the first time something is due, so that an agent that uses none of them has
-no such thread. A function called here must be quick: anything slow (a
-periodic method) is handed to the agent's workers.
+no such thread. A function called here must be quick: a periodic method is
+handed to the agent's workers, and what may wait on Redis (an error reply, a
+shared circuit breaker's record) to :meth:`Timers.defer`, whose own thread
+(``{name}-timers-io``, also started when first needed) runs it, so that no
+deadline is late because Redis is.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import itertools
 import logging
 import threading
 import time
-from typing import Callable, List, Optional, Tuple
+from collections import deque
+from typing import Callable, Deque, List, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,9 @@ class Timers:
         self._dead = 0  # cancelled timers still in the heap
         self._closed = False
         self.thread: Optional[threading.Thread] = None
+        self._deferred: Deque[Callable[[], None]] = deque()
+        self._io_wake = threading.Condition(self._lock)
+        self.io_thread: Optional[threading.Thread] = None
 
     def call_at(self, due: float, fn: Callable[[], None]) -> Timer:
         """Call ``fn()`` in the timers' thread at ``due`` (``time.monotonic()``).
@@ -84,8 +91,27 @@ class Timers:
         """Call ``fn()`` in ``delay`` seconds (see :meth:`call_at`)."""
         return self.call_at(time.monotonic() + delay, fn)
 
+    def defer(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` soon, in the order deferred, in a thread where it may wait on Redis.
+
+        Once the timers are closed, what was deferred before still runs (the
+        thread ends after it); what is deferred after is dropped.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._deferred.append(fn)
+            if self.io_thread is None:
+                thread = threading.Thread(
+                    target=self._run_deferred, name=f"{self._thread_name}-io", daemon=True
+                )
+                thread.start()
+                self.io_thread = thread
+            else:
+                self._io_wake.notify()
+
     def close(self) -> None:
-        """Make no more calls: those waiting are dropped; the thread exits (see :meth:`join`)."""
+        """Make no more calls: those waiting are dropped; the threads exit (see :meth:`join`)."""
         with self._lock:
             self._closed = True
             for _, _, timer in self._heap:
@@ -94,14 +120,22 @@ class Timers:
             self._heap.clear()
             self._dead = 0
             self._wake.notify_all()
+            self._io_wake.notify_all()
 
-    def join(self, deadline: float) -> Optional[threading.Thread]:
-        """Wait for the thread (after :meth:`close`) until ``deadline``; the thread if alive."""
-        thread = self.thread
-        if thread is None or thread is threading.current_thread():
-            return None
-        thread.join(max(0.0, deadline - time.monotonic()))
-        return thread if thread.is_alive() else None
+    def join(self, deadline: float) -> List[threading.Thread]:
+        """Wait for the threads (after :meth:`close`) until ``deadline``; those still alive."""
+        alive = []
+        for thread in self.threads():
+            if thread is threading.current_thread():
+                continue
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                alive.append(thread)
+        return alive
+
+    def threads(self) -> List[threading.Thread]:
+        """The threads started so far."""
+        return [t for t in (self.thread, self.io_thread) if t is not None]
 
     def __len__(self) -> int:
         """Calls waiting (cancelled ones not counted)."""
@@ -112,8 +146,8 @@ class Timers:
 
     def _cancelled(self, timer: Timer) -> None:
         with self._lock:
-            if timer.cancelled:
-                return
+            if timer.cancelled or timer._timers is None:
+                return  # cancelled already, or made (or being made) meanwhile
             timer.cancelled = True
             timer._timers = None
             self._dead += 1
@@ -151,5 +185,21 @@ class Timers:
                     timer.fn()
                 except Exception:
                     log.exception("%s: a timer's call failed", self._label)
+                finally:
+                    self._lock.acquire()
+
+    def _run_deferred(self) -> None:
+        with self._lock:
+            while True:
+                while not self._deferred and not self._closed:
+                    self._io_wake.wait()
+                if not self._deferred:
+                    return  # closed, and nothing left
+                fn = self._deferred.popleft()
+                self._lock.release()
+                try:
+                    fn()
+                except Exception:
+                    log.exception("%s: a deferred call failed", self._label)
                 finally:
                     self._lock.acquire()

@@ -49,7 +49,8 @@ class OrderedPool:
         self._boxes: Dict[Any, Deque[Any]] = {}
         self._ready: Deque[Any] = deque()  # keys with items and no worker on them
         self._scheduled: Set[Any] = set()  # keys in _ready or being worked on
-        self._pending = 0
+        self._pending = 0  # items queued, bounded or not
+        self._extra = 0  # of them, those not bounded
         self._active = 0
         self._idle = 0
         self._open = False
@@ -61,20 +62,25 @@ class OrderedPool:
         """Queue ``item`` behind earlier items of ``key``.
 
         Args:
-            bounded: False queues it even beyond ``max_pending`` (work whose
-                amount the caller bounds, such as one run per periodic method).
+            bounded: False neither counts it against ``max_pending`` nor
+                refuses it (work the caller bounds itself, such as the agent's
+                periodic runs); it still takes its turn for a worker.
 
         Returns:
             False, and queues nothing, when the pool is closed or (``bounded``)
-            ``max_pending`` items are already waiting.
+            ``max_pending`` bounded items are already waiting.
         """
         with self._lock:
-            if self._closed or (bounded and self._pending >= self._max_pending):
+            if self._closed or (bounded and self._pending - self._extra >= self._max_pending):
                 return False
             box = self._boxes.get(key)
             if box is None:
                 box = self._boxes[key] = deque()
-            box.append(item)
+            if bounded:
+                box.append(item)
+            else:
+                box.append(_Unbounded(item))
+                self._extra += 1
             self._pending += 1
             if key not in self._scheduled:
                 self._scheduled.add(key)
@@ -93,8 +99,8 @@ class OrderedPool:
 
     @property
     def pending(self) -> int:
-        """Items waiting for a worker."""
-        return self._pending
+        """Items waiting for a worker, those queued with ``bounded=False`` not counted."""
+        return self._pending - self._extra
 
     @property
     def active(self) -> int:
@@ -129,15 +135,17 @@ class OrderedPool:
         """Refuse new items, drop those still queued, and let workers exit.
 
         Returns:
-            The number of queued items dropped.
+            The number of queued items dropped (those queued with
+            ``bounded=False`` not counted).
         """
         with self._lock:
             self._closed = True
-            dropped = self._pending
+            dropped = self._pending - self._extra
             self._boxes.clear()
             self._ready.clear()
             self._scheduled.clear()
             self._pending = 0
+            self._extra = 0
             self._work.notify_all()
             self._quiet.notify_all()
             return dropped
@@ -208,6 +216,9 @@ class OrderedPool:
                 box = self._boxes[key]
                 item = box.popleft()
                 self._pending -= 1
+                if item.__class__ is _Unbounded:
+                    self._extra -= 1
+                    item = item.item
                 self._active += 1
                 self._lock.release()
                 try:
@@ -230,3 +241,12 @@ class OrderedPool:
             self._worker_idents.discard(threading.get_ident())
             self._lock.release()
 
+
+
+class _Unbounded:
+    """An item queued with ``bounded=False``."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Any) -> None:
+        self.item = item

@@ -245,3 +245,17 @@ def test_request_many_refuses_bad_targets_before_sending(make_agent: Any) -> Non
         client.request_many(["echo"], "x", timeout=1)  # type: ignore[arg-type]
     assert pending(client) == 0
     assert client.stats.received == 0
+
+
+def test_request_many_counts_each_silent_target_as_a_timeout_for_its_breaker(
+    make_agent: Any,
+) -> None:
+    make_agent("silent", Silent)
+    client = make_agent("client", breaker_failures=5, breaker_cooldown=30)
+    for _ in range(5):
+        result = client.request_many(["silent"], {}, timeout=0.05)
+        assert isinstance(result.errors["silent"], RequestTimeout)
+    # Five timeouts in a row: the breaker opened at the fifth, not later.
+    assert client.stats.breaker_opened == 1
+    assert isinstance(client.request_many(["silent"], {}, timeout=1).errors["silent"],
+                      CircuitOpenError)

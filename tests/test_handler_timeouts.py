@@ -63,11 +63,14 @@ def test_a_requester_gets_an_error_reply_at_the_limit(make_agent: Any, caplog: A
         # Logged with the handler's stack, pointing at the line it is stuck on.
         assert "on_message still running after 0.2 s" in caplog.text
         assert "time.sleep(message.payload.get(\"seconds\", 0))" in caplog.text
-        # Not interrupted: it returns in its own time, and its late reply is dropped.
+        # Not interrupted: it goes on in its own time. The request had its
+        # answer: the reply the handler makes then is refused, not sent.
         assert worker.done.wait(5)
-        wait_until(lambda: worker.stats.handled == 1, 5, message="counted as handled")
+        wait_until(lambda: worker.stats.handler_errors == 1, 5, message="its late reply refused")
+        wait_until(lambda: "returned after 1.0" in caplog.text, 5, message="its end logged")
     assert worker.returned == ["on_message"]
-    assert "returned after 1.0" in caplog.text
+    assert "this reply came after" in caplog.text
+    assert client.stats.replies_dropped == 0  # nothing late reached the requester
 
 
 def test_a_typed_handler_s_own_limit_wins_over_the_agent_s(make_agent: Any) -> None:
@@ -125,3 +128,52 @@ def test_bad_time_limits_are_refused(bad: Any) -> None:
         Agent("a", handler_timeout=bad)
     with pytest.raises(ValueError, match="handler timeout must be a number of seconds"):
         handler("x", timeout=bad)
+
+
+def test_the_request_gets_one_answer_when_the_handler_ends_at_its_limit(make_agent: Any) -> None:
+    # Handlers that end right at their limit: the reply and the limit's error
+    # race, and exactly one of them reaches the requester.
+    class AtTheLimit(Agent):
+        @handler("work", timeout=0.05)
+        def work(self, message: AgentMessage) -> dict:
+            time.sleep(0.05)
+            return {"done": True}
+
+    make_agent("edge", AtTheLimit, max_workers=8)
+    client = make_agent("client")
+    answers = []
+    for _ in range(5):
+        result = client.request_many(["edge"], {"action": "work"}, timeout=5)
+        answers.append("reply" if result.replies else result.errors["edge"].kind)
+        futures = [client.request_future("edge", {"action": "work"}, timeout=5) for _ in range(8)]
+        for future in futures:
+            try:
+                future.result(timeout=5)
+                answers.append("reply")
+            except RequestError as exc:
+                answers.append(exc.kind)
+    assert set(answers) <= {"reply", "handler_timeout"} and len(answers) == 45
+    time.sleep(0.2)  # any second answer would have arrived by now
+    assert client.stats.replies_dropped == 0, answers
+
+
+def test_a_slow_redis_does_not_make_the_agent_s_deadlines_late(make_agent: Any, r: Any) -> None:
+    # The error reply at a handler's limit waits on Redis (here paused for
+    # writes); the agent's own request futures still fail at their deadline.
+    worker = make_agent("worker", Worker, handler_timeout=0.1)
+    make_agent("silent", Agent)
+    client = make_agent("client")
+    asked = client.request_future("worker", {"seconds": 2.0}, timeout=10)
+    began = time.monotonic()
+    own = worker.request_future("silent", {}, timeout=0.4)
+    r.client_pause(1500, all=False)  # writes (PUBLISH) wait 1.5 s
+    try:
+        with pytest.raises(Exception) as caught:
+            own.result(timeout=5)
+        took = time.monotonic() - began
+    finally:
+        r.client_unpause()
+    assert type(caught.value).__name__ == "RequestTimeout"
+    assert took < 0.4 + 0.4, f"the deadline came {took:.2f} s after the request"
+    with pytest.raises(RequestError, match="handler_timeout|time limit"):
+        asked.result(timeout=5)

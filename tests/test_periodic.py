@@ -296,7 +296,8 @@ def test_a_run_queued_behind_a_busy_worker_does_not_start_once_stop_began(
     make_agent("sender").send("busy", {})
     assert entered.wait(5)
     run = agent._mas_run
-    wait_until(lambda: run.pool.pending == 1, 5, message="the periodic run queued")
+    # Its timer went off: the run is queued for the only worker, which is busy.
+    wait_until(lambda: len(run.timers) == 0, 5, message="the periodic run queued")
     stopper = threading.Thread(target=agent.stop, kwargs={"timeout": 5})
     stopper.start()
     wait_until(lambda: run.schedule._stopped, 5, message="the schedule stopped")
@@ -304,3 +305,48 @@ def test_a_run_queued_behind_a_busy_worker_does_not_start_once_stop_began(
     stopper.join(10)
     assert agent.runs == []
     assert agent.events[-1] == "on_stop, 0 running, 0 runs"
+
+
+def test_no_periodic_run_starts_once_stop_began_even_while_the_reader_ends(
+    make_agent: Any,
+) -> None:
+    class Reliable(Ticker):
+        @periodic(0.005, initial_delay=0)
+        def tick(self) -> None:
+            self.record()
+
+    agent = make_agent("steady-reliable", Reliable, delivery="reliable")
+    wait_until(lambda: len(agent.runs) >= 3, 5, message="3 runs")
+    began = time.monotonic()
+    agent.stop()
+    assert [start for start in agent.starts() if start > began] == []
+
+
+def test_scheduled_work_does_not_take_the_room_of_messages(make_agent: Any) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    class Narrow(Agent):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.got: List[Any] = []
+
+        def on_message(self, message: AgentMessage) -> None:
+            self.got.append(message.payload)
+            entered.set()
+            release.wait(10)
+
+    agent = make_agent("narrow", Narrow, max_workers=1, max_pending=1)
+    sender = make_agent("sender")
+    sender.send("narrow", {"n": 1})
+    assert entered.wait(5)  # the only worker is busy
+    ran = []
+    calls = [agent.call_later(0, ran.append, n) for n in range(3)]
+    run = agent._mas_run
+    wait_until(lambda: len(run.timers) == 0, 5, message="the calls queued")
+    sender.send("narrow", {"n": 2})  # the one place in the queue is still free for it
+    wait_until(lambda: agent.stats.received == 2, 5, message="the second message read")
+    release.set()
+    wait_until(lambda: all(call.done() for call in calls), 5, message="the calls made")
+    wait_until(lambda: len(agent.got) == 2, 5, message="both messages handled")
+    assert agent.stats.dropped_overflow == 0
+    assert sorted(ran) == [0, 1, 2]
