@@ -440,9 +440,10 @@ class Agent:
     def request_future(
         self, target_id: str, payload: Dict[str, Any], timeout: float = 30.0
     ) -> "concurrent.futures.Future[AgentMessage]":
-        """Send a request to ``target_id`` and return at once with a future of its reply.
+        """Send a request to ``target_id`` and return a future of its reply, without waiting.
 
-        The listener thread resolves the future when the reply arrives, and
+        It returns once Redis accepted the request (as :meth:`send` does). The
+        listener thread resolves the future when the reply arrives, and
         the agent's timers fail it at ``timeout``; no thread waits meanwhile,
         so one caller may start many requests and wait for them with
         ``concurrent.futures.wait()`` or ``as_completed()``. ``future.cancel()``

@@ -98,9 +98,10 @@ class RequestFutures:
     ) -> List["concurrent.futures.Future[AgentMessage]"]:
         """Send one request per target, all in one round trip when no pace holds them.
 
-        Returns at once (after its turn, with a ``send_rate``) with a future
-        per target, in order; any failure after the payload's check (an open
-        breaker, a send that failed, no reply in time) is in its future.
+        Returns once Redis accepted the requests (after their turns, with a
+        ``send_rate``), with a future per target, in order; any failure after
+        the payload's check (an open breaker, a send that failed, no reply in
+        time) is in its future.
 
         Args:
             deadline: When the futures fail (``time.monotonic()``); None:

@@ -305,10 +305,13 @@ class _Watch:
         self.finished = False
         self.expired = False
         self.answered = False  # the call claimed the answer
-        self.reply = message._reply
-        if self.reply is not None and message.expects_reply:
-            message._reply = self.replying
-        self.timer = timers.call_later(limit, self.expire)
+        self.reply = None  # the message's own reply sender, while the watch stands in
+        if message.expects_reply:
+            reply = message._reply
+            if reply is not None:
+                self.reply = reply
+                message._reply = self.replying
+        self.timer = timers.call_at(self.started + limit, self.expire)
 
     def where(self) -> str:
         return f"{self.spec.method}()" if self.spec is not None else "on_message"
@@ -375,7 +378,7 @@ class _Watch:
         with self.lock:
             self.finished = True
             expired = self.expired
-        if self.message._reply == self.replying:
+        if self.reply is not None:
             self.message._reply = self.reply
         if expired:
             log.warning(

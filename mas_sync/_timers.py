@@ -64,6 +64,9 @@ class Timers:
         self._dead = 0  # cancelled timers still in the heap
         self._closed = False
         self.thread: Optional[threading.Thread] = None
+        # When the thread looks at the heap next: a call due sooner wakes it,
+        # any other waits (a handler's limit, pushed for each message, mostly does).
+        self._wake_at = float("-inf")
         self._deferred: Deque[Callable[[], None]] = deque()
         self._io_wake = threading.Condition(self._lock)
         self.io_thread: Optional[threading.Thread] = None
@@ -83,7 +86,8 @@ class Timers:
             heapq.heappush(self._heap, (due, next(self._order), timer))
             if self.thread is None:
                 self._start_locked()
-            elif self._heap[0][2] is timer:
+            elif due < self._wake_at:
+                self._wake_at = due
                 self._wake.notify()
         return timer
 
@@ -167,7 +171,9 @@ class Timers:
             while not self._closed:
                 heap = self._heap
                 if not heap:
+                    self._wake_at = float("inf")
                     self._wake.wait()
+                    self._wake_at = float("-inf")
                     continue
                 due, _, timer = heap[0]
                 if timer.cancelled:
@@ -176,7 +182,9 @@ class Timers:
                     continue
                 delay = due - time.monotonic()
                 if delay > 0:
+                    self._wake_at = due
                     self._wake.wait(delay)
+                    self._wake_at = float("-inf")
                     continue
                 heapq.heappop(heap)
                 timer._timers = None  # made: a cancel() now changes nothing

@@ -278,7 +278,7 @@ class ProcessAgents:
     def request_future(
         self, target_id: str, payload: Dict[str, Any], timeout: Optional[float] = None
     ) -> "concurrent.futures.Future[AgentMessage]":
-        """Ask ``target_id`` through the client agent; returns at once with a future of the reply.
+        """Ask ``target_id`` through the client agent; returns a future of the reply.
 
         ``timeout`` defaults to ``request_timeout``. See
         :meth:`mas_sync.Agent.request_future`.

@@ -152,7 +152,7 @@ class MAS:
     def request_future(
         self, target_id: str, payload: Dict[str, Any], timeout: Optional[float] = None
     ) -> "concurrent.futures.Future[AgentMessage]":
-        """Ask ``target_id``; returns at once with a future of the reply, for views that ask many.
+        """Ask ``target_id``; returns a future of the reply, for views that ask many.
 
         ``timeout`` defaults to ``MAS_REQUEST_TIMEOUT``. See
         :meth:`mas_sync.Agent.request_future`.
