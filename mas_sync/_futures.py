@@ -19,9 +19,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from . import _json, _tracing, _wire
 from ._breakers import Ticket
-from ._errors import MASError, RequestError, RequestTimeout
+from ._errors import MASError, RequestTimeout
 from ._message import AgentMessage
-from ._outbox import Outbox
+from ._outbox import Outbox, error_reply
 from ._requests import _Pending
 from ._timers import Timer, Timers
 
@@ -185,11 +185,7 @@ class RequestFutures:
         if outbox.throttle is not None:
             reserved = outbox.throttle.reserve(target_id, deadline)
             if reserved is None:
-                request.future.set_exception(RequestTimeout(
-                    f"agent {outbox.agent_id!r}: the turn to send to {target_id!r} comes after"
-                    f" the request's timeout of {request.timeout} s"
-                    f" (send_rate {outbox.throttle.limit})"
-                ))
+                request.future.set_exception(outbox.late_turn(target_id, request.timeout))
                 return None
             turn = reserved
         if outbox.breakers is not None:
@@ -255,10 +251,10 @@ class RequestFutures:
 
     def _expired(self, request: _Request) -> None:
         """Timers' thread: the deadline passed."""
-        if self.outbox.requests.take(request.correlation_id) is not None:
-            self._settle(request, None, RequestTimeout(
-                f"agent {self.outbox.agent_id!r}: no reply from {request.target_id!r} within"
-                f" {request.timeout} s (request {request.correlation_id})"
+        outbox = self.outbox
+        if outbox.requests.take(request.correlation_id) is not None:
+            self._settle(request, None, outbox.no_reply(
+                request.target_id, request.timeout, request.correlation_id
             ))
 
     def _cancelled(self, request: _Request, future: "concurrent.futures.Future[Any]") -> None:
@@ -276,14 +272,7 @@ class RequestFutures:
         if reply is not None:
             if outbox.counters is not None:
                 outbox.counters.time("request", time.perf_counter() - request.started)
-            failure = reply.payload.get(_wire.ERROR)
-            if isinstance(failure, dict):
-                error = RequestError(
-                    f"{request.target_id!r} answered request {request.correlation_id} with an"
-                    f" error: {failure.get('type')}: {failure.get('message')}",
-                    reply=reply, kind=str(failure.get("type")),
-                    details=failure.get("details") or [],
-                )
+            error = error_reply(request.target_id, request.correlation_id, reply)
         future = request.future
         going = future.set_running_or_notify_cancel()
         if not going:  # cancelled: says nothing of the target

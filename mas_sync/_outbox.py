@@ -242,10 +242,7 @@ class Outbox:
             # (Before the breaker: our own pace says nothing of the target.)
             turn = self.throttle.reserve(target_id, deadline)
             if turn is None:
-                raise RequestTimeout(
-                    f"agent {self.agent_id!r}: the turn to send to {target_id!r} comes after"
-                    f" the request's timeout of {timeout} s (send_rate {self.throttle.limit})"
-                )
+                raise self.late_turn(target_id, timeout)
             self._wait_turn(turn)
         breakers = self.breakers
         if breakers is None:
@@ -291,10 +288,7 @@ class Outbox:
                 raise refusal
             assert pending.event is not None
             if not pending.event.wait(max(0.0, deadline - time.monotonic())):
-                raise RequestTimeout(
-                    f"agent {self.agent_id!r}: no reply from {target_id!r} within {timeout} s"
-                    f" (request {correlation_id})"
-                )
+                raise self.no_reply(target_id, timeout, correlation_id)
         finally:
             self.requests.discard(correlation_id)
         if pending.error is not None:
@@ -303,16 +297,25 @@ class Outbox:
         assert reply is not None
         if self.counters is not None:
             self.counters.time("request", time.perf_counter() - started)
-        error = reply.payload.get(_wire.ERROR)
-        if isinstance(error, dict):
-            raise RequestError(
-                f"{target_id!r} answered request {correlation_id} with an error:"
-                f" {error.get('type')}: {error.get('message')}",
-                reply=reply,
-                kind=str(error.get("type")),
-                details=error.get("details") or [],
-            )
+        error = error_reply(target_id, correlation_id, reply)
+        if error is not None:
+            raise error
         return reply
+
+    def late_turn(self, target_id: str, timeout: float) -> RequestTimeout:
+        """The error of a request whose turn (``send_rate``) comes after its timeout."""
+        assert self.throttle is not None
+        return RequestTimeout(
+            f"agent {self.agent_id!r}: the turn to send to {target_id!r} comes after"
+            f" the request's timeout of {timeout} s (send_rate {self.throttle.limit})"
+        )
+
+    def no_reply(self, target_id: str, timeout: float, correlation_id: str) -> RequestTimeout:
+        """The error of a request without a reply in time."""
+        return RequestTimeout(
+            f"agent {self.agent_id!r}: no reply from {target_id!r} within {timeout} s"
+            f" (request {correlation_id})"
+        )
 
     def reply(self, message: AgentMessage, payload: Dict[str, Any], error: bool = False) -> str:
         """Answer the request ``message`` with ``payload``; returns the reply's id.
@@ -351,3 +354,17 @@ class Outbox:
         message_id = self._pipeline.submit(entry)[0][0]
         message._replied = True
         return message_id
+
+
+def error_reply(target_id: str, correlation_id: str, reply: AgentMessage) -> Optional[RequestError]:
+    """The error a reply stands for, when it is an error reply (``_error``); else None."""
+    error = reply.payload.get(_wire.ERROR)
+    if not isinstance(error, dict):
+        return None
+    return RequestError(
+        f"{target_id!r} answered request {correlation_id} with an error:"
+        f" {error.get('type')}: {error.get('message')}",
+        reply=reply,
+        kind=str(error.get("type")),
+        details=error.get("details") or [],
+    )
