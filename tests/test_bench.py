@@ -33,8 +33,8 @@ def test_quick_benchmark_prints_its_table(tmp_path: pathlib.Path) -> None:
     assert result.returncode == 0, result.stderr
     table = result.stdout
     _check_document(json.loads(out.read_text()), table)
-    assert re.search(r"mas_sync benchmark: \d+ s in all \(pubsub \d+ s, reliable \d+ s, security \d+ s\)",
-                     result.stderr)
+    assert re.search(r"mas_sync benchmark: \d+ s in all \(pubsub \d+ s, reliable \d+ s, security \d+ s,"
+                     r" behaviours \d+ s\)", result.stderr)
     # The README's tables come from the file, running nothing.
     readme = subprocess.run(
         [sys.executable, "-m", "mas_sync.bench", "--readme", str(out)],
@@ -43,7 +43,7 @@ def test_quick_benchmark_prints_its_table(tmp_path: pathlib.Path) -> None:
     assert readme.returncode == 0, readme.stderr
     assert readme.stdout.startswith("Measured on ")
     assert "without hiredis" in readme.stdout or "with hiredis" in readme.stdout
-    assert readme.stdout.count("    ====") == 3 * 3  # three tables, three rules each
+    assert readme.stdout.count("    ====") == 4 * 3  # four tables, three rules each
     for row in json.loads(out.read_text())["rows"]:
         assert re.search(r"\n    " + re.escape(row["what"]) + r" +" + re.escape(row["figure"]), readme.stdout)
     for load in (
@@ -69,6 +69,10 @@ def test_quick_benchmark_prints_its_table(tmp_path: pathlib.Path) -> None:
         "ratio signed / unsigned",
         "rate limit 100/s (burst 100), 2 instances",
         'rate_limit="100/s", 2 instances of a reliable agent',
+        "request_future() from one thread, then wait for all",
+        "request_many() over 50 agents, 5 silent, timeout 0.5 s",
+        "the same with handler_timeout=5",
+        "@periodic(0.01) over",
     ):
         assert load in table
     assert "threads left after stop: 0" in table
@@ -89,7 +93,7 @@ def _check_document(document: dict, table: str = "") -> None:
     assert "mas_framework" in machine and machine["date"][:2] == "20" and len(machine["load_average"]) == 3
     assert document["seconds"] > 0 and document["quick"] is True
     rows = document["rows"]
-    assert rows and all(row["part"] in ("pubsub", "reliable", "security") for row in rows)
+    assert rows and all(row["part"] in ("pubsub", "reliable", "security", "behaviours") for row in rows)
     for row in rows:
         # A row with a target says whether it was met, and ends with MISSED when it was not.
         assert (row["met"] is None) == (row["target"] is None), row

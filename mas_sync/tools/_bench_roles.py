@@ -157,6 +157,113 @@ def many_agents(url: str, n: int, out: Any) -> None:
     probe.close()
 
 
+def behaviours(url: str, quick: bool, out: Any) -> None:
+    """Futures, scatter-gather, a handler's time limit and a periodic method, in one process.
+
+    Puts a dict: ``sequential``/``futures`` (seconds for ``n`` requests each,
+    by round), ``gather`` (seconds of each ``request_many()`` over the
+    answering agents), ``gather_silent`` (seconds of those with silent agents,
+    and their timeout), ``rates`` (messages/s handled without and with a
+    limit, by round), ``lags`` (seconds behind the grid of each periodic run).
+    """
+    import concurrent.futures
+
+    from .. import Agent, periodic
+
+    class Echo(Agent):
+        def on_message(self, message: Any) -> None:
+            if message.expects_reply:
+                message.reply({"ok": 1})
+
+    class Silent(Agent):
+        def on_message(self, message: Any) -> None:
+            pass
+
+    class Sink(Agent):
+        def __init__(self, *args: Any, n: int = 0, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.n, self.count = n, 0
+            self.done, self.lock = threading.Event(), threading.Lock()
+
+        def on_message(self, message: Any) -> None:
+            with self.lock:
+                self.count += 1
+                if self.count == self.n:
+                    self.done.set()
+
+    period = 0.01
+
+    class Ticker(Agent):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.starts: List[float] = []
+
+        @periodic(period, initial_delay=0)
+        def tick(self) -> None:
+            self.starts.append(time.monotonic())
+
+    rounds = 2 if quick else 3
+    n = 200 if quick else 1_000
+    result: Dict[str, Any] = {"n": n, "sequential": [], "futures": [], "gather": [],
+                              "gather_silent": [], "rates": {"none": [], "limit": []}}
+    echo = Echo("bh-echo", redis_url=url, max_workers=8)
+    client = Agent("bh-client", redis_url=url)
+    workers = [(Silent if i % 10 == 3 else Echo)(f"bh-w{i:02}", ["bh-work"], redis_url=url)
+               for i in range(50)]
+    for agent in [echo, client, *workers]:
+        agent.start()
+    try:
+        for _ in range(100):
+            client.request("bh-echo", {}, timeout=5)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                client.request("bh-echo", {}, timeout=5)
+            result["sequential"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            futures = [client.request_future("bh-echo", {}, timeout=10) for _ in range(n)]
+            concurrent.futures.wait(futures, 30)
+            result["futures"].append(time.perf_counter() - t0)
+        answering = [a.id for a in workers if isinstance(a, Echo)]
+        for _ in range(10 if quick else 30):
+            t0 = time.perf_counter()
+            gathered = client.request_many(answering, {}, timeout=5)
+            result["gather"].append(time.perf_counter() - t0)
+            if gathered.errors:
+                raise RuntimeError(f"request_many() failed: {gathered.errors}")
+        timeout = 0.5
+        result["gather_timeout"], result["gather_targets"] = timeout, len(workers)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            gathered = client.request_many("bh-work", {}, timeout=timeout)
+            result["gather_silent"].append(time.perf_counter() - t0)
+            result["gather_silent_missing"] = len(gathered.timed_out)
+        messages = 4_000 if quick else 20_000
+        result["messages"] = messages
+        for r in range(rounds):
+            for kind, limit in (("none", None), ("limit", 5.0)):
+                sink = Sink(f"bh-sink-{r}-{kind}", redis_url=url, n=messages,
+                            handler_timeout=limit, max_pending=messages)
+                sink.start()
+                t0 = time.perf_counter()
+                for first in range(0, messages, 500):
+                    client.send_many([(sink.id, {"i": i}) for i in range(first, first + 500)])
+                sink.done.wait(60)
+                result["rates"][kind].append(messages / (time.perf_counter() - t0))
+                sink.stop()
+        ticker = Ticker("bh-ticker", redis_url=url)
+        ticker.start()
+        threading.Event().wait(1.0 if quick else 3.0)
+        ticker.stop()
+        # Behind the grid, whose origin is taken where the earliest run would put it.
+        offsets = [start - k * period for k, start in enumerate(ticker.starts)]
+        result["lags"] = [offset - min(offsets) for offset in offsets]
+    finally:
+        for agent in [client, echo, *workers]:
+            agent.stop()
+    out.put(result)
+
+
 # -- reliable delivery (streams) ----------------------------------------------------
 
 #: The consumer group of the raw stream rows, as mas_sync's (``agents``).

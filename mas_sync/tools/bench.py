@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m mas_sync.bench [--quick] [--only pubsub|reliable|security] [--json PATH]``.
+"""Benchmarks: ``python -m mas_sync.bench [--quick] [--only pubsub|reliable|security|behaviours] [--json PATH]``.
 
 Prints a table of what mas_sync does on this machine and this Redis, beside
 the ceiling of raw redis-py pub/sub and, when ``mas-framework`` (the async MAS
@@ -26,7 +26,13 @@ framework) is installed, the async framework on the same loads:
   each with its own client) of one receiver limited to 100 msg/s, a sender
   trying 1,000 msg/s for 4 s; the rate accepted past the burst, and its
   deviation from 100 msg/s; then the same through agents: two instances of
-  a reliable agent with ``rate_limit="100/s"``.
+  a reliable agent with ``rate_limit="100/s"``;
+- behaviours, in one process: 1,000 requests with ``request()`` in a row and
+  with ``request_future()`` then waiting for all; ``request_many()`` over 45
+  answering agents, and over 50 of which 5 are silent (returned within its
+  timeout +-10%); handled messages per second with and without
+  ``handler_timeout``; how far an ``@periodic(0.01)`` method's runs are
+  behind its grid.
 
 The loads that are compared run in **interleaved rounds**: a group starts its
 processes once (a receiver and its senders per load), then each round runs
@@ -35,9 +41,10 @@ hit all alike. A row shows the median and the min-max over its rounds (a
 latency row: the median P50 and P99 of its runs, and the worst P99), and the
 ratios to the peers follow as rows of their own.
 
-``--only pubsub`` runs the first part (everything but reliable delivery and
-the protections), ``--only reliable`` the second, ``--only security`` the
-third (signing and rate limits). A row with a target says it, and ends with
+``--only pubsub`` runs the first part (everything but reliable delivery, the
+protections and the behaviours), ``--only reliable`` the second, ``--only
+security`` the third (signing and rate limits), ``--only behaviours`` the
+fourth. A row with a target says it, and ends with
 MISSED when the figure misses it. ``--json PATH`` (``-`` for standard output)
 writes every row with its samples, its target and whether it was met, and the
 facts of the machine; ``--readme PATH`` prints the README's tables from such a
@@ -447,6 +454,44 @@ class Bench:
                  f" {r['rss_kib'] / n:.0f} KiB", "(target <= 100 KiB)", samples=(r["rss_kib"] / n,),
                  target="<= 100 KiB", met=r["rss_kib"] / n <= 100)
 
+    # -- behaviours ---------------------------------------------------------------
+
+    def behaviours(self) -> None:
+        """Futures, scatter-gather, a handler's time limit and a periodic method (one process)."""
+        self.flush()
+        out = self.ctx.Queue()
+        proc = self.ctx.Process(target=roles.behaviours, args=(self.url, self.quick, out))
+        proc.start()
+        r = out.get(timeout=300)
+        proc.join(30)
+        n = r["n"]
+        note = "(one process; the agent asked answers at once)"
+        self.add(f"{n:,} requests in a row, request()", _median_range(r["sequential"], "{:.2f} s"),
+                 note, samples=r["sequential"])
+        self.add(f"{n:,} request_future() from one thread, then wait for all",
+                 _median_range(r["futures"], "{:.2f} s"), note, samples=r["futures"])
+        gather = sorted(r["gather"])
+        answering = r["gather_targets"] - r["gather_silent_missing"]
+        self.add(f"request_many() over {answering} agents, all answering",
+                 f"P50 {_ms(statistics.median(gather))} / P90 {_ms(gather[int(0.9 * len(gather))])} ms",
+                 "(the same process runs them all)", samples=gather)
+        timeout, took = r["gather_timeout"], r["gather_silent"]
+        self.add(f"request_many() over {r['gather_targets']} agents, {r['gather_silent_missing']} silent,"
+                 f" timeout {timeout:g} s", _median_range(took, "{:.3f} s"), "(target: timeout +-10%)",
+                 samples=took, target="timeout +-10%",
+                 met=all(0.9 * timeout <= t <= 1.1 * timeout for t in took))
+        rates = r["rates"]
+        self.add(f"{r['messages']:,} messages, a handler that does nothing, no time limit",
+                 _median_range(rates["none"], "{:,.0f} msg/s"), samples=rates["none"])
+        self.add(f"{r['messages']:,} messages, the same with handler_timeout=5",
+                 _median_range(rates["limit"], "{:,.0f} msg/s"), samples=rates["limit"])
+        self.ratio("ratio with a time limit / without (medians)",
+                   statistics.median(rates["limit"]) / statistics.median(rates["none"]))
+        lags = sorted(r["lags"])
+        self.add(f"@periodic(0.01) over {len(lags)} runs: behind its grid",
+                 f"P50 {_ms(statistics.median(lags))} / P99 {_ms(lags[int(0.99 * (len(lags) - 1))])}"
+                 f" / max {_ms(lags[-1])} ms", samples=lags)
+
     # -- reliable delivery -------------------------------------------------------
 
     def instances(self, n: int, workers: int) -> Dict[int, float]:
@@ -773,12 +818,12 @@ def machine_facts(url: str) -> Dict[str, Any]:
 
 def run(url: str, quick: bool, only: Optional[str] = None, rounds: Optional[int] = None,
         report: Optional[Dict[str, Any]] = None) -> List[Row]:
-    """Run the scenarios (``only`` "pubsub", "reliable" or "security": that part) against ``url``.
+    """Run the scenarios (``only`` "pubsub", "reliable", "security" or "behaviours": that part) against ``url``.
 
     Args:
         url: The Redis to use (its database is flushed).
         quick: Short loads, to check the harness.
-        only: One part, or None for all three.
+        only: One part, or None for all four.
         rounds: The rounds of every interleaved group (default: each group's own).
         report: If given, filled with the run's facts (``machine``, ``seconds``, ...).
 
@@ -795,7 +840,8 @@ def run(url: str, quick: bool, only: Optional[str] = None, rounds: Optional[int]
           f" load average {facts['load_average'][0]:.2f}" + (" (quick: the figures mean little)" if quick else ""),
           file=sys.stderr)
     parts: Dict[str, float] = {}
-    for part, run_part in (("pubsub", run_pubsub), ("reliable", run_reliable), ("security", run_security)):
+    for part, run_part in (("pubsub", run_pubsub), ("reliable", run_reliable), ("security", run_security),
+                           ("behaviours", run_behaviours)):
         if only in (None, part):
             bench.part, part_began = part, time.monotonic()
             run_part(bench)
@@ -925,6 +971,11 @@ def run_security(bench: Bench) -> None:
     bench.rate_limited_agents(100.0, 1_000.0, seconds)
 
 
+def run_behaviours(bench: Bench) -> None:
+    """The rows of the agent's behaviours: futures, scatter-gather, time limits, periodic work."""
+    bench.behaviours()
+
+
 def format_table(rows: Sequence[Sequence[str]]) -> str:
     """The rows (their first three columns) as a reStructuredText table."""
     titles = ("load", "result", "note")
@@ -946,7 +997,8 @@ def to_json(rows: Sequence[Row], report: Dict[str, Any]) -> Dict[str, Any]:
 #: The parts of the README's tables, as ``--readme`` prints them.
 PARTS = {"pubsub": "pub/sub delivery, and the rest of the library",
          "reliable": "reliable delivery (``--only reliable``)",
-         "security": "the protections (``--only security``)"}
+         "security": "the protections (``--only security``)",
+         "behaviours": "behaviours (``--only behaviours``)"}
 
 
 def readme_tables(document: Dict[str, Any]) -> str:
@@ -978,9 +1030,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mas_sync.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--redis-url", help="Redis to use; its database is flushed (default: a private redis-server)")
     parser.add_argument("--quick", action="store_true", help="short loads, to check the harness")
-    parser.add_argument("--only", choices=("pubsub", "reliable", "security"),
+    parser.add_argument("--only", choices=("pubsub", "reliable", "security", "behaviours"),
                         help="run one part: pub/sub delivery (and the rest), reliable delivery,"
-                             " or the opt-in protections (signing, rate limits)")
+                             " the opt-in protections (signing, rate limits), or the behaviours"
+                             " (futures, scatter-gather, time limits, periodic work)")
     parser.add_argument("--rounds", type=int, metavar="R",
                         help="rounds of every interleaved group (default: 5 for bursts, 3 for the rest)")
     parser.add_argument("--json", metavar="PATH",
