@@ -15,9 +15,9 @@ from pydantic import ValidationError
 from . import _tracing, _wire
 from ._admission import Admission
 from ._dedupe import Seen
+from ._errors import CannotReplyError
 from ._handlers import HandlerSpec, action_of, body_of
 from ._inbox import first_error, parse_message
-from ._errors import CannotReplyError
 from ._message import AgentMessage
 from ._outbox import Outbox
 from ._schedule import PeriodicSpec
