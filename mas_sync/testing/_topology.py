@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, List, Optional, Tuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, TypeVar
 
 import redis
 
@@ -32,6 +32,16 @@ def _ask(server: RedisServer, question: Callable[[redis.Redis], T]) -> T:
     with server.client(socket_timeout=2, socket_connect_timeout=1,
                        decode_responses=True) as client:
         return question(client)
+
+
+def _sentinel(client: redis.Redis, *args: str) -> Any:
+    """A SENTINEL subcommand's reply, not parsed.
+
+    redis-py's ``sentinel_sentinels()`` and ``sentinel_get_master_addr_by_name()``
+    pass options that its own reply parsers refuse on a plain client in 7.0
+    (``TypeError: ... unexpected keyword argument 'return_responses'``).
+    """
+    return client.execute_command("SENTINEL", *args)
 
 
 # A cluster node also listens on its bus port, its port + 10000, so the port
@@ -147,20 +157,22 @@ class SentinelGroup:
 
     def _knows_everyone(self, sentinel: redis.Redis) -> bool:
         return (
-            len(sentinel.sentinel_slaves(self.service)) == self.n_replicas
-            and len(sentinel.sentinel_sentinels(self.service)) == self.n_sentinels - 1
+            len(_sentinel(sentinel, "REPLICAS", self.service)) == self.n_replicas
+            and len(_sentinel(sentinel, "SENTINELS", self.service)) == self.n_sentinels - 1
         )
 
     def master_address(self) -> Address:
         """The master's address, as the first sentinel that answers names it."""
         for sentinel in self.sentinels:
             try:
-                host, port = _ask(
-                    sentinel, lambda c: c.sentinel_get_master_addr_by_name(self.service)
+                answer = _ask(
+                    sentinel, lambda c: _sentinel(c, "GET-MASTER-ADDR-BY-NAME", self.service)
                 )
-                return host, int(port)
-            except (redis.RedisError, TypeError):
+            except redis.RedisError:
                 continue
+            if answer:
+                host, port = answer
+                return host, int(port)
         raise RuntimeError("no sentinel answers")
 
     def server_at(self, address: Address) -> RedisServer:
