@@ -255,7 +255,12 @@ class Handling:
             agent.id, message.message_id, message.sender_id,
             spec.model.__name__ if spec.model else "?", spec.action, first_error(exc),
         )
-        details = json.loads(exc.json(include_url=False, include_input=False))
+        # Without each error's "input" (the payload again); pydantic 2.0's
+        # json() has no include_input.
+        details = [
+            {key: value for key, value in error.items() if key != "input"}
+            for error in json.loads(exc.json(include_url=False))
+        ]
         self.reply_error(
             message,
             "validation_error",
