@@ -10,8 +10,9 @@ import pytest
 import redis
 
 from mas_sync import Agent
-from mas_sync._redis import CLUSTER_MIN_REDIS_PY
 from mas_sync.testing import LocalCluster, RedisServer, redis_version
+
+from .support import REDIS_PY_RUNS_CLUSTER
 
 # Fast heartbeats for tests; production defaults are 30 s and 60 s.
 FAST = dict(heartbeat_interval=0.2, heartbeat_ttl=1.0)
@@ -35,7 +36,7 @@ def redis_url(mas_redis_url: str) -> str:
 @pytest.fixture(scope="session")
 def cluster_supported(redis_server: RedisServer) -> None:
     """Skip where mas_sync cannot run on a cluster: redis-server or redis-py too old."""
-    if tuple(int(p) for p in redis.__version__.split(".")[:2]) < CLUSTER_MIN_REDIS_PY[:2]:
+    if not REDIS_PY_RUNS_CLUSTER:
         pytest.skip(f"cluster mode needs redis-py 8.1+, not {redis.__version__}")
     if redis_version(redis_server) < (7,):
         pytest.skip("Redis Cluster sharded pub/sub needs redis-server 7+")

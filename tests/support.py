@@ -11,10 +11,18 @@ import traceback
 import warnings
 from typing import Any, Callable, List, Optional
 
+import redis
+
 from mas_sync import Agent, AgentMessage, MASConnectionError
+from mas_sync._redis import CLUSTER_MIN_REDIS_PY
 
 #: Fast heartbeats and a short retry window, for tests that break Redis.
 FAST = dict(heartbeat_interval=0.2, heartbeat_ttl=1.0)
+
+#: Whether the installed redis-py runs cluster mode (8.1 and newer).
+REDIS_PY_RUNS_CLUSTER = (
+    tuple(int(p) for p in redis.__version__.split(".")[:2]) >= CLUSTER_MIN_REDIS_PY[:2]
+)
 
 
 def start(agents: List[Agent], agent: Agent) -> Any:

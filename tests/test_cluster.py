@@ -14,16 +14,24 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from mas_sync import AgentIdInUseError, AgentRegistry, MASConnectionError, MASService
+from mas_sync import Agent, AgentIdInUseError, AgentRegistry, MASConnectionError, MASService
+from mas_sync.__main__ import main as cli_main
 from mas_sync.testing import LocalCluster, wait_until
 
-from .support import FAST as SUPPORT_FAST, Inbox, flows
+from .support import FAST as SUPPORT_FAST, REDIS_PY_RUNS_CLUSTER, Inbox, flows
 
 FAST = dict(SUPPORT_FAST, retry_timeout=1.0)
 
-
-
-
+@pytest.mark.skipif(REDIS_PY_RUNS_CLUSTER, reason="this redis-py runs cluster mode")
+def test_cluster_mode_on_an_older_redis_py_is_refused_in_the_constructor(capsys) -> None:
+    url = "redis+cluster://127.0.0.1:7000"
+    for make in (lambda: Agent("a", redis_url=url), lambda: MASService(redis_url=url)):
+        with pytest.raises(ValueError, match=r"needs redis-py 8\.1\.0 or newer.*"
+                           + redis.__version__.replace(".", r"\.")):
+            make()
+    assert cli_main(["agents", "--redis-url", url]) == 2
+    err = capsys.readouterr().err
+    assert "needs redis-py 8.1.0 or newer" in err and "Traceback" not in err
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from mas_sync.contrib import DEFAULT_ID_FORMAT, AgentSpec, ProcessAgents
 from mas_sync.contrib._names import format_agent_id, host_name
 
 from .conftest import FAST
+from .support import REDIS_PY_RUNS_CLUSTER
 
 
 class Echo(Agent):
@@ -285,9 +286,14 @@ def test_redis_urls_are_checked_against_every_scheme_mas_sync_takes() -> None:
         check_redis_url("http://u:hunter2@host")
     assert "hunter2" not in str(secret.value)
     for url in ("redis://h:1/0", "rediss://h", "unix:///tmp/r.sock",
-                "redis+sentinel://h:1/main", "redis+cluster://h:1,h:2",
-                "rediss+sentinel://h:1/main", "rediss+cluster://h:1,h:2"):
+                "redis+sentinel://h:1/main", "rediss+sentinel://h:1/main"):
         check_redis_url(url)
+    for url in ("redis+cluster://h:1,h:2", "rediss+cluster://h:1,h:2"):
+        if REDIS_PY_RUNS_CLUSTER:
+            check_redis_url(url)
+        else:
+            with pytest.raises(ValueError, match="needs redis-py 8.1.0 or newer"):
+                check_redis_url(url)
 
 
 EXIT_SCRIPT = """

@@ -1,15 +1,15 @@
 """Foreign or malformed data under ``agent:*`` never breaks discovery or the health checks.
 
 Each test runs on one server and on a 3-primary cluster (skipped with
-redis-server older than 7). Hostile entries are written as raw bytes, as any
-client of the same Redis could write them.
+redis-server older than 7 or redis-py older than 8.1). Hostile entries are
+written as raw bytes, as any client of the same Redis could write them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 import redis
@@ -17,7 +17,7 @@ from redis.cluster import RedisCluster
 
 from mas_sync import Agent, AgentRegistry, MASService
 from mas_sync._redis import close_client, make_client
-from mas_sync.testing import LocalCluster, RedisServer, redis_version, wait_until
+from mas_sync.testing import LocalCluster, wait_until
 
 from .support import FAST
 
@@ -67,11 +67,7 @@ FOREIGN: Dict[bytes, Tuple[str, Any]] = {
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[Optional[LocalCluster]]:
-    with RedisServer() as probe:
-        if redis_version(probe) < (7,):
-            yield None
-            return
+def cluster(cluster_supported: None) -> Iterator[LocalCluster]:
     with LocalCluster(primaries=3) as started:
         yield started
 
@@ -84,8 +80,6 @@ def where(request, redis_url) -> Iterator[Tuple[str, Any]]:
         url = redis_url
     else:
         cluster = request.getfixturevalue("cluster")
-        if cluster is None:
-            pytest.skip("Redis Cluster needs redis-server 7+")
         client = RedisCluster(host="127.0.0.1", port=cluster.nodes[0].port)
         client.flushall(target_nodes=RedisCluster.PRIMARIES)
         url = cluster.url

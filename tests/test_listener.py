@@ -16,9 +16,9 @@ from redis.crc import key_slot
 from redis.utils import str_if_bytes
 
 from mas_sync import Agent, MASService, _wire
-from mas_sync._redis import CLUSTER_MIN_REDIS_PY, close_client, make_client
+from mas_sync._redis import close_client, make_client
 from mas_sync._listener import ChannelListener
-from mas_sync.testing import LocalCluster, RedisServer, redis_version
+from mas_sync.testing import LocalCluster, RedisServer
 
 from .conftest import FAST
 
@@ -155,12 +155,7 @@ def test_an_acl_that_allows_the_wake_channels_keeps_stop_prompt(
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    if tuple(int(p) for p in redis.__version__.split(".")[:2]) < CLUSTER_MIN_REDIS_PY[:2]:
-        pytest.skip(f"cluster mode needs redis-py 8.1+, not {redis.__version__}")
-    with RedisServer() as probe:
-        if redis_version(probe) < (7,):
-            pytest.skip("Redis Cluster sharded pub/sub needs redis-server 7+")
+def cluster(cluster_supported: None) -> Iterator[LocalCluster]:
     with LocalCluster(primaries=3) as started:
         yield started
 

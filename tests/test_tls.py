@@ -31,7 +31,7 @@ from mas_sync.testing import (
     wait_until,
 )
 
-from .support import FAST, Inbox, flows, start
+from .support import FAST, REDIS_PY_RUNS_CLUSTER, Inbox, flows, start
 
 #: Whether the installed redis-py takes ssl_min_version (5.0 does not).
 MIN_VERSION = "ssl_min_version" in inspect.signature(redis.connection.SSLConnection).parameters
@@ -66,9 +66,14 @@ def tls_url(tls_server) -> str:
 def test_tls_schemes_and_parameters_are_checked_before_connecting(certs) -> None:
     query = certs.query()
     for url in (f"rediss://h:1/0?{query}", f"rediss+sentinel://h:1,h:2/m?{query}",
-                f"rediss+cluster://h:1,h:2?{query}", "rediss+sentinel://h:1/m",
-                "rediss+cluster://h:1"):
+                "rediss+sentinel://h:1/m"):
         check_redis_url(url)
+    for url in (f"rediss+cluster://h:1,h:2?{query}", "rediss+cluster://h:1"):
+        if REDIS_PY_RUNS_CLUSTER:
+            check_redis_url(url)
+        else:
+            with pytest.raises(ValueError, match="needs redis-py 8.1.0 or newer"):
+                check_redis_url(url)
     bad = {
         "redis://h:1/0?ssl_ca_certs=/x": "rediss://",
         "redis+sentinel://h:1/m?ssl_certfile=/x": "rediss+sentinel://",
@@ -96,7 +101,8 @@ def test_tls_schemes_and_parameters_are_checked_before_connecting(certs) -> None
     # A file that is not there is named before any connection is tried.
     with pytest.raises(ValueError, match="ssl_ca_certs.*/nowhere/ca.crt"):
         make_client("rediss://127.0.0.1:1/0?ssl_ca_certs=/nowhere/ca.crt", 1)
-    with pytest.raises(ValueError, match="ssl_keyfile"):
+    with pytest.raises(ValueError,
+                       match="ssl_keyfile" if REDIS_PY_RUNS_CLUSTER else "needs redis-py 8.1"):
         make_client(f"rediss+cluster://127.0.0.1:1?ssl_certfile={certs.client_cert}"
                     "&ssl_keyfile=/nowhere/k", 1)
 
@@ -170,7 +176,7 @@ def test_an_optional_client_certificate(certs, agents) -> None:
             agent.stop(timeout=5)
 
 
-def test_the_server_name_is_checked_by_default(agents) -> None:
+def test_the_server_name_is_checked_by_default(certs, agents) -> None:
     with TLSCertificates("elsewhere", hosts=["redis.example"]) as elsewhere, \
             RedisServer(tls=elsewhere) as server:
         with pytest.raises(MASConnectionError, match="not for this host.*ssl_check_hostname"):

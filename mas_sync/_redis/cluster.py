@@ -34,6 +34,21 @@ def is_cluster_url(url: str) -> bool:
     return url.startswith((CLUSTER_SCHEME, CLUSTER_TLS_SCHEME))
 
 
+def check_cluster_support() -> None:
+    """Refuse cluster mode where the installed redis-py cannot run it.
+
+    Raises:
+        ValueError: redis-py is older than 8.1.0 (on Python 3.9, whose newest
+            redis-py is 7.0, that is always so).
+    """
+    version = tuple(int(p) for p in re.findall(r"\d+", redis.__version__)[:3])
+    if version < CLUSTER_MIN_REDIS_PY:
+        raise ValueError(
+            "cluster mode needs redis-py 8.1.0 or newer (sharded pub/sub that"
+            f" reconnects), and redis-py {redis.__version__} is installed"
+        )
+
+
 def make_cluster_client(url: str, **kwargs: Any) -> "RedisCluster":
     """A Redis Cluster client from ``redis+cluster://[[user]:password@]host:port[,...]``.
 
@@ -41,15 +56,10 @@ def make_cluster_client(url: str, **kwargs: Any) -> "RedisCluster":
     query parameter but the ``ssl_*`` ones.
 
     Raises:
-        ValueError: a malformed URL.
-        RuntimeError: the installed redis-py is older than 8.1.0.
+        ValueError: a malformed URL, or the installed redis-py is older than 8.1.0.
         MASConnectionError: no node answers.
     """
-    version = tuple(int(p) for p in re.findall(r"\d+", redis.__version__)[:3])
-    if version < CLUSTER_MIN_REDIS_PY:
-        raise RuntimeError(
-            f"cluster mode needs redis-py 8.1.0 or newer (sharded pub/sub), not {redis.__version__}"
-        )
+    check_cluster_support()
     from redis.backoff import ExponentialWithJitterBackoff
     from redis.cluster import ClusterNode
     from redis.exceptions import RedisClusterException

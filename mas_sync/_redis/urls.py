@@ -26,8 +26,9 @@ def check_redis_url(url: str) -> None:
 
     Raises:
         TypeError: ``url`` is not a str.
-        ValueError: an unknown scheme, or bad TLS settings (the URL is shown
-            with its passwords redacted).
+        ValueError: an unknown scheme, bad TLS settings, or a cluster URL
+            where redis-py is older than 8.1 (the URL is shown with its
+            passwords redacted).
     """
     if not isinstance(url, str):
         raise TypeError(f"a Redis URL must be a str, not {type(url).__name__}")
@@ -38,6 +39,10 @@ def check_redis_url(url: str) -> None:
             if "+sentinel://" in url or "+cluster://" in url:
                 check_only_tls_query(url, url.partition("://")[0])
             tls_settings(url)
+            if "+cluster://" in url:
+                from .cluster import check_cluster_support
+
+                check_cluster_support()
         except ValueError as exc:
             raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {exc}") from None
         return
