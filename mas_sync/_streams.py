@@ -550,8 +550,12 @@ class StreamTransport:
                 entries = self._bytes.xclaim(
                     self.stream, _wire.CONSUMER_GROUP, self.consumer, 0, ids
                 )
-                gone = [entry_id for entry_id, fields in entries if fields is None]
-                if gone:  # deleted from the stream while pending: nothing to handle
+                # Deleted from the stream while pending: nothing to handle. Redis 7
+                # leaves such entries out and drops them from the pending list;
+                # Redis 6.2 answers nil for each (no id) and keeps them pending.
+                claimed = {entry_id for entry_id, fields in entries if fields is not None}
+                gone = [entry_id for entry_id in ids if entry_id not in claimed]
+                if gone:
                     self._bytes.xack(self.stream, _wire.CONSUMER_GROUP, *gone)
                 self._deliver(entries, counts)
                 if room <= 0:
@@ -592,7 +596,11 @@ class StreamTransport:
                 start_id=self._claim_from, count=min(room, READ_COUNT),
             )
             self._claim_from = cursor.decode() if isinstance(cursor, bytes) else cursor
-            entries = [entry for entry in entries if entry[1] is not None]
+            kept = [entry for entry in entries if entry[1] is not None]
+            # Redis 6.2 answers nil for an entry deleted while pending, and the
+            # claim makes it this consumer's: taking back its own then drops it.
+            deleted = len(kept) < len(entries)
+            entries = kept
             if entries:
                 pipe = self._bytes.pipeline(transaction=False)
                 for entry_id, _ in entries:
@@ -603,6 +611,8 @@ class StreamTransport:
                          self._agent_id, len(entries), self.stream)
                 self._events.reclaimed(len(entries))
                 self._deliver(entries, counts)
+            if deleted:
+                self._take_own_pending(max(self._events.room(), 0))
             if self._claim_from == "0-0":
                 return False
 
