@@ -77,7 +77,7 @@ def acl_rules(
     The rules start with ``reset``, so that the line replaces whatever the
     user had: paste it into ``redis-cli`` (or run it with ``execute_command``
     after splitting it on spaces). With ``acl_file=True`` it is the line of
-    an ACL file (``user NAME reset on ...``, for ``aclfile`` in ``redis.conf``).
+    an ACL file (``user NAME reset resetchannels on ...``, for ``aclfile`` in ``redis.conf``).
 
     Args:
         agent_id: The agent's id.
@@ -160,8 +160,11 @@ def _commands(names: Tuple[str, ...]) -> List[str]:
 
 
 def _selector(commands: Tuple[str, ...], patterns: List[str]) -> str:
-    """A selector: one more set of commands, keys and channels, checked on its own."""
-    return "(" + " ".join(["+" + name for name in commands] + patterns) + ")"
+    """A selector: one more set of commands, keys and channels, checked on its own.
+
+    It starts from no channel (``resetchannels``), as the user's own rules do.
+    """
+    return "(" + " ".join(["+" + name for name in commands] + ["resetchannels"] + patterns) + ")"
 
 
 def _check_user(user: object) -> str:
@@ -193,5 +196,8 @@ def _password_rules(password: Optional[str], nopass: bool) -> List[str]:
 def _line(name: str, passwords: List[str], rules: List[str], acl_file: bool) -> str:
     """One user's line: ``ACL SETUSER`` or the ACL file's ``user``, then its rules."""
     head = ["user", name] if acl_file else ["ACL", "SETUSER", name]
-    head += ["reset", "on"]
+    # resetchannels: where acl-pubsub-default is allchannels, "reset" (and a
+    # new selector) grants every channel, and a channel pattern after that is
+    # refused.
+    head += ["reset", "resetchannels", "on"]
     return " ".join([*head, *passwords, *rules])

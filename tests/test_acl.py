@@ -357,7 +357,7 @@ def test_the_setuser_line_gives_the_same_user_as_the_acl_file(
     server: RedisServer, admin: redis.Redis
 ) -> None:
     [line] = acl_rules("a", user="a-copy", password=PASSWORDS["a"])
-    assert line.startswith("ACL SETUSER a-copy reset on #")
+    assert line.startswith("ACL SETUSER a-copy reset resetchannels on #")
     admin.execute_command(*line.split())
     try:
         copy, original = admin.acl_getuser("a-copy"), admin.acl_getuser("a")
@@ -366,17 +366,33 @@ def test_the_setuser_line_gives_the_same_user_as_the_acl_file(
         admin.acl_deluser("a-copy")
 
 
+def test_the_lines_hold_where_every_channel_is_granted_by_default() -> None:
+    # acl-pubsub-default allchannels (the default before Redis 7): "reset"
+    # grants every channel, after which a channel pattern is refused.
+    with RedisServer(extra_args=["--acl-pubsub-default", "allchannels"]) as server:
+        with server.client(decode_responses=True) as admin:
+            for line in (*acl_rules("a", password="pw"), *service_acl_rules(password="pw")):
+                admin.execute_command(*line.split())
+            def may(*command: str) -> bool:
+                return admin.execute_command("ACL", "DRYRUN", "a", *command) == "OK"
+
+            assert may("SUBSCRIBE", "agent.a") and may("PUBLISH", "agent.b", "x")
+            assert not may("SUBSCRIBE", "agent.b") and not may("PUBLISH", "elsewhere", "x")
+
+
 def test_the_rules_name_commands_and_keep_the_password_out() -> None:
     [line] = acl_rules("a", password="secret")
     assert "secret" not in line and "+@all" not in line and " ~* " not in line
     assert " ~agent:a ~agent:a:heartbeat ~agent:a:stats ~agent.state:a " in line
     assert " %R~agent:* &agent.a &mas_sync:wake:{agent.a}:* " in line
-    assert "(+publish +spublish &agent.* &mas.system) (+xadd +type %W~agent.stream:*)" in line
-    assert acl_rules("a", nopass=True)[0].startswith("ACL SETUSER a reset on nopass -@all ")
-    assert acl_rules("a")[0].startswith("ACL SETUSER a reset on -@all ")  # no way in yet
-    assert acl_rules("a", acl_file=True)[0].startswith("user a reset on -@all ")
+    assert ("(+publish +spublish resetchannels &agent.* &mas.system)"
+            " (+xadd +type resetchannels %W~agent.stream:*)") in line
+    head = "a reset resetchannels on"
+    assert acl_rules("a", nopass=True)[0].startswith(f"ACL SETUSER {head} nopass -@all ")
+    assert acl_rules("a")[0].startswith(f"ACL SETUSER {head} -@all ")  # no way in yet
+    assert acl_rules("a", acl_file=True)[0].startswith(f"user {head} -@all ")
     [service] = service_acl_rules(nopass=True)
-    assert service.startswith("ACL SETUSER mas-service reset on nopass -@all ")
+    assert service.startswith("ACL SETUSER mas-service reset resetchannels on nopass -@all ")
     assert service.endswith(" ~agent:* &mas.system &mas_sync:wake:{mas.system}:*")
 
 
