@@ -23,7 +23,7 @@ from mas_sync import (
     MASError,
     RedisCommandError,
 )
-from mas_sync.testing import RedisServer, wait_until
+from mas_sync.testing import RedisServer, redis_version, wait_until
 
 from .proxy import FreezableProxy
 from .support import FAST, Inbox
@@ -68,7 +68,15 @@ def eventually(predicate: Any, seconds: float) -> bool:
 
 
 def agent_connections(client: redis.Redis, agent_id: str) -> List[dict]:
-    return [c for c in client.client_list() if c.get("name") == f"mas-agent:{agent_id}"]
+    """The agent's connections that the server holds open.
+
+    Left out are those flagged ``A``, closed by the client and freed by the
+    server at its next turn: redis-server 6.2 still lists them.
+    """
+    return [
+        c for c in client.client_list()
+        if c.get("name") == f"mas-agent:{agent_id}" and "A" not in c.get("flags", "")
+    ]
 
 
 def test_a_sent_command_whose_reply_is_lost_is_not_sent_again(make_agent, proxy) -> None:
@@ -178,6 +186,8 @@ def test_refused_commands_raise_a_mas_error_with_the_redis_error_as_cause(server
 
 
 def test_a_command_the_acl_denies_raises_a_mas_error(server) -> None:
+    if redis_version(server) < (7,):
+        pytest.skip("read-only key patterns need Redis 7")
     admin = admin_of(server)
     admin.execute_command(
         # Its own state may be read, not written.

@@ -403,7 +403,8 @@ def test_the_api_lists_agents_and_shows_one(
     assert body["stream"] is None and body["dead_letters"] is None
     status, body, _ = call(server.url + "api/agents/worker")
     assert body["stream"]["dead_letters"] == 1 and body["stream"]["length"] == 1
-    assert body["stream"]["pending"] == 0 and body["stream"]["lag"] == 0
+    lag_known = int(r.info("server")["redis_version"].split(".")[0]) >= 7  # XINFO's lag
+    assert body["stream"]["pending"] == 0 and body["stream"]["lag"] == (0 if lag_known else None)
     assert [c["name"] for c in body["stream"]["consumers"]] == [body["dead_letters"][0]["consumer"]]
     assert body["dead_letters"][0]["error"].startswith("RuntimeError")
     status, body, _ = call(server.url + "api/dlq/worker")

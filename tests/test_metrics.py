@@ -191,8 +191,10 @@ def check_stream_series(worker: Gate, sender: Agent, server: Any, r: Any) -> Non
     # One message in its handler, one queued; the others wait in the stream, unread.
     wait_until(lambda: worker._mas_run.pool.active == 1 and worker._mas_run.pool.pending == 1,
                message="the worker is busy and its queue full")
+    # Redis 7 tells a group's lag; the gauge is left out where it cannot.
+    lag_known = int(r.info("server")["redis_version"].split(".")[0]) >= 7
     group = wait_until(lambda: next((g for g in r.xinfo_groups("agent.stream:worker")
-                                     if g["pending"] == 2 and g["lag"] == 3), None),
+                                     if g["pending"] == 2 and g.get("lag", 3) == 3), None),
                        message="the group holds two entries and lags by three")
     samples = scrape(server.url)
     instance = worker._mas_options.instance
@@ -202,7 +204,11 @@ def check_stream_series(worker: Gate, sender: Agent, server: Any, r: Any) -> Non
     assert value(samples, "mas_sync_messages_failed_total", **labels) == 1
     assert value(samples, "mas_sync_messages_dead_lettered_total", **labels) == 1
     stream = {"agent_id": "worker"}
-    assert samples[("mas_sync_stream_lag", tuple(stream.items()))] == group["lag"] == 3
+    lag = ("mas_sync_stream_lag", tuple(stream.items()))
+    if lag_known:
+        assert samples[lag] == group["lag"] == 3
+    else:
+        assert lag not in samples and "lag" not in group
     assert samples[("mas_sync_stream_pending", tuple(stream.items()))] == 2
     assert samples[("mas_sync_dead_letters", tuple(stream.items()))] == 1
 
@@ -211,7 +217,7 @@ def check_stream_series(worker: Gate, sender: Agent, server: Any, r: Any) -> Non
     wait_until(lambda: r.xinfo_groups("agent.stream:worker")[0]["pending"] == 0,
                message="every entry is acknowledged")
     samples = scrape(server.url)
-    assert samples[("mas_sync_stream_lag", tuple(stream.items()))] == 0
+    assert samples.get(lag) == (0 if lag_known else None)
     assert samples[("mas_sync_stream_pending", tuple(stream.items()))] == 0
     assert samples[("mas_sync_dead_letters", tuple(stream.items()))] == 1
     assert value(samples, "mas_sync_handler_duration_seconds_count", **labels) == 6
