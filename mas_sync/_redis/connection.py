@@ -378,6 +378,7 @@ class _FreeConnections(queue.LifoQueue):  # type: ignore[type-arg]
         self.mutex = threading.Lock()
         self.not_empty = self.not_full = self.all_tasks_done = threading.Condition(self.mutex)
         self.unfinished_tasks = 0
+        self.is_shutdown = False  # Queue.shutdown(), Python 3.13+
 
 
 class _BlockingPool(_RetirablePool, redis.BlockingConnectionPool):
