@@ -182,6 +182,7 @@ def test_on_start_failure_stops_the_agent_and_reraises(make_agent, r) -> None:
     assert agent_threads("broken") == []
 
 
+@pytest.mark.slow
 def test_messages_wait_until_on_start_returns(make_agent) -> None:
     order: List[str] = []
     handled = threading.Event()

@@ -23,6 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 # Past the suite's 60 s, up to the 120 s the run itself is given: on a busy
 # 2-core machine the quick run takes over a minute.
+@pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_quick_benchmark_prints_its_table(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "run.json"
@@ -117,6 +118,7 @@ def _check_document(document: dict, table: str = "") -> None:
             assert "request/reply P50, mas_sync / async framework" in by_what
 
 
+@pytest.mark.slow
 def test_only_security_measures_signing_and_rate_limits() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "mas_sync.bench", "--only", "security", "--quick", "--json", "-"],

@@ -465,6 +465,7 @@ def server() -> Iterator[RedisServer]:
         yield private
 
 
+@pytest.mark.slow
 def test_a_lost_redis_is_no_failure_of_the_target(server, agents, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="mas_sync")
     target = start(agents, Target("t", redis_url=server.url, **FAST))

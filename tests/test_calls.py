@@ -79,6 +79,7 @@ def agent_connections(client: redis.Redis, agent_id: str) -> List[dict]:
     ]
 
 
+@pytest.mark.slow
 def test_a_sent_command_whose_reply_is_lost_is_not_sent_again(make_agent, proxy) -> None:
     rx = make_agent("rx", Inbox)
     tx = make_agent("tx", redis_url=proxy.url, retry_timeout=1.0, command_timeout=0.5)
@@ -98,6 +99,7 @@ def test_a_sent_command_whose_reply_is_lost_is_not_sent_again(make_agent, proxy)
     assert [m.payload for m in rx.got] == [{"n": 0}, {"n": 1}]
 
 
+@pytest.mark.slow
 def test_a_call_that_cannot_connect_ends_within_its_bound(make_agent, proxy) -> None:
     rx = make_agent("rx", Inbox)
     tx = make_agent("tx", redis_url=proxy.url, retry_timeout=1.0, command_timeout=0.5)
@@ -126,6 +128,7 @@ def test_retry_timeout_zero_still_makes_one_full_attempt_to_connect(make_agent, 
     assert wait_until(lambda: {"n": 1} in rx.payloads(), 5)
 
 
+@pytest.mark.slow
 def test_request_ends_within_its_timeout_when_redis_does_not_answer(make_agent, proxy) -> None:
     make_agent("rx", Inbox)
     tx = make_agent("tx", redis_url=proxy.url, retry_timeout=5.0, command_timeout=5.0)
@@ -269,6 +272,7 @@ def test_stop_raced_by_sixteen_callers_leaves_no_connection_and_no_raw_error(
         rx.stop()
 
 
+@pytest.mark.slow
 def test_calls_while_the_listener_reconnects_raise_only_mas_errors(make_agent, r) -> None:
     rx = make_agent("rx", Inbox)
     tx = make_agent("tx", retry_timeout=1.0, command_timeout=1.0)
@@ -388,6 +392,7 @@ def _limited_user(admin: redis.Redis, channels: List[str]) -> None:
     )
 
 
+@pytest.mark.slow
 def test_a_listener_that_cannot_resubscribe_stops_the_agent(server) -> None:
     admin = admin_of(server)
     _limited_user(admin, ["mas.system", "agent.a"])
@@ -407,6 +412,7 @@ def test_a_listener_that_cannot_resubscribe_stops_the_agent(server) -> None:
         agent.stop()
 
 
+@pytest.mark.slow
 def test_a_listener_restarts_when_the_refusal_passes(server) -> None:
     admin = admin_of(server)
     _limited_user(admin, ["mas.system", "agent.a", "agent.b"])

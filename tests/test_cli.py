@@ -530,6 +530,7 @@ def watch_events(
     return seen
 
 
+@pytest.mark.slow
 def test_watch_prints_each_message_until_ctrl_c(
     make_agent: Callable[..., Any], redis_url: str, processes: List[Process],
 ) -> None:
@@ -546,6 +547,7 @@ def test_watch_prints_each_message_until_ctrl_c(
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
 
 
+@pytest.mark.slow
 def test_watch_prints_lines_with_sender_target_size_and_request_marks(
     make_agent: Callable[..., Any], redis_url: str, processes: List[Process],
 ) -> None:
@@ -589,6 +591,7 @@ def test_service_runs_until_ctrl_c(
     assert "Traceback" not in result.err and "MASService: started" in result.err
 
 
+@pytest.mark.slow
 def test_the_console_script_runs(redis_url: str, make_agent: Callable[..., Any]) -> None:
     script = shutil.which("mas_sync", path=os.path.dirname(sys.executable))
     if script is None:

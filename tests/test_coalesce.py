@@ -257,6 +257,7 @@ def test_concurrent_sends_return_after_redis_took_them_in_each_senders_order(
     assert len(sizes) < 200  # some calls shared a pipeline
 
 
+@pytest.mark.slow
 def test_a_refused_channel_fails_only_the_calls_sent_there() -> None:
     with RedisServer() as server:
         admin = redis.Redis(port=server.port)
@@ -295,6 +296,7 @@ def test_a_refused_channel_fails_only_the_calls_sent_there() -> None:
             assert len(sizes) < 400
 
 
+@pytest.mark.slow
 def test_senders_do_not_hang_when_redis_goes_away() -> None:
     with RedisServer() as server:
         sender = Agent("tx", redis_url=server.url, retry_timeout=0.5, **FAST)

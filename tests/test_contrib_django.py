@@ -197,6 +197,7 @@ def manage(*args: str) -> list:
     return [os.path.join(PROJECT, "manage.py"), *args]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_runagents_runs_the_agents_until_a_signal_stops_them(
     make_agent, redis_url, r, signum
@@ -327,6 +328,7 @@ print("reply pid:", mas.request(ids[0], {"text": "from the shell"}, timeout=5).p
 """
 
 
+@pytest.mark.slow
 def test_manage_shell_reaches_the_agents_by_name_and_starts_none(redis_url) -> None:
     env = {"MAS_REDIS_URL": redis_url}
     with run_server(manage("runagents"), cwd=PROJECT, env_extra=env) as agents:
@@ -344,6 +346,7 @@ def test_manage_shell_reaches_the_agents_by_name_and_starts_none(redis_url) -> N
         assert agents.wait(15) == 0, agents.output()
 
 
+@pytest.mark.slow
 def test_runserver_under_the_autoreloader_starts_the_agents_once(make_agent, redis_url) -> None:
     port = free_port()
     probe = make_agent("probe")

@@ -150,6 +150,7 @@ def summarizers(probe: Agent) -> Dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_the_werkzeug_reloader_starts_the_agents_once(make_agent, redis_url) -> None:
     port = free_port()
     probe = make_agent("probe")
@@ -178,6 +179,7 @@ def gunicorn_args(port: int) -> Tuple[str, ...]:
     return args + ("app:create_app()",)
 
 
+@pytest.mark.slow
 def test_gunicorn_preload_two_workers_each_run_agents_that_answer(make_agent, redis_url, r) -> None:
     port = free_port()
     probe = make_agent("probe")
@@ -214,6 +216,7 @@ class Reports(Agent):
         self.reports.append(message.payload)
 
 
+@pytest.mark.slow
 def test_gunicorn_workers_are_instances_of_one_reliable_agent(make_agent, redis_url, r) -> None:
     port = free_port()
     probe = make_agent("probe", Reports)

@@ -176,6 +176,7 @@ def row_status(driver: Any, agent_id: str) -> Optional[str]:
 # --- the page in a browser --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_agent_started_after_the_page_opened_appears(
     browser: Any, dashboard: Callable[..., DashboardServer], make_agent: Callable[..., Any],
     tmp_path: Path,
@@ -198,6 +199,7 @@ def test_an_agent_started_after_the_page_opened_appears(
     shot(browser, tmp_path, "agents")
 
 
+@pytest.mark.slow
 def test_the_state_shown_changes_after_update_state(
     browser: Any, dashboard: Callable[..., DashboardServer], make_agent: Callable[..., Any],
     tmp_path: Path,
@@ -223,6 +225,7 @@ def test_the_state_shown_changes_after_update_state(
     shot(browser, tmp_path, "state")
 
 
+@pytest.mark.slow
 def test_an_agent_that_stopped_without_deregistering_turns_stale(
     browser: Any, dashboard: Callable[..., DashboardServer], make_agent: Callable[..., Any],
     r: redis.Redis, tmp_path: Path,
@@ -244,6 +247,7 @@ def test_an_agent_that_stopped_without_deregistering_turns_stale(
     shot(browser, tmp_path, "stale")
 
 
+@pytest.mark.slow
 def test_messages_sent_appear_in_the_tail(
     browser: Any, dashboard: Callable[..., DashboardServer], make_agent: Callable[..., Any],
     tmp_path: Path,
@@ -284,6 +288,7 @@ def test_messages_sent_appear_in_the_tail(
     shot(browser, tmp_path, "tail")
 
 
+@pytest.mark.slow
 def test_dead_letters_are_listed_and_requeued_from_the_page(
     browser: Any, dashboard: Callable[..., DashboardServer], make_agent: Callable[..., Any],
     r: redis.Redis, tmp_path: Path,
@@ -318,6 +323,7 @@ def test_dead_letters_are_listed_and_requeued_from_the_page(
     assert shown(browser, "#dlq-actions") == []
 
 
+@pytest.mark.slow
 def test_without_actions_the_page_has_no_buttons_for_them(
     browser: Any, dashboard: Callable[..., DashboardServer], make_agent: Callable[..., Any],
     r: redis.Redis, tmp_path: Path,
@@ -336,6 +342,7 @@ def test_without_actions_the_page_has_no_buttons_for_them(
     shot(browser, tmp_path, "read-only")
 
 
+@pytest.mark.slow
 def test_the_page_keeps_working_after_the_dashboard_restarts(
     browser: Any, dashboard: Callable[..., DashboardServer], make_agent: Callable[..., Any],
     tmp_path: Path,
@@ -531,6 +538,7 @@ def test_flask_mounts_the_app_under_a_prefix(make_agent: Callable[..., Any], red
         dashboard_app.close()
 
 
+@pytest.mark.slow
 def test_the_demo_makes_the_readme_screenshot(
     chromium: Tuple[str, str], redis_url: str, tmp_path: Path
 ) -> None:
@@ -593,6 +601,7 @@ def r_xlen(url: str, key: str) -> int:
         close_client(client)
 
 
+@pytest.mark.slow
 def test_serve_runs_until_sigterm(redis_url: str) -> None:
     import signal
     import subprocess

@@ -48,6 +48,7 @@ def test_answers_from_the_cache_without_reading_redis(make_agent, r) -> None:
     assert _ids(watcher.discover(["w"])) == ["watcher"]
 
 
+@pytest.mark.slow
 def test_a_killed_agent_leaves_at_the_refresh(make_agent, r) -> None:
     watcher = make_agent("watcher", capabilities=["w"], discovery_cache=0.3)
     registry = AgentRegistry(r)
@@ -59,6 +60,7 @@ def test_a_killed_agent_leaves_at_the_refresh(make_agent, r) -> None:
     assert r.exists("agent:doomed"), "the registration is still there: the heartbeat decided"
 
 
+@pytest.mark.slow
 def test_marked_inactive_leaves_at_the_refresh(make_agent, r) -> None:
     watcher = make_agent("watcher", capabilities=["w"], discovery_cache=0.3)
     AgentRegistry(r).register("sleepy", ["x"], heartbeat_ttl=60)
@@ -79,6 +81,7 @@ def test_capabilities_and_metadata_changes_show(make_agent, r) -> None:
     assert watcher.discover(["y"])[0]["metadata"] == {"v": 2}
 
 
+@pytest.mark.slow
 def test_same_records_as_reading_redis(make_agent, r) -> None:
     class Meta(Agent):
         def get_metadata(self) -> dict:
@@ -156,6 +159,7 @@ def test_the_cache_on_a_cluster(cluster) -> None:
         watcher.stop(timeout=5)
 
 
+@pytest.mark.slow
 def test_the_cache_follows_a_sentinel_failover() -> None:
     from mas_sync.testing import SentinelGroup
 

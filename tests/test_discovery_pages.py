@@ -6,6 +6,7 @@ import json
 import logging
 from typing import Any, Dict, List, Optional
 
+import pytest
 import redis
 
 from mas_sync import AgentRegistry
@@ -44,6 +45,7 @@ def _matching(everyone: List[Dict[str, Any]], wanted: Optional[List[str]]) -> Li
     return [r for r in everyone if not wanted or set(wanted) & set(r["capabilities"])]
 
 
+@pytest.mark.slow
 def test_many_pages_give_the_same_records(redis_url, caplog) -> None:
     client = redis.Redis.from_url(redis_url)
     try:

@@ -32,6 +32,7 @@ def server() -> Iterator[RedisServer]:
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep_data", [False, True], ids=["data-lost", "data-kept"])
 def test_agents_recover_from_a_redis_restart(server, agents, keep_data, caplog) -> None:
     caplog.set_level(logging.INFO, logger="mas_sync")
@@ -67,6 +68,7 @@ def test_agents_recover_from_a_redis_restart(server, agents, keep_data, caplog) 
         client.close()
 
 
+@pytest.mark.slow
 def test_calls_fail_after_the_retry_window_while_redis_is_down(server, agents) -> None:
     agent = start(agents, Agent("a", redis_url=server.url, retry_timeout=0.5, **FAST))
     server.kill()
@@ -79,6 +81,7 @@ def test_calls_fail_after_the_retry_window_while_redis_is_down(server, agents) -
     assert agent.state is not None and dict(agent.state) == {}  # the failed update left nothing
 
 
+@pytest.mark.slow
 def test_a_send_waits_out_a_short_outage(server, agents) -> None:
     receiver = start(agents, Inbox("rx", redis_url=server.url, **FAST))
     sender = start(agents, Agent("tx", redis_url=server.url, retry_timeout=10, **FAST))
@@ -105,6 +108,7 @@ def test_killed_pubsub_connection_is_noticed_and_resubscribed(server, agents, r_
     wait_until(lambda: flows(sender, receiver, "after"), 5, interval=0.05)
 
 
+@pytest.mark.slow
 def test_half_open_connection_is_detected_by_the_watchdog(server, agents, caplog) -> None:
     proxy = FreezableProxy(server.port)
     try:
@@ -145,6 +149,7 @@ agent.stop()
 """
 
 
+@pytest.mark.slow
 def test_stalled_subscriber_cut_off_by_redis_reconnects_and_counts_the_loss(server, agents, r_of) -> None:
     import signal
     import subprocess
@@ -244,6 +249,7 @@ def test_gap_tracker_tolerates_overtaking_and_bounds_its_memory() -> None:
     assert tracker.missed == 2 + 999_999
 
 
+@pytest.mark.slow
 def test_service_resumes_after_a_restart(server, agents, r_of, caplog) -> None:
     # The restart loses every key. The service must subscribe again and its
     # own health loop (no check_health() call here) must go on marking: a

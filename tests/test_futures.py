@@ -181,6 +181,7 @@ def test_a_send_redis_refuses_fails_the_future(make_agent: Any, r: Any, redis_ur
 # --- request_many: scatter-gather ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_scatter_gather_over_fifty_agents_with_five_silent(make_agent: Any) -> None:
     for n in range(50):
         make_agent(f"w{n:02}", Silent if n % 10 == 3 else Echo, capabilities=["work"])

@@ -48,6 +48,7 @@ class Worker(Agent):
         return {"slept": body.seconds}
 
 
+@pytest.mark.slow
 def test_a_requester_gets_an_error_reply_at_the_limit(make_agent: Any, caplog: Any) -> None:
     worker = make_agent("worker", Worker, handler_timeout=0.2)
     client = make_agent("client")
@@ -130,6 +131,7 @@ def test_bad_time_limits_are_refused(bad: Any) -> None:
         handler("x", timeout=bad)
 
 
+@pytest.mark.slow
 def test_the_request_gets_one_answer_when_the_handler_ends_at_its_limit(make_agent: Any) -> None:
     # Handlers that end right at their limit: the reply and the limit's error
     # race, and exactly one of them reaches the requester.
@@ -157,6 +159,7 @@ def test_the_request_gets_one_answer_when_the_handler_ends_at_its_limit(make_age
     assert client.stats.replies_dropped == 0, answers
 
 
+@pytest.mark.slow
 def test_a_slow_redis_does_not_make_the_agent_s_deadlines_late(make_agent: Any, r: Any) -> None:
     # The error reply at a handler's limit waits on Redis (here paused for
     # writes); the agent's own request futures still fail at their deadline.

@@ -136,6 +136,7 @@ def test_this_process_cannot_start_an_id_live_in_another(make_agent, redis_url, 
     assert r.hget("agent:dup", "token") != token
 
 
+@pytest.mark.slow
 def test_take_over_replaces_a_live_run_whose_clean_stop_then_deletes_nothing(
     make_agent, redis_url, r, children, caplog
 ) -> None:
@@ -179,6 +180,7 @@ def test_the_run_that_was_taken_over_stops_beating(make_agent, r, caplog) -> Non
     assert r.exists("agent:dup:heartbeat")
 
 
+@pytest.mark.slow
 def test_a_killed_agents_id_is_free_once_its_heartbeat_expires(
     make_agent, redis_url, r, children
 ) -> None:

@@ -41,6 +41,7 @@ def drain(pubsub: Any, agent_id: str, quiet: float = 0.5) -> List[str]:
             seen.append(event["type"])
 
 
+@pytest.mark.slow
 def test_two_and_three_instances_share_one_registration(make_agent, r) -> None:
     events = system_events(r)
     try:

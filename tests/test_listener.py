@@ -119,6 +119,7 @@ def _acl_user(server: RedisServer, channels: List[str]) -> str:
     return f"redis://agent:pw@127.0.0.1:{server.port}/0"
 
 
+@pytest.mark.slow
 def test_an_acl_that_refuses_the_wake_channel_only_slows_stop_down(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

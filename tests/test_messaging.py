@@ -281,6 +281,7 @@ def test_a_received_message_is_a_value_it_pickles_and_copies(make_agent) -> None
     assert outcome[0].payload == {"answer": 42}
 
 
+@pytest.mark.slow
 def test_a_received_message_does_not_keep_its_agent_alive(redis_url, make_agent) -> None:
     import gc
     import weakref

@@ -223,6 +223,7 @@ def check_stream_series(worker: Gate, sender: Agent, server: Any, r: Any) -> Non
     assert value(samples, "mas_sync_handler_duration_seconds_count", **labels) == 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["killed", "hung"])
 def test_a_scrape_does_not_wait_for_a_redis_that_does_not_answer(
     server, how, caplog
@@ -269,6 +270,7 @@ def test_start_metrics_server_checks_its_arguments() -> None:
         start_metrics_server(0, addr=None)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_the_server_thread_is_named_and_closes(server) -> None:
     assert server.url == f"http://127.0.0.1:{server.port}/metrics"
     names_ = [t.name for t in threading.enumerate()]
@@ -315,6 +317,7 @@ def test_the_django_view_serves_the_metrics(make_agent) -> None:
 PROJECT = os.path.join(ROOT, "examples", "django_project")
 
 
+@pytest.mark.slow
 def test_runagents_serves_the_metrics_of_its_agents(make_agent, redis_url) -> None:
     pytest.importorskip("django")
     port = free_port()
@@ -351,6 +354,7 @@ def test_importing_without_prometheus_client_says_what_to_install() -> None:
     assert "pip install mas_sync[metrics]" in out.stdout, out.stderr
 
 
+@pytest.mark.slow
 def test_runagents_refuses_a_metrics_port_it_cannot_use(redis_url, r) -> None:
     pytest.importorskip("django")
     import socket

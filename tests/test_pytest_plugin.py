@@ -11,6 +11,7 @@ import textwrap
 import time
 from importlib.metadata import entry_points
 
+import pytest
 import redis
 
 from mas_sync.testing import RedisServer
@@ -103,6 +104,7 @@ def test_registered_once(request, mas_wait_until):
 '''
 
 
+@pytest.mark.slow
 def test_the_plugin_registers_once_by_entry_point_or_by_either_module_name(tmp_path) -> None:
     files = {"test_registered.py": REGISTERED_SAMPLE}
     result = _run_pytest(tmp_path, files, ["-s"])
@@ -123,6 +125,7 @@ def test_no_mas_sync_turns_the_plugin_off(tmp_path) -> None:
     assert "fixture 'mas_wait_until' not found" in output
 
 
+@pytest.mark.slow
 def test_a_sample_test_file_passes_and_the_session_exits_promptly(tmp_path) -> None:
     (tmp_path / "test_sample.py").write_text(textwrap.dedent(SAMPLE))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
@@ -145,6 +148,7 @@ def test_a_sample_test_file_passes_and_the_session_exits_promptly(tmp_path) -> N
     assert elapsed < 20, f"the sample session took {elapsed:.1f} s"
 
 
+@pytest.mark.slow
 def test_the_readme_example_passes(tmp_path) -> None:
     from .test_readme import literal_block_after
 
@@ -227,6 +231,7 @@ def _marks(server) -> dict:
     return found
 
 
+@pytest.mark.slow
 def test_the_fixtures_use_an_external_redis_named_by_the_environment(tmp_path) -> None:
     with RedisServer() as server:
         outside = redis.Redis(host="127.0.0.1", port=server.port, db=0)
@@ -250,6 +255,7 @@ def test_the_fixtures_use_an_external_redis_named_by_the_environment(tmp_path) -
         outside.close()
 
 
+@pytest.mark.slow
 def test_the_command_line_beats_the_environment_which_beats_the_ini_file(tmp_path) -> None:
     sample = '''
     import redis
@@ -279,6 +285,7 @@ def test_the_command_line_beats_the_environment_which_beats_the_ini_file(tmp_pat
             assert _marks(server) == expected
 
 
+@pytest.mark.slow
 def test_an_unreachable_external_redis_is_reported_plainly(tmp_path) -> None:
     with RedisServer() as server:
         url = f"redis://:secret@127.0.0.1:{server.port}/15"
@@ -310,6 +317,7 @@ def test_b_runs_after(mas_agents):
 '''
 
 
+@pytest.mark.slow
 def test_the_signal_method_fails_only_the_test_that_hangs(tmp_path) -> None:
     result = _run_pytest(
         tmp_path, {"test_hang.py": HANGING_SAMPLE}, ["--timeout=2", "--timeout-method=signal"]
@@ -322,6 +330,7 @@ def test_the_signal_method_fails_only_the_test_that_hangs(tmp_path) -> None:
     assert "agents still running" not in output
 
 
+@pytest.mark.slow
 def test_the_thread_method_ends_the_session_at_the_first_timeout(tmp_path) -> None:
     result = _run_pytest(
         tmp_path, {"test_hang.py": HANGING_SAMPLE}, ["--timeout=2", "--timeout-method=thread"]

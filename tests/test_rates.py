@@ -146,6 +146,7 @@ def hammer(limiter: RateLimiter, sender: str, seconds: float) -> List[float]:
     return allowed
 
 
+@pytest.mark.slow
 def test_the_limiter_allows_the_burst_then_the_rate(r: redis.Redis) -> None:
     limiter = RateLimiter(r, "rx", RateLimit.parse("60/min", burst=5))
     assert [limiter.allow("tx") for _ in range(6)] == [True] * 5 + [False]
@@ -159,6 +160,7 @@ def test_the_limiter_allows_the_burst_then_the_rate(r: redis.Redis) -> None:
     assert all(limiter.allow("other") for _ in range(5))
 
 
+@pytest.mark.slow
 def test_the_limiter_holds_the_rate_under_a_flood(r: redis.Redis) -> None:
     limiter = RateLimiter(r, "rx", RateLimit(20, burst=1))
     began = time.monotonic()
@@ -385,6 +387,7 @@ def test_send_rate_paces_send_to_a_target(make_agent: Any, channel: Any) -> None
     assert all(message is not None for message in got)
 
 
+@pytest.mark.slow
 def test_send_rate_holds_a_flooding_sender_to_its_rate(make_agent: Any, channel: Any) -> None:
     tx = make_agent("tx", send_rate="20/s")
     stop = threading.Event()
@@ -488,6 +491,7 @@ def test_no_send_rate_no_throttle(make_agent: Any) -> None:
     assert tx._mas_run.outbox.throttle is None
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs_as_written(redis_url: str) -> None:
     from .test_readme import ROOT, literal_block_after
 

@@ -6,6 +6,7 @@ import threading
 import time
 from typing import Any, Set
 
+import pytest
 import redis
 
 from mas_sync import Agent, AgentMessage
@@ -30,6 +31,7 @@ class Counter(Agent):
             return len(self.handled & wanted)
 
 
+@pytest.mark.slow
 def test_every_idle_entry_is_taken_in_one_pass_before_new_ones(
     make_agent: Any, r: redis.Redis
 ) -> None:

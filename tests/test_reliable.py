@@ -274,6 +274,7 @@ def test_history_and_replay_hand_stored_messages_again(make_agent: Any, r: redis
         worker.history(since="yesterday")  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_the_stream_is_trimmed_but_never_below_what_is_not_acknowledged(
     make_agent: Any, r: redis.Redis
 ) -> None:

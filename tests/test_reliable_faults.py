@@ -68,6 +68,7 @@ def children() -> Iterator[List[subprocess.Popen]]:
         child.wait(10)
 
 
+@pytest.mark.slow
 def test_sigkilled_instances_lose_nothing_and_repeat_only_what_was_in_flight(
     make_agent: Any, r: redis.Redis, redis_url: str, children: List[subprocess.Popen]
 ) -> None:
@@ -199,6 +200,7 @@ def server() -> Iterator[RedisServer]:
         yield private
 
 
+@pytest.mark.slow
 def test_a_redis_restart_loses_no_message_whose_send_returned(
     server: RedisServer, agents: List[Agent]
 ) -> None:
@@ -325,6 +327,7 @@ def group() -> Iterator[Any]:
         yield started
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["failover", "master killed"])
 def test_a_reliable_agent_reads_its_stream_after_a_sentinel_failover(
     group: Any, agents: List[Agent], how: str
@@ -373,6 +376,7 @@ def test_a_reliable_agent_reads_its_stream_after_a_sentinel_failover(
           f" {sent - 50} sent after it, {len(lost)} lost")
 
 
+@pytest.mark.slow
 def test_a_master_short_of_replicas_refuses_sends_to_a_reliable_agent(
     server: RedisServer, agents: List[Agent]
 ) -> None:

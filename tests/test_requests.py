@@ -160,6 +160,7 @@ def test_request_inside_on_message_with_one_worker_does_not_deadlock(make_agent)
     assert reply.payload == {"relayed": {"echo": {"from": "middle"}}}
 
 
+@pytest.mark.slow
 def test_many_threads_requesting_at_once_get_their_own_replies(make_agent) -> None:
     make_agent("echo", cls=Echo, max_workers=4)
     asker = make_agent("asker", max_workers=4)

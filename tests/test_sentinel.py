@@ -82,6 +82,7 @@ def test_agents_follow_a_killed_master(group, pair) -> None:
               f" messages both ways after {flowing:.2f} s")
 
 
+@pytest.mark.slow
 def test_agents_follow_a_graceful_failover(group, pair) -> None:
     a, b = pair
     assert flows(a, b, "before")
@@ -106,6 +107,7 @@ def read_byte(fd: int, timeout: float) -> bytes:
     return os.read(fd, 1) if ready else b""
 
 
+@pytest.mark.slow
 def test_a_forked_child_follows_a_failover_with_a_watcher_of_its_own(group, pair) -> None:
     # The parent follows the master (its watcher thread runs) and holds the
     # watchers' lock while it forks: the child must start a watcher of its own.
@@ -152,6 +154,7 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd")
 def test_start_stop_cycles_leak_no_file_descriptors(group) -> None:
     import gc

@@ -100,6 +100,7 @@ def test_health_check_marks_only_what_is_still_dead_when_it_writes(
         assert r.pttl("agent:ghost") == -1
 
 
+@pytest.mark.slow
 def test_killed_agent_drops_out_of_discovery(make_agent, redis_url) -> None:
     # heartbeat_ttl 1 s + check_interval 0.3 s: gone from discover() within ~1.3 s.
     script = textwrap.dedent(
@@ -130,6 +131,7 @@ def test_killed_agent_drops_out_of_discovery(make_agent, redis_url) -> None:
             child.stdout.close()
 
 
+@pytest.mark.slow
 def test_a_live_agent_stays_active_under_the_service(make_agent, redis_url, r) -> None:
     # Only the agent's heartbeats can keep it ACTIVE past its 1 s heartbeat
     # TTL: checks run, by the service's loop and here, for three TTLs.
@@ -182,6 +184,7 @@ def _run_cli(*args: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_service_command_stops_cleanly_on_a_signal(redis_url, sig) -> None:
     proc = _run_cli("--redis-url", redis_url, "--check-interval", "0.5")

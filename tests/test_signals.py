@@ -59,6 +59,7 @@ def _wait_for(proc: subprocess.Popen, text: str) -> None:
     assert line == text, line
 
 
+@pytest.mark.slow
 def test_sigterm_without_the_helper_leaves_the_registration(make_agent, redis_url, r, procs) -> None:
     # Python's default for SIGTERM ends the process at once: no atexit, no
     # finally, no clean stop. discover() leaves it out once its heartbeat expires.
@@ -76,6 +77,7 @@ def test_sigterm_without_the_helper_leaves_the_registration(make_agent, redis_ur
     wait_until(lambda: observer.discover(["x"]) == [], 5, message="dropped with its heartbeat")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stop_on_signals_stops_a_scripts_agents_cleanly(redis_url, r, procs, sig) -> None:
     proc = _run(procs, _script(redis_url, """

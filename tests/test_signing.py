@@ -361,6 +361,7 @@ def test_a_reliable_agent_refuses_into_its_dead_letters_and_retries_are_no_repla
     assert len(bob.got) == 1
 
 
+@pytest.mark.slow
 def test_a_message_that_waited_in_a_stream_is_judged_by_when_it_entered(
     make_agent: Callable[..., Any], r: redis.Redis, key: SigningKey
 ) -> None:
@@ -377,6 +378,7 @@ def test_a_message_that_waited_in_a_stream_is_judged_by_when_it_entered(
     assert bob.stats.refused == 0
 
 
+@pytest.mark.slow
 def test_a_requeued_dead_letter_is_vouched_for_and_handled_long_after(
     make_agent: Callable[..., Any], r: redis.Redis
 ) -> None:

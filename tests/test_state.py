@@ -461,6 +461,7 @@ def test_a_lost_hset_reply_leaves_memory_and_redis_agreeing(model, proxy, state_
     assert str(counter) == "1"
 
 
+@pytest.mark.slow
 def test_a_lost_reply_with_redis_silent_is_repaired_by_the_next_update(proxy, state_client, r) -> None:
     from mas_sync import StateManager
 
