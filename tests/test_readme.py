@@ -43,7 +43,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     install = re.search(r'pip install -e "\.\[test\]"', command)
     assert install and 'pip install -q -e ".[test]"' in ci
-    assert ci.rstrip().endswith("python -m pytest")
+    assert "\npython -m pytest\n" in ci  # as typed, on the main interpreter
 
 
 def test_the_readme_runs_the_example_apps_as_the_tests_do() -> None:
@@ -58,3 +58,35 @@ def test_the_readme_runs_the_example_apps_as_the_tests_do() -> None:
     assert f"'{gunicorn_args(8000)[-1]}'" in gunicorn
     django = literal_block_after("The example project\nruns as")
     assert django.count("MAS_REDIS_URL=") == 2
+
+
+def test_the_supported_versions_are_the_declared_floors() -> None:
+    import configparser
+
+    from mas_sync._redis import CLUSTER_MIN_REDIS_PY
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    floors = dict(
+        requirement.partition(">=")[::2]
+        for requirement in setup["options"]["install_requires"].split()
+    )
+    python = setup["options"]["python_requires"].partition(">=")[2]
+    section = README[README.index("\nSupported versions\n"):README.index("\nTesting\n")]
+    table = section[:section.index("CI (")]
+
+    def row(name: str) -> str:
+        return next(line for line in table.splitlines() if line.startswith(name))
+
+    assert row("Python").split()[1] == python
+    assert f"``python_requires = >={python}``" in row("Python")
+    assert row("redis-py").split()[1] == floors["redis"]
+    assert f"cluster mode needs {'.'.join(map(str, CLUSTER_MIN_REDIS_PY))}" in row("redis-py")
+    assert row("pydantic").split()[1] in (floors["pydantic"], floors["pydantic"] + ".0")
+    assert f"**Python {python}**" in section and f"**redis-py {floors['redis']}**" in section
+    # CI runs the oldest Python with these floors pinned, and leaves the slow tests
+    # out of the runs on other interpreters only.
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'run_suite oldest "$(python_of "$OLDEST")" "$SYSTEM_REDIS" no -c "$FLOORS"' in ci
+    assert "python_requires = >=" in ci and 'setup["options"]["install_requires"]' in ci
+    assert ci.count('-m "not slow"') == 1 and 'pytest -q -m "not slow"' in ci
