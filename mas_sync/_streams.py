@@ -598,8 +598,9 @@ class StreamTransport:
             self._claim_from = cursor.decode() if isinstance(cursor, bytes) else cursor
             kept = [entry for entry in entries if entry[1] is not None]
             # Redis 6.2 answers nil for an entry deleted while pending, and the
-            # claim makes it this consumer's: taking back its own then drops it.
-            deleted = len(kept) < len(entries)
+            # claim makes it this consumer's: taking back its own drops it.
+            if len(kept) < len(entries):
+                self._own_left = True
             entries = kept
             if entries:
                 pipe = self._bytes.pipeline(transaction=False)
@@ -611,8 +612,6 @@ class StreamTransport:
                          self._agent_id, len(entries), self.stream)
                 self._events.reclaimed(len(entries))
                 self._deliver(entries, counts)
-            if deleted:
-                self._take_own_pending(max(self._events.room(), 0))
             if self._claim_from == "0-0":
                 return False
 
