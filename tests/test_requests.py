@@ -306,6 +306,9 @@ def test_invalid_payload_never_reaches_the_handler_and_the_requester_learns_why(
     assert time.monotonic() - started < 5
     assert info.value.kind == "validation_error"
     assert {tuple(d["loc"]) for d in info.value.details} == {("a",), ("b",)}
+    # Each error says where and why, without the input (the payload) again or a URL.
+    assert all({"type", "loc", "msg"} <= set(d) and not {"input", "url"} & set(d)
+               for d in info.value.details)
     assert "Add" in str(info.value)
     assert calc.calls == []
     assert calc.stats.rejected == 1
