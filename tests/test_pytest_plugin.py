@@ -104,7 +104,6 @@ def test_registered_once(request, mas_wait_until):
 '''
 
 
-@pytest.mark.slow
 def test_the_plugin_registers_once_by_entry_point_or_by_either_module_name(tmp_path) -> None:
     files = {"test_registered.py": REGISTERED_SAMPLE}
     result = _run_pytest(tmp_path, files, ["-s"])
