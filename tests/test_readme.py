@@ -43,7 +43,10 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     install = re.search(r'pip install -e "\.\[test\]"', command)
     assert install and 'pip install -q -e ".[test]"' in ci
-    assert "\npython -m pytest\n" in ci  # as typed, on the main interpreter
+    # As typed, on the main interpreter, before the runs on the others.
+    main = ci.index("\npython3 -m venv .venv\n")
+    assert main < ci.index('\npip install -q -e ".[test]"\n', main) < ci.index(
+        "\npython -m pytest\n", main) < ci.index("\nrun_suite oldest")
 
 
 def test_the_readme_runs_the_example_apps_as_the_tests_do() -> None:
@@ -87,6 +90,6 @@ def test_the_supported_versions_are_the_declared_floors() -> None:
     # CI runs the oldest Python with these floors pinned, and leaves the slow tests
     # out of the runs on other interpreters only.
     ci = (ROOT / ".ci" / "run").read_text()
-    assert 'run_suite oldest "$(python_of "$OLDEST")" "$SYSTEM_REDIS" no -c "$FLOORS"' in ci
+    assert 'run_suite oldest "$OLDEST_PYTHON" "$SYSTEM_REDIS" no -c "$FLOORS"' in ci
     assert "python_requires = >=" in ci and 'setup["options"]["install_requires"]' in ci
     assert ci.count('-m "not slow"') == 1 and 'pytest -q -m "not slow"' in ci
