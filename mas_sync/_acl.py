@@ -77,7 +77,8 @@ def acl_rules(
     The rules start with ``reset``, so that the line replaces whatever the
     user had: paste it into ``redis-cli`` (or run it with ``execute_command``
     after splitting it on spaces). With ``acl_file=True`` it is the line of
-    an ACL file (``user NAME reset resetchannels on ...``, for ``aclfile`` in ``redis.conf``).
+    an ACL file (``user NAME reset resetchannels on ...``, for ``aclfile`` in
+    ``redis.conf``).
 
     Args:
         agent_id: The agent's id.

@@ -13,8 +13,9 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     acl = commands.add_parser(
         "acl",
         help="print the least-privilege Redis users (ACL SETUSER lines) of agents and the service",
-        description="Print one 'ACL SETUSER NAME reset resetchannels on ...' line per user, for redis-cli"
-        " (or, with --acl-file, the 'user NAME reset resetchannels on ...' lines of an ACL file). Needs Redis 7.",
+        description="Print one 'ACL SETUSER NAME reset resetchannels on ...' line per user, for"
+        " redis-cli (or, with --acl-file, the 'user NAME reset resetchannels on ...' lines of"
+        " an ACL file). Needs Redis 7.",
     )
     acl.add_argument("agent_ids", nargs="*", metavar="AGENT_ID", help="an agent's id")
     acl.add_argument("--service", action="store_true",
