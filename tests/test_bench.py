@@ -92,6 +92,8 @@ def _check_document(document: dict, table: str = "") -> None:
     assert machine["cores"] >= 1 and machine["python"] == sys.version.split()[0]
     assert isinstance(machine["hiredis"], bool) and machine["redis_server"] and machine["redis_py"]
     assert "mas_framework" in machine and machine["date"][:2] == "20" and len(machine["load_average"]) == 3
+    # What the machine charges for a wake and a round trip, measured before the loads.
+    assert machine["thread_wake_us"] > 0 and machine["publish_cpu_us"] > 0
     assert document["seconds"] > 0 and document["quick"] is True
     rows = document["rows"]
     assert rows and all(row["part"] in ("pubsub", "reliable", "security", "behaviours") for row in rows)
@@ -168,7 +170,8 @@ def test_readme_tables_say_how_they_were_measured() -> None:
     document = {
         "machine": {"date": "2026-11-26T06:00:00+00:00", "cores": 2, "machine": "x86_64", "system": "Linux",
                     "python": "3.11.7", "redis_py": "8.1.0", "hiredis": False, "redis_server": "7.0.15",
-                    "mas_framework": None, "load_average": [0.5, 0.4, 0.3], "load_average_after": [1.5, 1, 1]},
+                    "mas_framework": None, "load_average": [0.5, 0.4, 0.3], "load_average_after": [1.5, 1, 1],
+                    "thread_wake_us": 26.4, "publish_cpu_us": 91.0},
         "seconds": 170.2, "command": ["python", "-m", "mas_sync.bench"],
         "rows": [{"what": "a burst", "figure": "1 msg/s", "note": "", "part": "pubsub"},
                  {"what": "a ratio", "figure": "0.50", "note": "(target >= 0.90) MISSED", "part": "security"}],
@@ -177,7 +180,12 @@ def test_readme_tables_say_how_they_were_measured() -> None:
     text = readme_tables(document)
     assert text.startswith("Measured on 2026-11-26 on a 2-core x86_64 machine")
     assert "without hiredis" in text and "mas-framework not installed" in text
-    assert "load average 0.50 at the start and 1.50 at the end; 170 s in all" in text
+    assert ("load average 0.50 at the start and 1.50 at the end; a thread woken in 26 µs,"
+            " a raw PUBLISH round trip 91 µs of CPU; 170 s in all") in text
+    # A run written before the machine's costs were measured still prints.
+    for fact in ("thread_wake_us", "publish_cpu_us"):
+        del document["machine"][fact]
+    assert "at the end; 170 s in all" in readme_tables(document)
     assert "``python -m mas_sync.bench --json run.json``" in text
     assert "Pub/sub delivery" in text and "The protections" in text and "Reliable delivery" not in text
     assert "    a ratio  0.50    (target >= 0.90) MISSED" in text

@@ -47,7 +47,8 @@ security`` the third (signing and rate limits), ``--only behaviours`` the
 fourth. A row with a target says it, and ends with
 MISSED when the figure misses it. ``--json PATH`` (``-`` for standard output)
 writes every row with its samples, its target and whether it was met, and the
-facts of the machine; ``--readme PATH`` prints the README's tables from such a
+facts of the machine (with what it charges for a thread's wake and a
+``PUBLISH`` round trip, see :func:`machine_costs`); ``--readme PATH`` prints the README's tables from such a
 file, running nothing.
 
 Senders and receivers run in separate processes. Without ``--redis-url`` a
@@ -816,6 +817,57 @@ def machine_facts(url: str) -> Dict[str, Any]:
     }
 
 
+def machine_costs(url: str, calls: int = 2_000) -> Dict[str, float]:
+    """What this machine charges for the two things a ``send()`` pays most: a wake and a round trip.
+
+    ``thread_wake_us`` is the time for a thread blocked on a lock to be woken
+    and answer (half of a ping-pong between two threads, median of three
+    runs): what each message costs a process whose threads wait on one
+    another, as concurrent ``send()`` calls and the hand-off from listener to
+    worker do. ``publish_cpu_us`` is the CPU time of one raw redis-py
+    ``PUBLISH`` round trip from one thread (system calls included, median of
+    three runs): the most a burst from one thread can save per message by
+    sharing round trips. Both run in this process, before the loads.
+    """
+    ping, pong = threading.Lock(), threading.Lock()
+    ping.acquire()
+    pong.acquire()
+
+    def answer() -> None:
+        for _ in range(3 * calls):
+            ping.acquire()
+            pong.release()
+
+    other = threading.Thread(target=answer, name="mas-bench-wake", daemon=True)
+    other.start()
+    wakes = []
+    for _ in range(3):
+        began = time.perf_counter()
+        for _ in range(calls):
+            ping.release()
+            pong.acquire()
+        wakes.append((time.perf_counter() - began) / calls / 2)
+    other.join(10)
+    cpu = []
+    with redis.Redis.from_url(url) as client:
+        message = json.dumps(roles.PAYLOAD)
+        for _ in range(3):
+            began = time.thread_time()
+            for _ in range(calls):
+                client.publish("mas-bench-nobody", message)
+            cpu.append((time.thread_time() - began) / calls)
+    return {"thread_wake_us": round(statistics.median(wakes) * 1e6, 1),
+            "publish_cpu_us": round(statistics.median(cpu) * 1e6, 1)}
+
+
+def _costs_text(facts: Dict[str, Any]) -> str:
+    """The machine's costs (:func:`machine_costs`) in words; empty for a run that has none."""
+    if "thread_wake_us" not in facts:
+        return ""
+    return (f"a thread woken in {facts['thread_wake_us']:.0f} µs, a raw PUBLISH round trip"
+            f" {facts['publish_cpu_us']:.0f} µs of CPU")
+
+
 def run(url: str, quick: bool, only: Optional[str] = None, rounds: Optional[int] = None,
         report: Optional[Dict[str, Any]] = None) -> List[Row]:
     """Run the scenarios (``only`` "pubsub", "reliable", "security" or "behaviours": that part) against ``url``.
@@ -833,11 +885,13 @@ def run(url: str, quick: bool, only: Optional[str] = None, rounds: Optional[int]
     began = time.monotonic()
     bench = Bench(url, quick, rounds)
     facts = machine_facts(url)
+    facts.update(machine_costs(url, 500 if quick else 2_000))
     print(f"mas_sync benchmark on {facts['cores']} cores, Python {facts['python']},"
           f" redis-py {facts['redis_py']} {'with hiredis' if facts['hiredis'] else 'without hiredis (pure-Python parser)'},"
           f" redis-server {facts['redis_server']},"
           f" mas-framework {facts['mas_framework'] or 'not installed'}, Redis at {url};"
-          f" load average {facts['load_average'][0]:.2f}" + (" (quick: the figures mean little)" if quick else ""),
+          f" load average {facts['load_average'][0]:.2f}; {_costs_text(facts)}"
+          + (" (quick: the figures mean little)" if quick else ""),
           file=sys.stderr)
     parts: Dict[str, float] = {}
     for part, run_part in (("pubsub", run_pubsub), ("reliable", run_reliable), ("security", run_security),
@@ -1006,12 +1060,13 @@ def readme_tables(document: Dict[str, Any]) -> str:
     m = document["machine"]
     load = m.get("load_average") or [0.0]
     after = m.get("load_average_after") or load
+    costs = _costs_text(m)
     lines = [
         f"Measured on {m['date'][:10]} on a {m['cores']}-core {m['machine']} machine ({m['system']}),"
         f" Python {m['python']}, redis-py {m['redis_py']} {'with' if m['hiredis'] else 'without'} hiredis,"
         f" redis-server {m['redis_server']}, mas-framework {m['mas_framework'] or 'not installed'},"
         f" all on loopback; load average {load[0]:.2f} at the start and {after[0]:.2f} at the end;"
-        f" {document['seconds']:.0f} s in all, with ``{' '.join(document['command'])} --json run.json``"
+        f"{' ' + costs + ';' if costs else ''} {document['seconds']:.0f} s in all, with ``{' '.join(document['command'])} --json run.json``"
         f" then ``python -m mas_sync.bench --readme run.json``:",
     ]
     for part, title in PARTS.items():
