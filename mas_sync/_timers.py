@@ -23,6 +23,10 @@ from typing import Callable, Deque, List, Optional, Tuple
 
 log = logging.getLogger(__name__)
 
+#: The longest the thread waits at once (a wait of threading.TIMEOUT_MAX or
+#: more raises OverflowError): a call due later is waited for in steps.
+MAX_WAIT = 3600.0
+
 #: Cancelled timers left in the heap (they are skipped when due) before the
 #: heap is rebuilt without them, when they are also half of it.
 COMPACT_AFTER = 256
@@ -183,7 +187,7 @@ class Timers:
                 delay = due - time.monotonic()
                 if delay > 0:
                     self._wake_at = due
-                    self._wake.wait(delay)
+                    self._wake.wait(min(delay, MAX_WAIT))
                     self._wake_at = float("-inf")
                     continue
                 heapq.heappop(heap)
@@ -191,7 +195,7 @@ class Timers:
                 self._lock.release()
                 try:
                     timer.fn()
-                except Exception:
+                except BaseException:  # noqa: B902 - the clock must survive its calls
                     log.exception("%s: a timer's call failed", self._label)
                 finally:
                     self._lock.acquire()
@@ -207,7 +211,7 @@ class Timers:
                 self._lock.release()
                 try:
                     fn()
-                except Exception:
+                except BaseException:  # noqa: B902 - as in _run
                     log.exception("%s: a deferred call failed", self._label)
                 finally:
                     self._lock.acquire()

@@ -69,3 +69,26 @@ def test_many_cancelled_timers_do_not_pile_up() -> None:
     assert len(timers._heap) < 1000  # rebuilt without most of the cancelled ones
     timers.close()
     assert timers.join(time.monotonic() + 5) == []
+
+
+def _exit(code: int) -> None:
+    raise SystemExit(code)
+
+
+def test_a_call_far_ahead_and_a_call_that_raises_leave_the_clock_running() -> None:
+    """A due time beyond what a wait takes (threading.TIMEOUT_MAX), and a call
+    ending in a BaseException (a future's done-callback calling sys.exit()),
+    used to end the thread: no later call was made."""
+    timers = Timers("mas-test-timers", "test")
+    fired = threading.Event()
+    far = timers.call_later(threading.TIMEOUT_MAX * 2, fired.set)
+    timers.call_later(0, lambda: _exit(3))
+    timers.defer(lambda: _exit(4))
+    deferred = threading.Event()
+    timers.defer(deferred.set)
+    timers.call_later(0.05, fired.set)
+    assert fired.wait(5) and deferred.wait(5)
+    assert timers.thread is not None and timers.thread.is_alive()
+    assert len(timers) == 1 and not far.cancelled
+    timers.close()
+    assert timers.join(time.monotonic() + 5) == []
