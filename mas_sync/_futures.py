@@ -277,17 +277,31 @@ class RequestFutures:
         going = future.set_running_or_notify_cancel()
         if not going:  # cancelled: says nothing of the target
             error = concurrent.futures.CancelledError()
+        def resolve() -> None:
+            if request.span is not None:
+                _tracing.end(request.span, error)
+            if not going:
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(reply)  # type: ignore[arg-type]
+
         breakers, ticket = outbox.breakers, request.ticket
         if ticket is not None and breakers is not None:
-            if ticket.shared:  # a call to Redis: not in the listener's (or timers') thread
-                self.timers.defer(lambda: breakers.record(ticket, error))
+            if ticket.shared:
+                # A call to Redis, so not in the listener's (or the clock's)
+                # thread; the future is resolved once the breaker has it, as
+                # request() raises after it: a caller that asks again at once
+                # finds the breaker open.
+                def record_then_resolve() -> None:
+                    try:
+                        breakers.record(ticket, error)
+                    finally:
+                        resolve()
+
+                if self.timers.defer(record_then_resolve):
+                    return
             else:
                 breakers.record(ticket, error)
-        if request.span is not None:
-            _tracing.end(request.span, error)
-        if not going:
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(reply)  # type: ignore[arg-type]
+        resolve()

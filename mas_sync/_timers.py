@@ -99,15 +99,18 @@ class Timers:
         """Call ``fn()`` in ``delay`` seconds (see :meth:`call_at`)."""
         return self.call_at(time.monotonic() + delay, fn)
 
-    def defer(self, fn: Callable[[], None]) -> None:
+    def defer(self, fn: Callable[[], None]) -> bool:
         """Call ``fn()`` soon, in the order deferred, in a thread where it may wait on Redis.
 
         Once the timers are closed, what was deferred before still runs (the
         thread ends after it); what is deferred after is dropped.
+
+        Returns:
+            False when ``fn`` was dropped (the timers are closed).
         """
         with self._lock:
             if self._closed:
-                return
+                return False
             self._deferred.append(fn)
             if self.io_thread is None:
                 thread = threading.Thread(
@@ -117,6 +120,7 @@ class Timers:
                 self.io_thread = thread
             else:
                 self._io_wake.notify()
+            return True
 
     def close(self) -> None:
         """Make no more calls: those waiting are dropped; the threads exit (see :meth:`join`)."""
