@@ -141,6 +141,9 @@ class Handling:
             self.counters.add("retried")
             retried = parse_message(receipt.data)
             retried._reply, retried._receipt = message._reply, receipt
+            # Answered already (at its time limit, or by the handler before it
+            # raised): the request has one answer, and the retries send none.
+            retried._replied = message._replied
             retried._attempt = receipt.attempts
             message = retried
 

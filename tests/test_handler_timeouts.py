@@ -159,6 +159,41 @@ def test_the_request_gets_one_answer_when_the_handler_ends_at_its_limit(make_age
     assert client.stats.replies_dropped == 0, answers
 
 
+def test_a_retry_of_a_request_answered_at_the_limit_does_not_answer_again(make_agent: Any) -> None:
+    """A reliable agent's first attempt passed its limit (the requester had
+    the limit's error), then raised; the retry that succeeded used to send a
+    second answer, which the requester dropped."""
+    attempts: List[int] = []
+    retried = threading.Event()
+
+    class Flaky(Agent):
+        def on_message(self, message: AgentMessage) -> dict:
+            attempts.append(message.attempt)
+            if message.attempt == 1:
+                time.sleep(0.3)  # past the limit of 0.1 s
+                raise RuntimeError("transient")
+            retried.set()
+            return {"ok": True}
+
+    class Echo(Agent):
+        def on_message(self, message: AgentMessage) -> dict:
+            return {"echo": True}
+
+    make_agent("echo", Echo)
+    worker = make_agent("flaky", Flaky, delivery="reliable", handler_timeout=0.1,
+                        retry_delay=0.05, max_attempts=3)
+    client = make_agent("client")
+    with pytest.raises(RequestError) as caught:
+        client.request("flaky", {}, timeout=5)
+    assert caught.value.kind == "handler_timeout"
+    assert retried.wait(5)
+    wait_until(lambda: worker.stats.handled == 1, 5, message="the retry handled")
+    # A reply that comes after any second answer of the retry, on the same channel.
+    assert client.request("echo", {}, timeout=5).payload == {"echo": True}
+    assert attempts == [1, 2]
+    assert client.stats.replies_dropped == 0
+
+
 @pytest.mark.slow
 def test_a_slow_redis_does_not_make_the_agent_s_deadlines_late(make_agent: Any, r: Any) -> None:
     # The error reply at a handler's limit waits on Redis (here paused for
