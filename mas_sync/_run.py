@@ -346,8 +346,9 @@ class AgentRun:
             self.heartbeat.join(deadline)
             self.heartbeat.deregister(quick)
         # A worker still busy at the deadline has a handler that does not
-        # return: not waited for beyond it. The others are ending, and get a
-        # moment more.
+        # return, and the clock's threads, which call the done-callbacks of
+        # request futures, may be held by one: not waited for beyond it. The
+        # others are ending (their reads are bounded), and get a moment more.
         self.join_threads(deadline, max(deadline, time.monotonic() + 1.0))
 
     def close(self, deadline: float) -> None:
@@ -370,6 +371,7 @@ class AgentRun:
         ``others_until`` (the same by default); log those still alive."""
         current = threading.current_thread()
         alive = self.pool.join(deadline) if self.pool is not None else []
+        alive.extend(self.timers.join(deadline))
         if others_until is not None:
             deadline = others_until
         others = self.transport.threads() if self.transport is not None else []
@@ -377,7 +379,6 @@ class AgentRun:
             others.append(self.heartbeat.thread)
         if self.discovery_cache is not None:
             others.append(self.discovery_cache.thread)
-        others.extend(self.timers.threads())
         for thread in others:
             if thread.ident is not None and thread is not current:
                 thread.join(max(0.0, deadline - time.monotonic()))
@@ -386,7 +387,7 @@ class AgentRun:
         if alive:
             log.error(
                 "Agent %s: threads still running after stop: %s (daemon threads;"
-                " a handler that never returns keeps its worker)",
+                " a handler, or a future's done-callback, that never returns keeps its thread)",
                 self.agent_id, ", ".join(t.name for t in alive),
             )
 

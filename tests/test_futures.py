@@ -140,6 +140,22 @@ def test_stop_fails_the_futures_still_waiting(make_agent: Any) -> None:
         client.request_future("silent", {}, timeout=1)
 
 
+def test_stop_keeps_to_its_timeout_while_a_done_callback_holds_the_clock(make_agent: Any) -> None:
+    """A done-callback runs in the thread that settles the future (here the
+    clock's, at the deadline); stuck there, it made stop(timeout) wait a
+    second more than its timeout."""
+    client = make_agent("client")
+    entered, release = threading.Event(), threading.Event()
+    future = client.request_future("nobody", {}, timeout=0.05)
+    future.add_done_callback(lambda f: (entered.set(), release.wait(10)))
+    assert entered.wait(5)
+    began = time.monotonic()
+    client.stop(timeout=0.3)
+    took = time.monotonic() - began
+    release.set()
+    assert took < 0.3 + 0.3, f"stop(timeout=0.3) took {took:.2f} s"
+
+
 def test_request_future_refuses_bad_input_at_once(make_agent: Any) -> None:
     client = make_agent("client")
     with pytest.raises(ValueError, match="target id"):
