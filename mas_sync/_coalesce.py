@@ -30,18 +30,24 @@ Flush = Callable[[Sequence[E]], Sequence[Optional[BaseException]]]
 class _Slot(Generic[E]):
     """One caller's entry, and how it is woken."""
 
-    __slots__ = ("entry", "error", "done", "armed", "wake")
+    __slots__ = ("entry", "error", "done", "armed", "leads", "wake")
 
     def __init__(self, entry: E) -> None:
         self.entry = entry
         self.error: Optional[BaseException] = None
         self.done = False
         self.armed = False  # its thread waits on ``wake`` (guarded by the queue's lock)
+        self.leads = False  # its thread holds the lead (guarded by the queue's lock)
         self.wake: Optional["threading.Lock"] = None
 
 
 class Coalescer(Generic[E]):
     """Queues the entries of concurrent callers and sends them together. Thread-safe.
+
+    An exception that cuts a caller off anywhere (``KeyboardInterrupt`` in
+    the main thread, even while it waits for the queue's lock) leaves the
+    others served: the lead it held is handed on, and the callers of a
+    pipeline it sent are settled.
 
     Args:
         flush: Sends a list of entries in one go, as :data:`Flush` says. It
@@ -70,59 +76,84 @@ class Coalescer(Generic[E]):
         Raises:
             What ``flush`` raised, or returned for this entry.
         """
-        with self._lock:
-            slot = _Slot(make())
-            self._queue.append(slot)
-            lead = not self._leading
-            if lead:
-                self._leading = True
-        if not lead:
-            lead = self._wait(slot)
-        if lead:
-            self._lead(slot)
+        slot: Optional[_Slot[E]] = None
+        try:
+            with self._lock:
+                slot = _Slot(make())
+                self._queue.append(slot)
+                if not self._leading:
+                    self._leading = slot.leads = True
+            if not slot.leads:
+                self._wait(slot)
+            if slot.leads:
+                self._lead(slot)
+        except BaseException:
+            if slot is not None:
+                self._abandon(slot)
+            raise
         error = slot.error
         if error is not None:
             raise error
         return slot.entry
 
-    def _wait(self, slot: _Slot[E]) -> bool:
-        """Wait until ``slot`` is sent (False), or its thread is to lead (True)."""
+    def _wait(self, slot: _Slot[E]) -> None:
+        """Wait until ``slot`` is sent, or its thread is to lead (``slot.leads``)."""
         wake = slot.wake = threading.Lock()
         wake.acquire()
         while True:
             with self._lock:
                 if slot.done:
-                    return False
+                    return
                 if not self._leading:
                     # Handed the lead (or it fell free): ``slot`` is still queued.
-                    self._leading = True
-                    return True
+                    self._leading = slot.leads = True
+                    return
                 slot.armed = True
-            try:
-                wake.acquire()
-            except BaseException:
-                self._abandon(slot)
-                raise
+            wake.acquire()
 
     def _abandon(self, slot: _Slot[E]) -> None:
-        """A waiting caller was interrupted: its entry stays queued; pass on the lead if free."""
+        """A caller was cut off: its entry, if still queued, stays; the lead goes on if free."""
         with self._lock:
             slot.armed = False
+            if slot.leads:
+                slot.leads = False
+                self._leading = False
             if not self._leading:
                 self._hand_on()
 
     def _lead(self, own: _Slot[E]) -> None:
         """Send what is queued (``own`` entry among it) in one go; settle each; hand the lead on."""
-        with self._lock:
-            slots, self._queue = self._queue, []
+        slots: List[_Slot[E]] = []
         errors: Sequence[Optional[BaseException]] = ()
         failure: Optional[BaseException] = None
         try:
+            with self._lock:
+                slots, self._queue = self._queue, []
             errors = self._flush([slot.entry for slot in slots])
         except BaseException as exc:  # noqa: B902 - every waiting caller must hear of it
             failure = exc
+        try:
+            self._settle(slots, own, errors, failure)
+        except BaseException:
+            # Cut off (most likely while waiting for the lock): settle what is left.
+            self._settle(slots, own, errors, failure)
+            raise
+        if not own.done:  # cut off before it took the queue: ``own`` is still in it
+            assert failure is not None
+            raise failure
+
+    def _settle(
+        self,
+        slots: List[_Slot[E]],
+        own: _Slot[E],
+        errors: Sequence[Optional[BaseException]],
+        failure: Optional[BaseException],
+    ) -> None:
+        """Give each caller of a pipeline its outcome, and hand the lead on (once: repeatable)."""
         with self._lock:
             for n, slot in enumerate(slots):
+                if slot.done:
+                    continue
                 if failure is None:
                     slot.error = errors[n]
                 elif slot is own:
@@ -133,8 +164,10 @@ class Coalescer(Generic[E]):
                     slot.error = self._interrupted(failure)
                 slot.done = True
                 self._wake(slot)
-            self._leading = False
-            self._hand_on()
+            if own.leads:
+                own.leads = False
+                self._leading = False
+                self._hand_on()
 
     def _hand_on(self) -> None:
         """Wake the oldest queued caller that waits, to lead (under the queue's lock).

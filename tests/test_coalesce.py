@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -207,6 +208,69 @@ def test_a_waiting_caller_that_is_interrupted_hangs_nobody() -> None:
         thread.join(10)
         assert not thread.is_alive(), "a caller hangs"
     assert [n for batch in flush.batches for n in batch] == [0, 1, 2]  # entry 1 went out too
+
+
+def test_a_leader_interrupted_as_it_settles_its_pipeline_hangs_nobody() -> None:
+    """The leader's pipeline returned; it waits for the queue's lock (another
+    caller is framing its message under it) and is interrupted there. It used
+    to leave the lead taken and its pipeline's callers unsettled: they, and
+    every later call, waited for ever."""
+    assert threading.current_thread() is threading.main_thread()
+    flush = Pipelines()
+    coalescer: Coalescer[int] = Coalescer(flush, interrupted)
+    flush.hold.clear()
+    fired, in_make, made = threading.Event(), threading.Event(), threading.Event()
+    results: Dict[int, Any] = {}
+
+    def interrupt(signum: int, frame: Any) -> None:
+        fired.set()
+        raise Interrupted()
+
+    def call(n: int, make: Callable[[], int]) -> None:
+        try:
+            results[n] = coalescer.submit(make)
+        except BaseException as exc:  # noqa: B902 - recorded for the assertions
+            results[n] = exc
+
+    def slow_make() -> int:  # framing (signing) a message under the queue's lock
+        in_make.set()
+        assert made.wait(10)
+        return 2
+
+    main = threading.main_thread().ident
+    assert main is not None
+    waiting = threading.Thread(target=call, args=(1, lambda: 1), daemon=True)
+    framing = threading.Thread(target=call, args=(2, slow_make), daemon=True)
+
+    def choreography() -> None:
+        assert flush.holding.wait(10)  # the main thread's pipeline is out
+        waiting.start()
+        wait_until(lambda: len(coalescer._queue) == 1, timeout=10, message="1 queued")
+        framing.start()
+        assert in_make.wait(10)
+        flush.hold.set()  # the pipeline returns; the main thread waits for the lock
+        wait_until(lambda: sys._current_frames()[main].f_code.co_name in ("_lead", "_settle"),
+                   timeout=10, message="the leader waits to settle")
+        signal.pthread_kill(main, signal.SIGUSR1)
+        assert fired.wait(10)
+        made.set()
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    killer = threading.Thread(target=choreography, daemon=True)
+    try:
+        killer.start()
+        with pytest.raises(Interrupted):
+            coalescer.submit(lambda: 0)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    late = threading.Thread(target=call, args=(3, lambda: 3), daemon=True)
+    late.start()
+    for thread in (killer, waiting, framing, late):
+        thread.join(10)
+        assert not thread.is_alive(), "a caller hangs"
+    assert results == {1: 1, 2: 2, 3: 3}
+    assert sorted(n for batch in flush.batches for n in batch) == [0, 1, 2, 3]
+    assert not coalescer._leading and not coalescer._queue
 
 
 # -- through agents, on a real Redis --------------------------------------------------
