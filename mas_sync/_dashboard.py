@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from . import _wire
+from . import _json, _wire
 from ._dead_letters import DeadLetter, DeadLetters
 from ._errors import AgentNotRunningError, ListenError, MASConnectionError
 from ._overview import AgentView, agent_view, list_agents, read_state, stream_view
@@ -572,7 +572,7 @@ def _body(environ: Dict[str, Any]) -> Dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
+        body = _json.loads_strict(raw)
     except (ValueError, UnicodeDecodeError):
         raise _HTTPError(400, "the body is not JSON") from None
     if not isinstance(body, dict):
@@ -603,7 +603,7 @@ def _state_value(text: str) -> Any:
     """A state field as stored: dicts and lists are JSON, the rest text."""
     if text[:1] in ("{", "["):
         try:
-            return json.loads(text)
+            return _json.loads_strict(text)
         except ValueError:
             pass
     return text

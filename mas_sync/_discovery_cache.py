@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from typing import Any, Dict, FrozenSet, List, Optional, Set
 
-from . import _wire
+from . import _json, _wire
 from ._listener import ChannelListener
 from ._redis import ANY_REDIS_ERROR
 from ._registry import AgentRegistry
@@ -85,6 +84,8 @@ class DiscoveryCache:
         self._listener = ChannelListener(
             url, _wire.SYSTEM_CHANNEL, self._on_event, f"{name}-discovery", owner,
             on_tick=self._catch_up, on_disconnect=self._lost, on_reconnect=self._catch_up,
+            # Starting over, it may miss events: answer from Redis until refilled.
+            on_restart=lambda error: self._lost(),
             on_fatal=lambda error: self._lost(), probe_interval=probe_interval,
             client_name=client_name,
         )
@@ -149,7 +150,7 @@ class DiscoveryCache:
     def _on_event(self, data: bytes) -> None:
         """Note the agent a REGISTER names (read at the catch-up); drop the one DEREGISTER names."""
         try:
-            event = json.loads(data)
+            event = _json.loads_strict(data)
             kind, agent_id = event["type"], event["agent_id"]
         except (ValueError, TypeError, KeyError):
             return  # not an event of the registry

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -10,7 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import redis
 
-from . import _wire
+from . import _json, _wire
 from ._checks import check_seconds
 from ._errors import MASConnectionError, RedisCommandError
 from ._listener import ChannelListener
@@ -291,7 +290,7 @@ class MASService:
 
     def _on_system_message(self, data: bytes) -> None:
         try:
-            event = json.loads(data)
+            event = _json.loads_strict(data)
             kind = event["type"]
             agent_id = event["agent_id"]
         except (ValueError, KeyError, TypeError):

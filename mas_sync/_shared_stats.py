@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import redis
 
-from . import _wire
+from . import _json, _wire
 from ._redis import ANY_REDIS_ERROR
 from ._stats import AgentStats, Counters
 
@@ -191,7 +191,7 @@ def _number(value: Any) -> bool:
 def _parse(value: Any) -> Optional[Dict[str, Any]]:
     """One record, checked; None when it is not one."""
     try:
-        record = json.loads(value)
+        record = _json.loads_strict(value)
     except (TypeError, ValueError, UnicodeDecodeError):
         return None
     if not isinstance(record, dict):

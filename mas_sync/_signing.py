@@ -30,7 +30,7 @@ from typing import Callable, Dict, FrozenSet, Iterable, Optional, Tuple, Union
 
 import redis
 
-from ._json import check_text
+from ._json import check_text, loads_strict
 from ._redis import ANY_REDIS_ERROR
 from ._wire import validate_agent_id
 
@@ -321,7 +321,7 @@ def read_vouch(data: bytes, envelope: bytes, agent_id: str, keyring: Keyring) ->
     """
     signature = read_signature(data, keyring)
     try:
-        said = json.loads(data)
+        said = loads_strict(data)
     except ValueError:
         said = None
     if (signature is None or not isinstance(said, dict)

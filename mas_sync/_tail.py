@@ -25,7 +25,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tu
 
 import redis
 
-from . import _wire
+from . import _json, _wire
 from ._errors import MASConnectionError
 from ._redis import REDIS_ERRORS, close_client, is_cluster, make_client
 from ._registry import AgentRegistry
@@ -93,7 +93,7 @@ def decode_event(number: int, at: float, channel: str, data: bytes) -> TailEvent
     """
     size = len(data)
     try:
-        document = json.loads(data)
+        document = _json.loads_strict(data)
     except (TypeError, ValueError):  # UnicodeDecodeError included
         document = None
     if channel == _wire.SYSTEM_CHANNEL:

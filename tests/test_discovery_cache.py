@@ -48,6 +48,24 @@ def test_answers_from_the_cache_without_reading_redis(make_agent, r) -> None:
     assert _ids(watcher.discover(["w"])) == ["watcher"]
 
 
+def test_a_hostile_event_leaves_no_stale_answer(make_agent, r) -> None:
+    """Anyone may publish on mas.system. JSON nested too deep for the parser
+    used to restart the cache's listener without invalidating the copy: the
+    DEREGISTER published meanwhile was lost, and the stopped agent stayed in
+    the answers until the next full read (here, in a minute)."""
+    watcher = make_agent("watcher", capabilities=["w"], discovery_cache=60.0)
+    leaving = make_agent("leaving", capabilities=["x"])
+    wait_until(lambda: _ids(watcher.discover(["x"])) == ["leaving"], 5)
+    r.publish("mas.system", b"[" * 100_000)
+    leaving.stop()
+    wait_until(lambda: _ids(watcher.discover(["x"])) == [], 5,
+               message="the stopped agent out of the answer")
+    # The next event is heard as always.
+    make_agent("coming", capabilities=["x"])
+    wait_until(lambda: _ids(watcher.discover(["x"])) == ["coming"], 5,
+               message="a new agent in the answer")
+
+
 @pytest.mark.slow
 def test_a_killed_agent_leaves_at_the_refresh(make_agent, r) -> None:
     watcher = make_agent("watcher", capabilities=["w"], discovery_cache=0.3)

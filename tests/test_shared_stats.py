@@ -83,7 +83,7 @@ def test_records_that_are_not_ours_are_skipped(make_agent: Callable[..., Any], r
     make_agent("mixed")
     wait_until(lambda: r.exists("agent:mixed:stats"), 5)
     r.hset("agent:mixed:stats", mapping={
-        "junk": "not json", "list": "[1]", "nan": json.dumps({"at": "x"}),
+        "junk": "not json", "list": "[1]", "nan": json.dumps({"at": "x"}), "deep": "[" * 100_000,
         "half": json.dumps({"at": 1.0, "interval": 1, "pending": 0, "in_progress": 0,
                             "counters": {"received": "many", "handled": 3}}),
     })

@@ -119,6 +119,10 @@ def test_undecodable_data_is_shown_as_it_is() -> None:
     assert event.summary == "\\xff not json"
     system = decode_event(2, 0.0, "mas.system", b"[]")
     assert system.kind == "system" and system.sender is None
+    # Nested deeper than the parser goes (it used to raise RecursionError).
+    deep = decode_event(3, 0.0, "mas.system", b"[" * 100_000)
+    assert deep.kind == "system" and deep.payload is None
+    assert decode_event(4, 0.0, "agent.x", b"[" * 100_000).payload is None
 
 
 def test_an_unreachable_redis_is_a_clear_error() -> None:
