@@ -277,6 +277,7 @@ class RequestFutures:
         going = future.set_running_or_notify_cancel()
         if not going:  # cancelled: says nothing of the target
             error = concurrent.futures.CancelledError()
+
         def resolve() -> None:
             if request.span is not None:
                 _tracing.end(request.span, error)

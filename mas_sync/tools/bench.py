@@ -48,8 +48,8 @@ fourth. A row with a target says it, and ends with
 MISSED when the figure misses it. ``--json PATH`` (``-`` for standard output)
 writes every row with its samples, its target and whether it was met, and the
 facts of the machine (with what it charges for a thread's wake and a
-``PUBLISH`` round trip, see :func:`machine_costs`); ``--readme PATH`` prints the README's tables from such a
-file, running nothing.
+``PUBLISH`` round trip, see :func:`machine_costs`); ``--readme PATH`` prints
+the README's tables from such a file, running nothing.
 
 Senders and receivers run in separate processes. Without ``--redis-url`` a
 private redis-server is started (and its database is used freely); with one,
@@ -1060,13 +1060,14 @@ def readme_tables(document: Dict[str, Any]) -> str:
     m = document["machine"]
     load = m.get("load_average") or [0.0]
     after = m.get("load_average_after") or load
-    costs = _costs_text(m)
+    costs = f" {_costs_text(m)};" if "thread_wake_us" in m else ""
     lines = [
         f"Measured on {m['date'][:10]} on a {m['cores']}-core {m['machine']} machine ({m['system']}),"
         f" Python {m['python']}, redis-py {m['redis_py']} {'with' if m['hiredis'] else 'without'} hiredis,"
         f" redis-server {m['redis_server']}, mas-framework {m['mas_framework'] or 'not installed'},"
         f" all on loopback; load average {load[0]:.2f} at the start and {after[0]:.2f} at the end;"
-        f"{' ' + costs + ';' if costs else ''} {document['seconds']:.0f} s in all, with ``{' '.join(document['command'])} --json run.json``"
+        f"{costs} {document['seconds']:.0f} s in all,"
+        f" with ``{' '.join(document['command'])} --json run.json``"
         f" then ``python -m mas_sync.bench --readme run.json``:",
     ]
     for part, title in PARTS.items():
