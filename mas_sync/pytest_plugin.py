@@ -2,7 +2,9 @@
 
 ``import mas_sync.pytest_plugin`` and ``-p mas_sync.pytest_plugin`` give that
 very module object (this module replaces itself in ``sys.modules``), so the
-plugin is never registered twice under two module objects.
+plugin is never registered twice under two module objects (nor, see
+:func:`~mas_sync.testing.pytest_plugin.pytest_plugin_registered`, under two
+names).
 """
 
 import sys

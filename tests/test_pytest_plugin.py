@@ -117,6 +117,22 @@ def test_the_plugin_registers_once_by_entry_point_or_by_either_module_name(tmp_p
         assert f"MAS PLUGINS [({name!r}, 'mas_sync.testing.pytest_plugin')]" in result.stdout
 
 
+def test_naming_the_installed_plugin_again_registers_it_once(tmp_path) -> None:
+    """With the entry point loaded, naming the plugin by its module (``-p``, or
+    ``pytest_plugins`` in a conftest, as pytest's docs show) used to stop
+    pytest at start: "Plugin already registered under a different name"."""
+    files = {"test_registered.py": REGISTERED_SAMPLE}
+    for name in ("mas_sync.pytest_plugin", "mas_sync.testing.pytest_plugin"):
+        result = _run_pytest(tmp_path, files, ["-s", "-p", name])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"MAS PLUGINS [({name!r}, 'mas_sync.testing.pytest_plugin')]" in result.stdout
+        conftest = {"conftest.py": f"pytest_plugins = [{name!r}]\n", **files}
+        result = _run_pytest(tmp_path, conftest, ["-s"])
+        (tmp_path / "conftest.py").unlink()
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "MAS PLUGINS [('mas_sync', 'mas_sync.testing.pytest_plugin')]" in result.stdout
+
+
 def test_no_mas_sync_turns_the_plugin_off(tmp_path) -> None:
     result = _run_pytest(tmp_path, {"test_registered.py": REGISTERED_SAMPLE}, ["-p", "no:mas_sync"])
     output = result.stdout + result.stderr

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
@@ -65,6 +66,27 @@ URL_ENV = "MAS_SYNC_TEST_REDIS_URL"
 URL_OPTION = "mas_redis_url"
 
 AgentFactory = Callable[..., Any]
+
+#: The names pytest may know this module by: the entry point's, this
+#: module's and its alias's (mas_sync.pytest_plugin).
+PLUGIN_NAMES = ("mas_sync", "mas_sync.testing.pytest_plugin", "mas_sync.pytest_plugin")
+
+
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    """Once registered under one name, keep pytest from registering it under another.
+
+    With the entry point loaded, ``-p mas_sync.pytest_plugin`` or
+    ``pytest_plugins = ["mas_sync.testing.pytest_plugin"]`` would register
+    this module again, which pytest refuses ("already registered under a
+    different name"). Blocking a name (what ``-p no:NAME`` does) makes pytest
+    skip it, and each of these names stands for this one module.
+    """
+    if plugin is not sys.modules[__name__]:
+        return
+    own = manager.get_name(plugin)
+    for name in PLUGIN_NAMES:
+        if name != own and manager.get_plugin(name) is None and not manager.is_blocked(name):
+            manager.set_blocked(name)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
