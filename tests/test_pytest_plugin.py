@@ -133,6 +133,29 @@ def test_naming_the_installed_plugin_again_registers_it_once(tmp_path) -> None:
         assert "MAS PLUGINS [('mas_sync', 'mas_sync.testing.pytest_plugin')]" in result.stdout
 
 
+FORGETFUL_SAMPLE = '''
+import atexit
+from mas_sync import Agent
+
+
+def test_that_forgets_to_stop_its_agent(mas_redis_url):
+    agent = Agent("forgotten", redis_url=mas_redis_url)
+    agent.start()
+    # Runs before mas_sync's own exit handler: what the session's end left.
+    atexit.register(lambda: print("FORGOTTEN RUNNING", agent.is_running))
+'''
+
+
+def test_leftover_agents_are_stopped_even_when_warnings_are_errors(tmp_path) -> None:
+    """The warning that names them came first: under -W error it raised, and
+    the agents were left running while the private server was shut down."""
+    result = _run_pytest(tmp_path, {"test_forgetful.py": FORGETFUL_SAMPLE},
+                         ["-s", "-W", "error::pytest.PytestWarning"])
+    output = result.stdout + result.stderr
+    assert "agents still running at the end of the session were stopped: forgotten" in output
+    assert "FORGOTTEN RUNNING False" in output, output
+
+
 def test_no_mas_sync_turns_the_plugin_off(tmp_path) -> None:
     result = _run_pytest(tmp_path, {"test_registered.py": REGISTERED_SAMPLE}, ["-p", "no:mas_sync"])
     output = result.stdout + result.stderr

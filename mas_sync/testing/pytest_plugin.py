@@ -245,14 +245,15 @@ def _stop_leftover_agents(url: str) -> None:
     leftover = [a for a in running_agents() if a.redis_url == url and a.is_running]
     if not leftover:
         return
+    for agent in leftover:
+        try:
+            agent.stop(timeout=LEFTOVER_STOP_TIMEOUT)
+        except Exception:  # pragma: no cover - best effort at session end
+            log.exception("Agent %s: stop at the end of the session failed", agent.id)
+    # After the stops: under -W error the warning raises.
     names = ", ".join(sorted(agent.id for agent in leftover))
     warnings.warn(
         f"mas_sync: agents still running at the end of the session were stopped: {names}",
         pytest.PytestWarning,
         stacklevel=1,
     )
-    for agent in leftover:
-        try:
-            agent.stop(timeout=LEFTOVER_STOP_TIMEOUT)
-        except Exception:  # pragma: no cover - best effort at session end
-            log.exception("Agent %s: stop at the end of the session failed", agent.id)
