@@ -144,6 +144,9 @@ def test_bad_settings_are_reported_by_the_system_check(django_project) -> None:
         assert "contains ':'" in check_settings()[0].msg
     with override_settings(MAS_AGENTS={"x": {"CLASS": "mas_sync.Agent", "CAPABILITIES": "nlp"}}):
         assert "capabilities must be a list" in check_settings()[0].msg
+    # The class itself, not its path: it used to be an AttributeError out of the check.
+    with override_settings(MAS_AGENTS={"x": {"CLASS": Agent}}):
+        assert "['CLASS'] must be a dotted class path (a string)" in check_settings()[0].msg
     with pytest.raises(TypeError, match="capabilities must be a list"):
         django_project.agent("bare", Agent, capabilities="nlp")
 

@@ -63,6 +63,11 @@ def agent_specs(declared_in_code: Iterable[AgentSpec] = ()) -> List[AgentSpec]:
             raise ImproperlyConfigured(
                 f"MAS_AGENTS[{name!r}] has unknown keys {unknown}; known: {', '.join(AGENT_KEYS)}"
             )
+        if not isinstance(entry["CLASS"], str):
+            raise ImproperlyConfigured(
+                f"MAS_AGENTS[{name!r}]['CLASS'] must be a dotted class path (a string),"
+                f" not {entry['CLASS']!r}"
+            )
         try:
             cls = import_string(entry["CLASS"])
         except ImportError as exc:
