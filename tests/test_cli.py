@@ -454,6 +454,21 @@ def test_bench_passes_its_arguments_on(capsys: pytest.CaptureFixture) -> None:
     assert "python -m mas_sync.bench" in capsys.readouterr().err
 
 
+def test_demo_and_bench_refuse_a_bad_redis_url_in_one_line(capsys: pytest.CaptureFixture) -> None:
+    # They used to print a ValueError's traceback, and bench named a Redis it never used.
+    result = cli(capsys, "http://x", "demo")
+    assert result.code == 2 and "invalid Redis URL 'http://x'" in result.one_error_line()
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", "--redis-url", "http://x"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "invalid Redis URL 'http://x'" in err
+    assert "Traceback" not in err
+    code = main(["bench", "--redis-url", "redis://127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: cannot reach Redis at redis://127.0.0.1:1"), err
+    assert "Traceback" not in err and "6379" not in err
+
+
 # -- subprocesses: watch, service, the console script --------------------------------------
 
 

@@ -7,7 +7,8 @@ import logging
 import os
 from typing import Any
 
-from ._common import CommandError
+from .._redis import check_redis_url
+from ._common import CommandError, UsageError
 
 
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -33,8 +34,13 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..tools import demo as _demo
 
+    url = getattr(args, "redis_url", None) or os.environ.get("MAS_REDIS_URL") or None
+    if url is not None:
+        try:
+            check_redis_url(url)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     try:
-        return _demo.run(getattr(args, "redis_url", None) or os.environ.get("MAS_REDIS_URL")
-                         or None)
+        return _demo.run(url)
     except FileNotFoundError as exc:  # no redis-server to start
         raise CommandError(str(exc)) from None

@@ -78,7 +78,9 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 
 import redis
 
+from .._errors import MASConnectionError
 from .._rates import RateLimit
+from .._redis import check_redis_url, close_client, make_client, ping
 from . import _bench_roles as roles
 
 
@@ -1081,6 +1083,19 @@ def readme_tables(document: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def reach(url: str) -> None:
+    """Check that the Redis of ``url`` answers.
+
+    Raises:
+        MASConnectionError: it does not.
+    """
+    client = make_client(url, 1, client_name="mas-bench")
+    try:
+        ping(client, url)
+    finally:
+        close_client(client)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Parse ``argv``, run the benchmarks and print the table (or, with ``--readme``, print one run's)."""
     parser = argparse.ArgumentParser(prog="python -m mas_sync.bench", description=__doc__.split("\n")[0])
@@ -1100,6 +1115,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.redis_url:
+        try:
+            check_redis_url(args.redis_url)
+        except ValueError as exc:
+            parser.error(str(exc))
+        try:
+            reach(args.redis_url)
+        except MASConnectionError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if args.readme:
         with open(args.readme, encoding="utf-8") as source:
             print(readme_tables(json.load(source)))
