@@ -9,6 +9,7 @@ running: :class:`DeadLetters` needs only a client.
 from __future__ import annotations
 
 import datetime
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Union
 
@@ -133,9 +134,14 @@ class DeadLetters:
 
     def _select(self, ids: Optional[Iterable[str]]) -> Iterator[Any]:
         if ids is None:
-            start = "-"
+            # Up to the last dead letter there is now: those that come after
+            # (requeued messages failing again, as they are requeued) are not read.
+            last = self._client.xrevrange(self.dlq, count=1)
+            if not last:
+                return
+            start, end = "-", _text(last[0][0])
             while True:
-                page = self._client.xrange(self.dlq, start, "+", count=PAGE)
+                page = self._client.xrange(self.dlq, start, end, count=PAGE)
                 yield from page
                 if len(page) < PAGE:
                     return
@@ -163,7 +169,8 @@ def _checked_ids(ids: Iterable[str]) -> List[str]:
 def _ms(when: When, what: str) -> int:
     if isinstance(when, datetime.datetime):
         return int(when.timestamp() * 1000)
-    if isinstance(when, (int, float)) and not isinstance(when, bool) and when >= 0:
+    if (isinstance(when, (int, float)) and not isinstance(when, bool) and when >= 0
+            and math.isfinite(when)):
         return int(when * 1000)
     raise ValueError(f"{what} must be a datetime or seconds since the epoch, not {when!r}")
 
