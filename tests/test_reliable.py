@@ -247,6 +247,28 @@ def test_dead_letters_are_listed_requeued_and_purged(make_agent: Any, r: redis.R
         worker.requeue_dead_letters("1-0")
 
 
+def test_requeueing_every_dead_letter_ends_while_they_fail_again(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    """Requeued messages that fail again are dead letters after the ones being
+    read; the requeue of "all" used to page on through them for ever."""
+    from mas_sync._dead_letters import PAGE
+
+    worker = make_agent("worker", Flaky, max_attempts=1, **RELIABLE)
+    sender = make_agent("sender")
+    total = PAGE + 100
+    sender.send_many([("worker", {"i": i}) for i in range(total)])
+    wait_until(lambda: r.xlen("agent.dlq:worker") == total, 30, message="no dead letters")
+    moved: List[int] = []
+    requeue = threading.Thread(target=lambda: moved.append(worker.requeue_dead_letters()),
+                               daemon=True)
+    requeue.start()
+    requeue.join(30)
+    assert not requeue.is_alive(), "the requeue goes on"
+    assert moved == [total]
+    wait_until(lambda: r.xlen("agent.dlq:worker") == total, 30, message="failed again")
+
+
 def test_history_and_replay_hand_stored_messages_again(make_agent: Any, r: redis.Redis) -> None:
     import time
 
@@ -254,6 +276,9 @@ def test_history_and_replay_hand_stored_messages_again(make_agent: Any, r: redis
     sender = make_agent("sender")
     sender.send("worker", {"i": 0})
     wait_until(lambda: len(worker.seen) == 1)
+    # A moment with whole milliseconds on each side (stream ids count milliseconds).
+    first = time.time()
+    wait_until(lambda: time.time() > first + 0.002)
     middle = time.time()
     wait_until(lambda: time.time() > middle + 0.002)
     sender.send("worker", {"i": 1})
@@ -272,6 +297,9 @@ def test_history_and_replay_hand_stored_messages_again(make_agent: Any, r: redis
     replies.close()
     with pytest.raises(ValueError):
         worker.history(since="yesterday")  # type: ignore[arg-type]
+    for never in (float("inf"), float("nan")):  # inf used to be an OverflowError
+        with pytest.raises(ValueError, match="seconds since the epoch"):
+            list(worker.history(until=never))
 
 
 @pytest.mark.slow
