@@ -199,7 +199,7 @@ class Handling:
             if (result is not None and message.expects_reply and not message._replied
                     and (watch is None or watch.claim())):
                 message.reply(result)
-        except Exception as exc:
+        except BaseException as exc:  # noqa: B902 - SystemExit too: the message must be settled
             self.counters.time("handler", time.perf_counter() - started)
             self.counters.add("handler_errors")
             if span is not None:
@@ -212,10 +212,11 @@ class Handling:
             error = f"{type(exc).__name__}: {exc}"
             if last and (watch is None or watch.claim()):
                 self.reply_error(message, "handler_error", error)
-            try:
-                agent.on_error(message, exc)
-            except Exception:
-                log.exception("Agent %s: on_error raised", agent.id)
+            if isinstance(exc, Exception):  # what on_error() is documented to take
+                try:
+                    agent.on_error(message, exc)
+                except Exception:
+                    log.exception("Agent %s: on_error raised", agent.id)
             return error
         self.counters.time("handler", time.perf_counter() - started)
         self.counters.add("handled")

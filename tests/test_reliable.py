@@ -269,6 +269,27 @@ def test_requeueing_every_dead_letter_ends_while_they_fail_again(
     wait_until(lambda: r.xlen("agent.dlq:worker") == total, 30, message="failed again")
 
 
+def test_a_handler_that_raises_system_exit_has_its_message_tried_again(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    """A BaseException out of a handler used to leave its entry held by the
+    running instance for good: neither acknowledged, retried, nor reclaimed."""
+
+    class Exiting(Recorder):
+        def on_message(self, message: AgentMessage) -> Any:
+            super().on_message(message)
+            if message.attempt == 1:
+                raise SystemExit(3)
+            return None
+
+    worker = make_agent("worker", Exiting, **RELIABLE)
+    sender = make_agent("sender")
+    sender.send("worker", {"i": 1})
+    wait_until(lambda: [m.attempt for m in worker.seen] == [1, 2], 5, message="not tried again")
+    wait_until(lambda: group_pending(r, "worker") == 0, 5, message="not acknowledged")
+    assert worker.stats.handler_errors == 1 and worker.stats.handled == 1
+
+
 def test_history_and_replay_hand_stored_messages_again(make_agent: Any, r: redis.Redis) -> None:
     import time
 
