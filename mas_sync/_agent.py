@@ -736,7 +736,8 @@ class Agent:
 
         Handlers have finished (or ``timeout`` passed); the agent is still
         registered and may still send. An exception is logged, and the stop
-        goes on.
+        goes on. Only a run whose :meth:`on_start` was called calls it: a
+        stop that comes while :meth:`start` connects calls neither.
         """
 
     def on_message(self, message: AgentMessage) -> None:

@@ -59,22 +59,27 @@ def start(agent: Startable) -> AgentRun:
         raise
     agent._mas_state = run.state
     _process.started(agent)
+    failure: Optional[BaseException] = None
     try:
-        if not run.stopping:
-            agent.on_start()
-    except BaseException:
-        log.error("Agent %s: on_start raised; stopping", agent.id)
-        agent.stop()
-        raise
-    finally:
         with agent._mas_lock:
-            run.start_done = True
-            if not run.stopping and run.pool is not None:
-                run.open()
-            hand_over = run.stop_by_starter
-        run.started.set()
-    if hand_over:
+            run.on_start_called = not run.stopping
+        if run.on_start_called:
+            agent.on_start()
+    except BaseException as exc:  # noqa: B902 - the run is stopped, then it is raised
+        log.error("Agent %s: on_start raised; stopping", agent.id)
+        failure = exc
+    with agent._mas_lock:
+        run.start_done = True
+        if failure is None and not run.stopping and run.pool is not None:
+            run.open()
+        hand_over = run.stop_by_starter
+    run.started.set()
+    if hand_over:  # a stop() gave up waiting for this start: it is this thread's to make
         finish_stop(agent, run, time.monotonic() + run.stop_timeout)
+    elif failure is not None:
+        agent.stop()
+    if failure is not None:
+        raise failure
     if run.stopping:
         raise AgentNotRunningError(f"agent {agent.id!r} was stopped while starting")
     log.info("Agent %s: started", agent.id)

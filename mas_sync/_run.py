@@ -93,6 +93,7 @@ class AgentRun:
         self.stopper: Optional[threading.Thread] = None
         self.stop_timeout = 10.0
         self.stop_by_starter = False
+        self.on_start_called = False  # on_stop() is called only after it
         self.stopped = threading.Event()
         self.calls = CallGate(agent.id, url, options.retry_timeout, options.command_timeout)
         self.requests = PendingRequests()
@@ -338,10 +339,11 @@ class AgentRun:
             self.counters.add("dropped_on_stop", dropped)
         self.timers.close()
         self.timers.join(deadline)
-        try:
-            self.agent.on_stop()
-        except Exception:
-            log.exception("Agent %s: on_stop raised", agent_id)
+        if self.on_start_called:
+            try:
+                self.agent.on_stop()
+            except Exception:
+                log.exception("Agent %s: on_stop raised", agent_id)
         if self.heartbeat is not None:
             self.heartbeat.join(deadline)
             self.heartbeat.deregister(quick)

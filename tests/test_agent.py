@@ -182,6 +182,83 @@ def test_on_start_failure_stops_the_agent_and_reraises(make_agent, r) -> None:
     assert agent_threads("broken") == []
 
 
+def test_on_start_failing_after_a_stop_gave_up_waiting_still_stops_the_agent(
+    make_agent, r
+) -> None:
+    """A stop() that timed out leaves the stop to start(); when on_start()
+    then raised, the stop was skipped and the run was left running for good."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(Agent):
+        def on_start(self) -> None:
+            if entered.is_set():
+                return  # started again, below
+            entered.set()
+            assert release.wait(10)
+            raise RuntimeError("boom in on_start")
+
+    agent = make_agent("slow", cls=Slow, start=False)
+    raised: List[BaseException] = []
+
+    def start() -> None:
+        try:
+            agent.start()
+        except BaseException as exc:  # noqa: B902 - recorded for the assertions
+            raised.append(exc)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    assert entered.wait(10)
+    agent.stop(timeout=0.1)  # gives up waiting for start(), which is to stop the agent
+    release.set()
+    starter.join(10)
+    assert [type(e) for e in raised] == [RuntimeError]
+    assert not agent.is_running and agent._mas_run is None
+    assert agent_threads("slow") == []
+    assert not r.exists("agent:slow")
+    agent.start()  # and it can start again
+    agent.stop()
+
+
+def test_a_stop_that_lands_before_on_start_calls_neither_hook(make_agent, r) -> None:
+    """A stop() made while start() registered (after its last look for a stop)
+    skipped on_start(), yet the stop still called on_stop()."""
+    calls: List[str] = []
+
+    class Hooked(Agent):
+        def on_start(self) -> None:
+            calls.append("on_start")
+
+        def on_stop(self) -> None:
+            calls.append("on_stop")
+
+    agent = make_agent("hooked", cls=Hooked, start=False)
+    r.execute_command("CLIENT", "PAUSE", "3000", "WRITE")  # holds the registration
+    raised: List[BaseException] = []
+
+    def start() -> None:
+        try:
+            agent.start()
+        except BaseException as exc:  # noqa: B902 - recorded for the assertions
+            raised.append(exc)
+
+    starter = threading.Thread(target=start, daemon=True)
+    try:
+        starter.start()
+        wait_until(lambda: any(c.get("cmd") == "evalsha" and "b" in c.get("flags", "")
+                               for c in r.client_list()), 5, message="registering")
+        stopper = threading.Thread(target=agent.stop, daemon=True)
+        stopper.start()
+        wait_until(lambda: agent._mas_run is None or agent._mas_run.stopping, 5)
+    finally:
+        r.execute_command("CLIENT", "UNPAUSE")
+    starter.join(10)
+    stopper.join(10)
+    assert [type(e) for e in raised] == [AgentNotRunningError]
+    assert calls == []
+    assert not agent.is_running
+
+
 @pytest.mark.slow
 def test_messages_wait_until_on_start_returns(make_agent) -> None:
     order: List[str] = []
