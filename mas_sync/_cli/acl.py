@@ -11,7 +11,7 @@ from typing import Any, List
 def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add ``acl``."""
     acl = commands.add_parser(
-        "acl",
+        "acl", parents=[common],
         help="print the least-privilege Redis users (ACL SETUSER lines) of agents and the service",
         description="Print one 'ACL SETUSER NAME reset resetchannels on ...' line per user, for"
         " redis-cli (or, with --acl-file, the 'user NAME reset resetchannels on ...' lines of"
