@@ -24,6 +24,7 @@ from ._schedule import PeriodicSpec
 from ._signing import Refused
 from ._stats import Counters
 from ._timers import Timers
+from ._transport import Receipt
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,14 @@ class Handling:
             # the process, or hung, each time.
             self.give_up(message, f"delivered {receipt.attempts} times without being handled")
             return
+        receipt.handling = True
+        try:
+            self._attempts(message, receipt, seen)
+        finally:
+            receipt.handling = False
+
+    def _attempts(self, message: AgentMessage, receipt: Receipt, seen: Optional[Seen]) -> None:
+        """Handle a stream message, trying again while attempts are left; settle it."""
         while True:
             error = self.attempt(message, last=receipt.attempts >= receipt.max_attempts)
             if error is None:

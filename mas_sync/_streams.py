@@ -74,7 +74,7 @@ class Receipt:
             Redis counts them (crashes and other instances count).
     """
 
-    __slots__ = ("transport", "entry_id", "data", "attempts", "vouch")
+    __slots__ = ("transport", "entry_id", "data", "attempts", "vouch", "handling")
 
     def __init__(self, transport: "StreamTransport", entry_id: str, data: bytes,
                  attempts: int, vouch: Optional[bytes] = None) -> None:
@@ -83,6 +83,7 @@ class Receipt:
         self.data = data
         self.attempts = attempts
         self.vouch = vouch
+        self.handling = False  # a worker handles it (see _hand_over)
 
     @property
     def max_attempts(self) -> int:
@@ -328,8 +329,10 @@ class StreamTransport:
         Called once the workers are done. The entries this consumer still
         holds (queued when the stop came, or handed back) are marked idle
         for ``visibility_timeout``: the next claim pass of any instance,
-        a new one included, takes them at once. Skipped when Redis was
-        already unreachable.
+        a new one included, takes them at once. Those a handler still
+        handles (past the stop's timeout) are left as they are: taken
+        after ``visibility_timeout``, as any slow handler's. Skipped when
+        Redis was already unreachable.
         """
         if self._raw is None:
             return
@@ -344,15 +347,19 @@ class StreamTransport:
             close_client(self._raw)
 
     def _hand_over(self) -> None:
+        with self._lock:
+            busy = {entry_id.encode() for entry_id, receipt in self._inflight.items()
+                    if receipt.handling}
         start = "-"
         while True:
             pending = self._bytes.xpending_range(
                 self.stream, _wire.CONSUMER_GROUP, start, "+", READ_COUNT, self.consumer
             )
-            if pending:
+            idle = [p["message_id"] for p in pending if p["message_id"] not in busy]
+            if idle:
                 self._bytes.xclaim(
                     self.stream, _wire.CONSUMER_GROUP, self.consumer, 0,
-                    [p["message_id"] for p in pending], idle=self._visibility_ms, justid=True,
+                    idle, idle=self._visibility_ms, justid=True,
                 )
             if len(pending) < READ_COUNT:
                 return

@@ -29,6 +29,8 @@ class Receipt(Protocol):
         max_attempts: Deliveries after which a failing message is given up.
         vouch: Of an entry that its agent requeued: the agent's signed word
             for it (see :func:`mas_sync._signing.vouch`); None otherwise.
+        handling: True while a worker handles it (set by the worker): a stop
+            leaves such an entry with this instance, not handing it over.
     """
 
     entry_id: str
@@ -36,6 +38,7 @@ class Receipt(Protocol):
     vouch: Optional[bytes]
     attempts: int
     max_attempts: int
+    handling: bool
 
     def ack(self) -> None:
         """Handled (and a request answered): never deliver it again."""

@@ -60,6 +60,35 @@ def test_every_idle_entry_is_taken_in_one_pass_before_new_ones(
     wait_until(lambda: again.count(set(range(2500))) == 2500, message="new entries not handled")
 
 
+@pytest.mark.slow
+def test_a_stop_does_not_hand_over_a_message_its_handler_still_handles(
+    make_agent: Any, r: redis.Redis
+) -> None:
+    """A handler still running past stop(timeout): its message used to be handed
+    over with the rest, and another instance handled it at the same time."""
+    release = threading.Event()
+
+    class Slow(Agent):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.busy = threading.Event()
+
+        def on_message(self, message: AgentMessage) -> None:
+            self.busy.set()
+            release.wait(10)
+
+    try:
+        a = make_agent("worker", Slow, delivery="reliable", instance="a", visibility_timeout=5.0)
+        r.xadd("agent.stream:worker", {"envelope": frame_message("x", "worker", '{"n":1}')})
+        assert a.busy.wait(5)
+        b = make_agent("worker", Slow, delivery="reliable", instance="b", visibility_timeout=5.0)
+        a.stop(timeout=0.2)  # leaves its handler running
+        # Two claim passes of b: the entry is not idle to it (visibility 5 s).
+        assert not b.busy.wait(2.5), "handled by b while a's handler runs"
+    finally:
+        release.set()
+
+
 def xack_calls(r: redis.Redis) -> int:
     return int(r.info("commandstats").get("cmdstat_xack", {}).get("calls", 0))
 
