@@ -25,7 +25,7 @@ from ._inbox import Inbox
 from ._options import AgentOptions
 from ._outbox import Outbox
 from ._pubsub import PubSubTransport
-from ._redis import close_client, make_client, ping, retire_connections
+from ._redis import close_client, deadlines, make_client, ping, retire_connections
 from ._redis import follow_master, is_sentinel_url
 from ._message import AgentMessage
 from ._registry import AgentRegistry
@@ -40,6 +40,12 @@ from ._transport import Receipt, Transport
 from ._workers import OrderedPool
 
 log = logging.getLogger(__name__)
+
+#: Seconds past a stop's deadline that its own calls to Redis (the wake-ups,
+#: the deregistration, a reliable agent's hand-over) may still take: enough
+#: for them on a Redis that answers, however late the handlers ended, and a
+#: bound on them all when it does not.
+STOP_REDIS_GRACE = 2.0
 
 
 class AgentRun:
@@ -291,7 +297,15 @@ class AgentRun:
             raise AgentNotRunningError(f"agent {self.agent_id!r} was stopped while starting")
 
     def stop(self, deadline: float) -> None:
-        """Stop in order (see :meth:`mas_sync.Agent.stop`), by ``deadline``."""
+        """Stop in order (see :meth:`mas_sync.Agent.stop`), by ``deadline``.
+
+        Every call to Redis made here ends by ``deadline + STOP_REDIS_GRACE``.
+        """
+        bound = deadline + STOP_REDIS_GRACE
+        with deadlines(bound, bound):
+            self._stop(deadline)
+
+    def _stop(self, deadline: float) -> None:
         if self.schedule is not None:
             self.schedule.stop()  # first: no periodic run starts any more
         self.unfollow()

@@ -140,6 +140,25 @@ def test_request_ends_within_its_timeout_when_redis_does_not_answer(make_agent, 
         assert time.monotonic() - began < 0.5 + MARGIN
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["pubsub", "reliable"])
+def test_stop_ends_two_seconds_past_its_timeout_when_redis_does_not_answer(
+    make_agent, proxy, kind
+) -> None:
+    """Each of the stop's calls to Redis could take the fresh connection's
+    whole timeout (and a reliable agent's hand-over the command timeout):
+    stop(timeout=1) took 3 to 6 s, against the two seconds past it that the
+    README allows."""
+    options = dict(delivery="reliable") if kind == "reliable" else dict(discovery_cache=True)
+    agent = make_agent("gone", redis_url=proxy.url, command_timeout=3.0, **options)
+    proxy.swallow_replies(new_connections=True)
+    began = time.monotonic()
+    agent.stop(timeout=1.0)
+    took = time.monotonic() - began
+    assert took < 1.0 + 2.0 + MARGIN, f"stop(timeout=1) took {took:.2f} s"
+    assert not agent.is_running
+
+
 @pytest.mark.parametrize("timeout", [math.inf, 1e12, math.nan, 0, -1, True, "1"])
 def test_request_refuses_a_timeout_it_cannot_wait_for_before_publishing(
     make_agent, r, timeout
