@@ -58,6 +58,14 @@ MAX_BACKOFF = 2.0
 Entry = Tuple[bytes, Optional[Dict[bytes, bytes]]]
 
 
+def _id_order(raw_id: Optional[bytes]) -> Tuple[int, int]:
+    """A stream entry id as a sort key (an entry Redis 6.2 answered nil for first)."""
+    if raw_id is None:
+        return (-1, -1)
+    ms, _, seq = raw_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
 #: The field of a requeued entry that holds its agent's word (see :data:`_wire.VOUCH`).
 _VOUCH = _wire.VOUCH.encode()
 
@@ -257,6 +265,9 @@ class StreamTransport:
         self._reading = False
         self._reading_at_stop = False
         self._own_left = False  # entries this consumer holds and does not handle
+        # Entries the queue refused (released), by id: the attempts they had. Taken
+        # back, they keep that count: a refusal is no delivery.
+        self._released: Dict[str, int] = {}
         self._next_cleanup = 0.0
         self._claim_from = "0-0"
         self._in_read = False
@@ -393,7 +404,9 @@ class StreamTransport:
 
     def release(self, receipt: Receipt) -> None:
         """The queue had no room for the entry: the reader takes it back once it has."""
-        self.settle(receipt)
+        with self._lock:
+            self._inflight.pop(receipt.entry_id, None)
+            self._released[receipt.entry_id] = receipt.attempts
         self._own_left = True
 
     def dead_letter(self, receipt: Receipt, error: str) -> None:
@@ -554,9 +567,7 @@ class StreamTransport:
                 ids = ids[:room]
                 room -= len(ids)
                 counts = {p["message_id"]: p["times_delivered"] + 1 for p in pending}
-                entries = self._bytes.xclaim(
-                    self.stream, _wire.CONSUMER_GROUP, self.consumer, 0, ids
-                )
+                entries = self._claim_own(ids, counts)
                 # Deleted from the stream while pending: nothing to handle. Redis 7
                 # leaves such entries out and drops them from the pending list;
                 # Redis 6.2 answers nil for each (no id) and keeps them pending.
@@ -568,9 +579,37 @@ class StreamTransport:
                 if room <= 0:
                     return False
             if len(pending) < READ_COUNT:
+                with self._lock:
+                    self._released.clear()  # all taken back, or no longer pending
                 return True
             start = "(" + pending[-1]["message_id"].decode()
         return True
+
+    def _claim_own(self, ids: List[bytes], counts: Dict[bytes, int]) -> List[Entry]:
+        """Take back entries of this consumer, in order; ``counts`` gets their attempts.
+
+        An entry that the queue refused keeps the delivery count it had (XCLAIM
+        ``RETRYCOUNT``): only a delivery that reached no handler for another
+        reason (a crash, an outage) counts again.
+        """
+        with self._lock:
+            kept = {raw_id: self._released.pop(raw_id.decode()) for raw_id in ids
+                    if raw_id.decode() in self._released}
+        counts.update(kept)
+        entries: List[Entry] = []
+        fresh = [raw_id for raw_id in ids if raw_id not in kept]
+        if fresh:
+            entries += self._bytes.xclaim(
+                self.stream, _wire.CONSUMER_GROUP, self.consumer, 0, fresh
+            )
+        for count in sorted(set(kept.values())):
+            entries += self._bytes.xclaim(
+                self.stream, _wire.CONSUMER_GROUP, self.consumer, 0,
+                [raw_id for raw_id, n in kept.items() if n == count], retrycount=count,
+            )
+        if kept:
+            entries.sort(key=lambda entry: _id_order(entry[0]))
+        return entries
 
     def _touch(self) -> None:
         """Keep this instance's entries from looking idle; now and then, forget gone consumers."""

@@ -290,6 +290,51 @@ def test_a_handler_that_raises_system_exit_has_its_message_tried_again(
     assert worker.stats.handler_errors == 1 and worker.stats.handled == 1
 
 
+@pytest.mark.slow
+def test_entries_the_queue_refuses_are_not_counted_as_deliveries(
+    make_agent: Any, r: redis.Redis, redis_url: str
+) -> None:
+    """Messages on the agent's channel fill its one-place queue as the reader
+    hands it an entry: the entry is refused and taken back later. Each take-back
+    used to count as a delivery, and entries no handler had seen were
+    dead-lettered as "delivered N times without being handled"."""
+    attempts: List[int] = []
+    lock = threading.Lock()
+
+    class Busy(Agent):
+        def on_message(self, message: AgentMessage) -> None:
+            if message.payload.get("kind") == "stream":
+                with lock:
+                    attempts.append(message.attempt)
+            threading.Event().wait(0.002)
+
+    make_agent("w", Busy, max_workers=1, max_pending=1, max_attempts=3, **RELIABLE)
+    sender = make_agent("s")
+    stop = threading.Event()
+
+    def flood() -> None:  # a peer that publishes on the agent's channel (as async agents do)
+        client = redis.Redis.from_url(redis_url)
+        message = json.dumps({"sender_id": "p", "target_id": "w", "payload": {"kind": "pub"}})
+        while not stop.is_set():
+            client.publish("agent.w", message)
+        client.close()
+
+    flooders = [threading.Thread(target=flood, daemon=True) for _ in range(2)]
+    try:
+        for thread in flooders:
+            thread.start()
+        for i in range(20):
+            sender.send("w", {"kind": "stream", "i": i})
+        wait_until(lambda: len(attempts) + r.xlen("agent.dlq:w") >= 20, 30,
+                   message="stream messages neither handled nor dead-lettered")
+    finally:
+        stop.set()
+        for thread in flooders:
+            thread.join(5)
+    assert r.xlen("agent.dlq:w") == 0
+    assert attempts == [1] * 20
+
+
 def test_history_and_replay_hand_stored_messages_again(make_agent: Any, r: redis.Redis) -> None:
     import time
 
