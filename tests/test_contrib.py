@@ -260,6 +260,23 @@ def test_options_are_checked_against_the_agent_class_signature() -> None:
         agents.specs()
     with pytest.raises(TypeError, match="option names"):
         AgentSpec("a", options={1: 2})  # type: ignore[dict-item]
+    # What settings of their own give (they used to win over those settings).
+    with pytest.raises(ValueError, match="'redis_url' is not an option here: MAS_REDIS_URL"):
+        ProcessAgents([], redis_url="redis://x", agent_options={"redis_url": "redis://y"})
+    with pytest.raises(ValueError, match="'capabilities' is not an option here"):
+        AgentSpec("a", options={"capabilities": ["x"]})
+    # A declared agent may not take the client's name (their ids would be the same).
+    with pytest.raises(ValueError, match="agent 'web': the name of the client agent"):
+        ProcessAgents([AgentSpec("web")], redis_url="redis://x").specs()
+
+
+def test_the_client_id_has_the_process_id_whatever_the_id_format(make_agents) -> None:
+    """With a format without {pid} the client of every worker had one id, and
+    all but the first failed with AgentIdInUseError."""
+    agents = make_agents(AgentSpec("echo", Echo), id_format="{name}-{host}")
+    assert agents.agent_id("web") == f"web-{host_name()}-{os.getpid()}"
+    assert agents.client.id == agents.agent_id("web")
+    assert agents.agent_id("echo") == f"echo-{host_name()}"
 
 
 def test_redis_urls_are_checked_against_every_scheme_mas_sync_takes() -> None:

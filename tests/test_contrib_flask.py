@@ -308,3 +308,17 @@ def test_init_app_refuses_unknown_agent_options_and_redis_urls() -> None:
     with pytest.raises(ValueError, match=r"agent 'echo'.*'max_wrkers'"):
         mas.agent("echo", Echo, max_wrkers=2)
     assert "mas" not in bad.extensions
+
+    # An option that Agent takes but a declared class does not: refused by
+    # init_app(), as the README says (every request used to fail with a 500).
+    class Strict(Agent):
+        def __init__(self, agent_id: str, capabilities: Any = None, redis_url: str = "") -> None:
+            super().__init__(agent_id, capabilities, redis_url)
+
+    declared = MAS()
+    declared.agent("strict", Strict)
+    narrow = Flask("narrow")
+    narrow.config["MAS_AGENT_OPTIONS"] = {"heartbeat_interval": 5}
+    with pytest.raises(ValueError, match=r"agent 'strict'.*'heartbeat_interval'"):
+        declared.init_app(narrow)
+    assert "mas" not in narrow.extensions

@@ -119,6 +119,11 @@ class ProcessAgents:
                 raise TypeError(f"not an AgentSpec: {spec!r}")
             if spec.name in seen:
                 raise ValueError(f"agent {spec.name!r} is declared twice")
+            if spec.name == self.client_name:
+                raise ValueError(
+                    f"agent {spec.name!r}: the name of the client agent (client_name,"
+                    " MAS_CLIENT_NAME); give the agent another name"
+                )
             seen.add(spec.name)
             if spec.cls is not Agent:
                 check_agent_options(
@@ -127,9 +132,13 @@ class ProcessAgents:
         return specs
 
     def agent_id(self, name: str) -> str:
-        """The id the declared agent ``name`` (or the client) has in this process."""
+        """The id the declared agent ``name`` (or the client) has in this process.
+
+        The client's is always ``{client_name}-{host}-{pid}``, whatever
+        ``id_format``: there is one client per process.
+        """
         if name == self.client_name:
-            return format_agent_id(self.id_format, name)
+            return format_agent_id(DEFAULT_ID_FORMAT, name)
         return format_agent_id(self._spec(name).id_format or self.id_format, name)
 
     # -- start and stop --------------------------------------------------------
@@ -255,8 +264,8 @@ class ProcessAgents:
             self._adopt_process()
             if self._client is None or not self._client.is_running:
                 client = Agent(
-                    format_agent_id(self.id_format, self.client_name),
-                    **{"redis_url": self.redis_url, **self.agent_options},
+                    self.agent_id(self.client_name), redis_url=self.redis_url,
+                    **self.agent_options,
                 )
                 client.start()
                 self._client = client
@@ -363,10 +372,10 @@ class ProcessAgents:
 
     def _build(self, spec: AgentSpec) -> Agent:
         kwargs: Dict[str, Any] = {
-            "capabilities": list(spec.capabilities),
-            "redis_url": self.redis_url,
             **self.agent_options,
             **spec.options,
+            "capabilities": list(spec.capabilities),
+            "redis_url": self.redis_url,
         }
         agent = spec.cls(format_agent_id(spec.id_format or self.id_format, spec.name), **kwargs)
         publish_name(agent, spec.name)

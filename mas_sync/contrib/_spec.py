@@ -12,6 +12,13 @@ from .._redis import check_redis_url
 from ._names import check_name, format_agent_id
 
 
+#: Keyword arguments of an agent that settings of their own give.
+_SET_ELSEWHERE = {
+    "redis_url": "MAS_REDIS_URL (or runagents --redis-url) gives it",
+    "capabilities": "each agent's own capabilities (CAPABILITIES, capabilities=) give them",
+}
+
+
 def check_agent_options(cls: Type[Agent], options: Mapping[str, Any], where: str) -> None:
     """Refuse options that ``cls(agent_id, **options)`` would not take.
 
@@ -27,7 +34,8 @@ def check_agent_options(cls: Type[Agent], options: Mapping[str, Any], where: str
 
     Raises:
         TypeError: ``options`` is not a dict of str keys.
-        ValueError: an option ``cls`` does not take, named with what it takes.
+        ValueError: an option ``cls`` does not take, named with what it takes;
+            or ``redis_url`` or ``capabilities``, which settings of their own give.
     """
     if not isinstance(options, Mapping):
         raise TypeError(f"{where} must be a dict of option names to values, not {options!r}")
@@ -45,6 +53,8 @@ def check_agent_options(cls: Type[Agent], options: Mapping[str, Any], where: str
             raise ValueError(
                 f"{where}: {key!r} is not an option: the id format makes the agent id"
             )
+        if key in _SET_ELSEWHERE:
+            raise ValueError(f"{where}: {key!r} is not an option here: {_SET_ELSEWHERE[key]}")
         if not open_ended and key not in taken:
             close = difflib.get_close_matches(key, sorted(taken), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -162,7 +162,8 @@ class MAS:
 
         Starts nothing: see the module's documentation for when agents start.
         ``MAS_REDIS_URL`` must use a scheme mas_sync takes, and
-        ``MAS_AGENT_OPTIONS`` only options that :class:`~mas_sync.Agent` takes.
+        ``MAS_AGENT_OPTIONS`` only options that :class:`~mas_sync.Agent` and
+        the classes of the agents declared so far take.
 
         Raises:
             RuntimeError: ``app`` is initialised already.
@@ -183,6 +184,7 @@ class MAS:
             request_timeout=config["MAS_REQUEST_TIMEOUT"],
             stop_timeout=config["MAS_STOP_TIMEOUT"],
         )
+        agents.specs()  # the agents declared so far take MAS_AGENT_OPTIONS
         agents.extension = self  # type: ignore[attr-defined]
         app.extensions[EXTENSION_KEY] = agents
         if config["MAS_START_ON_FIRST_REQUEST"]:
