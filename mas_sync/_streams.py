@@ -131,8 +131,11 @@ class _Acks:
     once they have gathered for :data:`ACK_DELAY_MS` (it reads with no
     longer a block meanwhile). A worker that finds none waiting while the
     reader is blocked in a read sends them itself. A stream of messages is
-    thus acknowledged a batch at a time, not a round trip per message, and an
-    entry waits a few milliseconds at most to be acknowledged.
+    thus acknowledged a batch at a time, not a round trip per message. An
+    entry waits a few milliseconds to be acknowledged, except one left to a
+    batch just as the reader began a read that blocks (no new entries): it
+    waits for that read to end, :data:`BLOCK_MS` at most, or for the next
+    worker to finish.
 
     Args:
         client: The run's command client.
