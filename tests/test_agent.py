@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pytest
 
@@ -182,6 +182,21 @@ def test_on_start_failure_stops_the_agent_and_reraises(make_agent, r) -> None:
     assert agent_threads("broken") == []
 
 
+def starting(agent: Agent) -> Tuple[threading.Thread, List[BaseException]]:
+    """``agent.start()`` begun in a thread of its own, and the list of what it raised."""
+    raised: List[BaseException] = []
+
+    def start() -> None:
+        try:
+            agent.start()
+        except BaseException as exc:  # noqa: B902 - recorded for the assertions
+            raised.append(exc)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    return starter, raised
+
+
 def test_on_start_failing_after_a_stop_gave_up_waiting_still_stops_the_agent(
     make_agent, r
 ) -> None:
@@ -198,16 +213,7 @@ def test_on_start_failing_after_a_stop_gave_up_waiting_still_stops_the_agent(
             raise RuntimeError("boom in on_start")
 
     agent = make_agent("slow", cls=Slow, start=False)
-    raised: List[BaseException] = []
-
-    def start() -> None:
-        try:
-            agent.start()
-        except BaseException as exc:  # noqa: B902 - recorded for the assertions
-            raised.append(exc)
-
-    starter = threading.Thread(target=start, daemon=True)
-    starter.start()
+    starter, raised = starting(agent)
     assert entered.wait(10)
     agent.stop(timeout=0.1)  # gives up waiting for start(), which is to stop the agent
     release.set()
@@ -234,17 +240,8 @@ def test_a_stop_that_lands_before_on_start_calls_neither_hook(make_agent, r) -> 
 
     agent = make_agent("hooked", cls=Hooked, start=False)
     r.execute_command("CLIENT", "PAUSE", "3000", "WRITE")  # holds the registration
-    raised: List[BaseException] = []
-
-    def start() -> None:
-        try:
-            agent.start()
-        except BaseException as exc:  # noqa: B902 - recorded for the assertions
-            raised.append(exc)
-
-    starter = threading.Thread(target=start, daemon=True)
     try:
-        starter.start()
+        starter, raised = starting(agent)
         wait_until(lambda: any(c.get("cmd") == "evalsha" and "b" in c.get("flags", "")
                                for c in r.client_list()), 5, message="registering")
         stopper = threading.Thread(target=agent.stop, daemon=True)
